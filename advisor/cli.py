@@ -1,0 +1,74 @@
+"""`npu-advise` command line: a click group whose subcommands live in `npu_advise.commands.*`.
+
+Subcommands are imported only when invoked, so `npu-advise analyze` does not pay for torch, libcst or
+the collector at start-up.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .errors import UserError
+
+# name -> "module:attribute" of a click.Command
+COMMANDS = {
+    "profile": "npu_advise.commands.profile:profile",
+    "analyze": "npu_advise.commands.analyze:analyze",
+    "apply": "npu_advise.commands.apply:apply",
+    "compare": "npu_advise.commands.compare:compare",
+    "rules": "npu_advise.commands.rules:rules",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="npu-advise")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """Profiling-driven optimization advisor for PyTorch training on Ascend NPUs."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv=None):
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="npu-advise", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("npu-advise: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"npu-advise: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("npu-advise: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug of ours: still one line, with how to get the traceback
+        if debug:
+            raise
+        click.echo(f"npu-advise: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                   err=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""`npu-advise analyze PATH`: the report from an existing profile (Kineto trace, *_ascend_pt, cluster)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: npu_advise_out/<name>-<timestamp>/).")
+@click.option("--project-root", type=click.Path(path_type=Path), default=None,
+              help="Root of the training code, to show source and make paths relative.")
+@click.option("--rank", type=int, default=None, help="Analyze this rank in detail (default: the slowest).")
+def analyze(path, out_dir, project_root, rank):
+    """Analyze an existing profile and write report.html, findings.json and findings.sarif."""
+    from ..pipeline import analyze_profile, write_outputs
+
+    started = time.perf_counter()
+    report = analyze_profile(path, project_root=project_root, rank=rank)
+    if out_dir is None:
+        stem = Path(path).name.split(".")[0] or "profile"
+        out_dir = Path("npu_advise_out") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_outputs(report, out_dir)
+    n = len(report.findings)
+    click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} from {path} "
+               f"(rank {report.trace.rank}, {report.trace.device_type}) in {time.perf_counter() - started:.2f} s")
+    for f in report.findings[:5]:
+        saving = f" ~{f.estimated_saving_us:,.0f} us/step" if f.estimated_saving_us else ""
+        click.echo(f"  {f.rule} [{f.severity}] {f.title}{saving}")
+    click.echo(f"report: {paths['html']}")

@@ -1,0 +1,98 @@
+"""Findings: plain data, the one thing analyzers produce and renderers / `apply` consume.
+
+`findings.json` is `{"schema_version": SCHEMA_VERSION, "tool": ..., "trace": ..., "findings": [...]}`;
+each finding serializes with `Finding.to_dict()`. Bump SCHEMA_VERSION on any incompatible change.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+SCHEMA_VERSION = "1.0"
+
+CATEGORIES = (
+    "op_hotspot", "host_bound", "sync", "cpu_fallback", "small_op_loop",
+    "fused_op", "optimizer", "env", "migration",
+)
+SEVERITIES = ("high", "medium", "low", "info")
+
+
+@dataclass
+class Evidence:
+    """One measured number: what it is, its value and unit, and how it was derived from the trace."""
+
+    label: str
+    value: float | int | str
+    unit: str
+    how: str
+
+
+@dataclass
+class Location:
+    file: str          # relative to the project root where possible
+    line: int
+    function: str
+
+
+@dataclass
+class Fix:
+    """A recommended change. `diff` is a unified diff (git-apply-able) when the change is a code edit."""
+
+    description: str
+    auto_applicable: bool
+    diff: Optional[str] = None
+    fix_id: Optional[str] = None              # what `npu-advise apply --fix` takes
+    constraints: list = field(default_factory=list)   # catalog constraints the user must check
+    catalog_ref: Optional[str] = None          # key into the recommendations catalog
+
+
+@dataclass
+class Finding:
+    rule: str                                  # stable code, e.g. "NPA101"
+    category: str                              # one of CATEGORIES
+    title: str
+    severity: str                              # one of SEVERITIES
+    evidence: list = field(default_factory=list)        # list[Evidence]
+    locations: list = field(default_factory=list)       # list[Location]
+    estimated_saving_us: Optional[float] = None          # per step; None when the trace cannot support a number
+    fix: Optional[Fix] = None
+    # Free-form structured detail for the report (tables, per-step series). Must be JSON-serializable.
+    details: dict = field(default_factory=dict)
+    predicted: bool = False                    # True when inferred for the NPU from a CPU/GPU trace
+
+    def __post_init__(self):
+        if self.category not in CATEGORIES:
+            raise ValueError(f"unknown finding category {self.category!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
+
+    @property
+    def id(self) -> str:
+        """Stable across runs of the same code: the rule plus where it points."""
+        where = ";".join(f"{l.file}:{l.line}" for l in self.locations) or self.title
+        return f"{self.rule}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["id"] = self.id
+        return d
+
+
+def rank(findings: list) -> list:
+    """Largest estimated saving first; findings without an estimate follow, by severity."""
+    sev = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(
+        findings,
+        key=lambda f: (f.estimated_saving_us is None, -(f.estimated_saving_us or 0.0), sev[f.severity], f.rule),
+    )
+
+
+def severity_for_share(share: float) -> str:
+    """Severity from the fraction of the average step a finding costs (msprof-analyze's cut-offs:
+    high >= 5 %, medium >= 3 %)."""
+    if share >= 0.05:
+        return "high"
+    if share >= 0.03:
+        return "medium"
+    return "low"

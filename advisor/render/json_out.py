@@ -1,0 +1,41 @@
+"""findings.json: the machine-readable report (versioned schema, see npu_advise.findings)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import __version__
+from ..findings import SCHEMA_VERSION
+
+
+def trace_summary(trace) -> dict:
+    return {
+        "path": trace.path, "format": trace.fmt, "device_type": trace.device_type, "rank": trace.rank,
+        "world_size": trace.world_size, "steps": [int(s) for s in trace.steps["step"]],
+        "host_ops": int(len(trace.ops)), "device_events": int(len(trace.kernels)),
+    }
+
+
+def to_json(report) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "npu-advise", "version": __version__},
+        "trace": trace_summary(report.trace),
+        "collection": report.collection,
+        "project_root": report.project_root,
+        "limitations": report.limitations,
+        "findings": [f.to_dict() for f in report.findings],
+    }
+
+
+def write_findings(report, path: Path):
+    Path(path).write_text(json.dumps(to_json(report), indent=2, default=_default), encoding="utf-8")
+
+
+def _default(o):
+    # numpy scalars and arrays that slipped into details
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,45 @@
+"""Rule registry: every rule code is documented exactly once, next to the analyzer that detects it.
+
+An analyzer module declares its rules with `Rule(...)` at import time; `npu-advise rules [CODE]`,
+the HTML report and the SARIF output read them from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_RULES: dict = {}
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str            # "NPA101"; never reused for another meaning
+    name: str            # kebab-case short name, e.g. "host-op-hotspot"
+    category: str
+    detects: str         # What it does
+    why: str             # Why it costs time on an NPU
+    fix: str             # What to do
+    thresholds: dict = field(default_factory=dict)  # named constants the detector uses, with values
+
+    def __post_init__(self):
+        existing = _RULES.get(self.code)
+        if existing is not None and existing != self:
+            raise ValueError(f"rule code {self.code} registered twice with different meanings")
+        _RULES[self.code] = self
+
+    def text(self) -> str:
+        lines = [f"{self.code} {self.name} [{self.category}]", "", "What it detects:", f"  {self.detects}",
+                 "", "Why it costs time on an NPU:", f"  {self.why}", "", "What to do:", f"  {self.fix}"]
+        if self.thresholds:
+            lines += ["", "Thresholds:"] + [f"  {k} = {v}" for k, v in self.thresholds.items()]
+        return "\n".join(lines)
+
+
+def all_rules() -> dict:
+    from .analyzers import load_all  # every analyzer module registers its rules on import
+
+    load_all()
+    return dict(sorted(_RULES.items()))
+
+
+def get(code: str) -> Rule | None:
+    return all_rules().get(code.upper())
