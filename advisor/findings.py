@@ -45,6 +45,11 @@ class Fix:
     fix_id: Optional[str] = None              # what `npu-advise apply --fix` takes
     constraints: list = field(default_factory=list)   # catalog constraints the user must check
     catalog_ref: Optional[str] = None          # key into the recommendations catalog
+    # For code edits: the file the diff applies to (relative to the project root) and the SHA-256 of
+    # its content before and after, so `apply` refuses a changed file and recognizes an applied one.
+    file: Optional[str] = None
+    file_sha256: Optional[str] = None
+    patched_sha256: Optional[str] = None
 
 
 @dataclass
