@@ -13,8 +13,8 @@ that read the pyramids with multi-scale deformable attention -> three heads:
   * a trajectory head predicting K modes with 2x2 covariance matrices, trained with a Gaussian NLL that
     calls torch.logdet.
 
-Lines carrying an `npa-example` marker comment (tag after the colon) are the known performance anti-patterns on Ascend NPUs (see the
-project's seed guide); the tests find them by those markers.
+Lines carrying an `npa-example` marker comment (the tag follows its colon) are the known performance
+anti-patterns on Ascend NPUs (see the project's seed guide); the tests find them by those markers.
 """
 from __future__ import annotations
 
