@@ -1,0 +1,86 @@
+"""`npu-advise profile [OPTIONS] SCRIPT [ARGS]...`: run a training script under the profiler, then analyze it."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+# torchrun options we pass through as `--name value` (the script's own options follow SCRIPT).
+TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend",
+                    "rdzv_endpoint", "rdzv_id", "max_restarts")
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: npu_advise_out/<script>-<timestamp>/).")
+@click.option("--wait", type=int, default=1, show_default=True, help="Optimizer steps to skip first.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Optimizer steps to warm the profiler up.")
+@click.option("--active", type=int, default=3, show_default=True, help="Optimizer steps to record.")
+@click.option("--no-stop", is_flag=True, help="Let the script run on after the recorded steps.")
+@click.option("--python", "python", default=None, metavar="PATH",
+              help="Interpreter of the training environment (default: the one running npu-advise).")
+@click.option("--window-seconds", type=float, default=None, metavar="S",
+              help="Profile the first S seconds of wall time instead of optimizer steps "
+                   "(for scripts without an optimizer).")
+@click.option("--rank", type=int, default=None, help="Multi-rank: analyze this rank in detail (default: the slowest).")
+@click.option("--nproc-per-node", type=str, default=None,
+              help="Launch through torchrun with this many processes per node.")
+@click.option("--nnodes", type=str, default=None, help="torchrun: number of nodes (or MIN:MAX).")
+@click.option("--node-rank", type=int, default=None, help="torchrun: rank of this node.")
+@click.option("--master-addr", type=str, default=None, help="torchrun: address of the rank-0 node.")
+@click.option("--master-port", type=int, default=None, help="torchrun: port on the rank-0 node.")
+@click.option("--rdzv-backend", type=str, default=None, help="torchrun: rendezvous backend.")
+@click.option("--rdzv-endpoint", type=str, default=None, help="torchrun: rendezvous endpoint.")
+@click.option("--rdzv-id", type=str, default=None, help="torchrun: rendezvous id.")
+@click.option("--max-restarts", type=int, default=None, help="torchrun: worker group restarts.")
+@click.option("--torchrun-arg", "torchrun_extra", multiple=True, metavar="ARG",
+              help="Any other torchrun argument, passed as is (repeatable).")
+@click.argument("script", type=click.Path(path_type=Path))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, rank, script, script_args,
+            torchrun_extra, **torchrun):
+    """Run SCRIPT [ARGS]... as `python SCRIPT ARGS` would, profile a few training steps, write a report.
+
+    Step boundaries come from optimizer.step(); nothing in the script is changed. With --nproc-per-node
+    (or other torchrun options) the script is launched through torchrun and every rank is profiled.
+    """
+    from ..collect.runner import ProfileRequest, ScriptFailed, default_out_dir, run_collection
+
+    torchrun_args = None
+    if any(v is not None for v in torchrun.values()) or torchrun_extra:
+        torchrun_args = []
+        for name in TORCHRUN_OPTIONS:
+            value = torchrun.get(name)
+            if value is not None:
+                torchrun_args += [f"--{name.replace('_', '-')}", str(value)]
+        torchrun_args += list(torchrun_extra)
+
+    out_dir = out_dir or default_out_dir(script)
+    req = ProfileRequest(script=script, args=list(script_args), out_dir=out_dir, wait=wait, warmup=warmup,
+                         active=active, stop=not no_stop, python=python or sys.executable,
+                         window_seconds=window_seconds, torchrun_args=torchrun_args)
+    how = f"the first {window_seconds:g} s" if window_seconds else f"{active} optimizer steps"
+    launcher = " via torchrun " + " ".join(torchrun_args) if torchrun_args else ""
+    click.echo(f"npu-advise: profiling {how} of {script}{launcher}; output -> {out_dir}", err=True)
+    result = run_collection(req)
+
+    from ..pipeline import analyze_profile, write_outputs
+
+    started = time.perf_counter()
+    click.echo(f"npu-advise: analyzing {', '.join(p.name for p in result.traces)}", err=True)
+    report = analyze_profile(result.trace_dir, project_root=Path(script).resolve().parent, rank=rank,
+                             collection=result.collection)
+    if result.problem:
+        report.limitations.insert(0, result.problem)
+    paths = write_outputs(report, out_dir)
+    n = len(report.findings)
+    click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} in {time.perf_counter() - started:.2f} s "
+               f"({result.collection.get('steps_recorded', 0)} steps recorded on {report.trace.device_type})")
+    for f in report.findings[:5]:
+        saving = f" ~{f.estimated_saving_us:,.0f} us/step" if f.estimated_saving_us else ""
+        click.echo(f"  {f.rule} [{f.severity}] {f.title}{saving}")
+    click.echo(f"report: {paths['html']}")
+    if result.problem:
+        raise ScriptFailed(f"{result.problem} Report: {paths['html']}")
