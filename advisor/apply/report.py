@@ -1,0 +1,84 @@
+"""Read the fixes of a report folder (`findings.json`) for `apply`."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UserError
+
+FINDINGS_FILE = "findings.json"
+
+
+@dataclass
+class FixEntry:
+    """A finding's fix as findings.json carries it."""
+
+    fix_id: str
+    rule: str
+    title: str
+    description: str
+    auto_applicable: bool
+    diff: Optional[str]
+    file: Optional[str]
+    file_sha256: Optional[str]
+    patched_sha256: Optional[str]
+
+    @property
+    def is_code_edit(self) -> bool:
+        return bool(self.diff and self.file)
+
+    def why_not_applicable(self) -> str:
+        if not self.auto_applicable:
+            return "advice-only (its validity cannot be checked from the source and the recorded shapes)"
+        return "it carries no diff/file to apply"
+
+
+@dataclass
+class ReportFixes:
+    report_dir: Path
+    project_root: Optional[Path]
+    fixes: list               # list[FixEntry], in report order
+
+    def by_id(self) -> dict:
+        return {f.fix_id: f for f in self.fixes}
+
+
+def load_report_fixes(report_dir) -> ReportFixes:
+    d = Path(report_dir)
+    if d.is_file() and d.name == FINDINGS_FILE:
+        d = d.parent
+    if not d.exists():
+        raise UserError(f"{report_dir}: no such report folder")
+    if not d.is_dir():
+        raise UserError(f"{report_dir}: not a report folder (expected the output folder of profile/analyze)")
+    path = d / FINDINGS_FILE
+    if not path.is_file():
+        raise UserError(f"{d}: no {FINDINGS_FILE} (is this the output folder of `npu-advise profile`/`analyze`?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable findings.json ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
+        raise UserError(f"{path}: not a findings.json (no 'findings' list)")
+    fixes = []
+    for k, fd in enumerate(data["findings"]):
+        if not isinstance(fd, dict):
+            raise UserError(f"{path}: finding #{k + 1} is not an object")
+        fx = fd.get("fix")
+        if not fx:
+            continue
+        if not isinstance(fx, dict) or not isinstance(fx.get("description", ""), str):
+            raise UserError(f"{path}: finding #{k + 1} has a malformed fix")
+        fix_id = fx.get("fix_id") or fd.get("id")
+        if not fix_id:
+            raise UserError(f"{path}: finding #{k + 1} has a fix without an id")
+        fixes.append(FixEntry(
+            fix_id=str(fix_id), rule=str(fd.get("rule", "")), title=str(fd.get("title", "")),
+            description=fx.get("description", ""), auto_applicable=bool(fx.get("auto_applicable")),
+            diff=fx.get("diff"), file=fx.get("file"), file_sha256=fx.get("file_sha256"),
+            patched_sha256=fx.get("patched_sha256"),
+        ))
+    root = data.get("project_root")
+    return ReportFixes(d, Path(root) if root else None, fixes)
