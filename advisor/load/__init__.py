@@ -27,8 +27,9 @@ def find_profiles(path) -> list:
     if not p.exists():
         raise UserError(f"{path}: no such file or directory")
     if p.is_file():
-        if p.name == "trace_view.json" or p.suffix == ".db":
-            return [("ascend", p.parent.parent if p.parent.name == "ASCEND_PROFILER_OUTPUT" else p.parent)]
+        from . import ascend
+        if p.name == "trace_view.json" or p.suffix == ".db" or ascend.is_ascend_trace_file(p):
+            return [("ascend", p)]   # load_ascend_rank reads the rank folder when the file lies in one
         return [("kineto", p)]
     from . import ascend
     if ascend.is_ascend_dir(p):
