@@ -15,6 +15,9 @@ from typing import Optional
 # Order matters: causes first, then the analyses that cite them.
 ANALYZERS = (
     "op_ranking",
+    "syncs",
+    "environment",
+    "host_bound",
 )
 
 

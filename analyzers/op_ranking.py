@@ -1,0 +1,161 @@
+"""Operator time ranking: where the host and the device spend each step.
+
+Host: operators ranked by *self* time (duration minus their direct children's durations; nesting per
+thread), so `aten::linear` is not counted again inside `aten::addmm`. Device: kernels (and copies,
+memsets, collectives) ranked by device time. Both are averaged over the recorded steps and carry the
+user source lines that issue them (top locations by time).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from npu_advise import model
+from npu_advise.findings import Evidence, Finding, severity_for_share
+from npu_advise.rules import Rule
+
+from . import Analysis
+from .common import in_steps, location, step_stats, us
+
+# A hotspot finding for each operator / kernel that takes at least this share of the average step.
+HOTSPOT_SHARE = 0.05
+# At most this many hotspot findings per side (host, device); the tables hold the full ranking.
+MAX_HOTSPOT_FINDINGS = 5
+TABLE_ROWS = 50
+TOP_LOCATIONS = 3
+# Annotation-like ranges that wrap other ops; they are containers, not operators.
+WRAPPER_NAME = re.compile(r"^(ProfilerStep#|Optimizer\.(step|zero_grad)#|## .* ##$|\[param\||npa\.src:)")
+DEVICE_KINDS = ("kernel", "memcpy", "memset", "communication")
+TABLE_COLUMNS = ["name", "count", "total_us", "mean_us", "per_step_us", "share_of_step", "locations"]
+
+RULE_HOST = Rule(
+    "NPA101", "host-op-hotspot", "op_hotspot",
+    detects="A host operator whose self time (its duration minus that of the operators it calls) is a large "
+            "share of the average step, with the source lines that call it.",
+    why="Host self time is time the Python/ATen side spends before the device gets work. On an NPU the host "
+        "also has to dispatch every operator, so host-heavy operators delay every launch behind them.",
+    fix="Look at the cited source lines: replace the operator by a fused or vectorized equivalent, move it out "
+        "of the training step, or run it less often. The other findings (loops, fallbacks, syncs) often name "
+        "the concrete cause.",
+    thresholds={"HOTSPOT_SHARE": HOTSPOT_SHARE, "MAX_HOTSPOT_FINDINGS": MAX_HOTSPOT_FINDINGS},
+)
+RULE_DEVICE = Rule(
+    "NPA102", "device-kernel-hotspot", "op_hotspot",
+    detects="A device kernel (or copy / collective) whose total device time is a large share of the average "
+            "step, with the source lines whose operators launch it.",
+    why="The step cannot be shorter than the device time of its kernels; the largest kernels are where a "
+        "fused NPU operator (mx_driving, torch_npu) or a better data layout pays off most.",
+    fix="Check whether the cited operator has a fused NPU replacement (see the fused_op findings), whether its "
+        "inputs are in the NPU's preferred format and dtype, and whether it runs more often than needed.",
+    thresholds={"HOTSPOT_SHARE": HOTSPOT_SHARE, "MAX_HOTSPOT_FINDINGS": MAX_HOTSPOT_FINDINGS},
+)
+
+
+def host_self_time(ops: pd.DataFrame) -> np.ndarray:
+    """Self time (ns) of each host op: its duration minus the durations of its direct children."""
+    if len(ops) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ts = ops["ts"].to_numpy()
+    end = ts + ops["dur"].to_numpy()
+    key = pd.factorize(pd.MultiIndex.from_arrays([ops["pid"].to_numpy(), ops["tid"].to_numpy()]))[0]
+    _, parent = model.nesting(ts, end, key.astype(np.int64))
+    child_sum = np.zeros(len(ops), dtype=np.int64)
+    has = parent >= 0
+    np.add.at(child_sum, parent[has], ops["dur"].to_numpy()[has])
+    return np.maximum(ops["dur"].to_numpy() - child_sum, 0)
+
+
+def _locations_text(trace, names: np.ndarray, locs: np.ndarray, times: np.ndarray, project_root) -> dict:
+    """name -> [(Location, time_ns), ...] top locations by time."""
+    df = pd.DataFrame({"name": names, "loc": locs, "t": times})
+    df = df[df["loc"] >= 0]
+    if not len(df):
+        return {}
+    g = df.groupby(["name", "loc"], observed=True)["t"].sum().reset_index()
+    g = g.sort_values(["name", "t"], ascending=[True, False])
+    out = {}
+    for name, loc, t in g.itertuples(index=False):
+        lst = out.setdefault(name, [])
+        if len(lst) < TOP_LOCATIONS:
+            where = location(trace, int(loc), project_root)
+            if where is not None:
+                lst.append((where, int(t)))
+    return out
+
+
+def _rank(trace, names, times, locs, stats, project_root) -> tuple:
+    """(table, {name: top locations}) ranked by total time."""
+    df = pd.DataFrame({"name": names, "t": times})
+    g = df.groupby("name", observed=True)["t"].agg(["count", "sum"]).sort_values("sum", ascending=False)
+    g = g[g["count"] > 0]
+    mean_step = stats.mean_ns
+    top = g.head(TABLE_ROWS)
+    locmap = _locations_text(trace, names, locs, times, project_root)
+    rows = []
+    for name, (count, total) in top.iterrows():
+        per_step = total / stats.count
+        where = locmap.get(name, [])
+        rows.append({
+            "name": str(name), "count": int(count), "total_us": us(total), "mean_us": us(total / count),
+            "per_step_us": us(per_step), "share_of_step": round(per_step / mean_step, 4) if mean_step > 0 else 0.0,
+            "locations": "; ".join(f"{l.file}:{l.line}" for l, _ in where),
+        })
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return table, locmap
+
+
+def analyze(trace, ctx) -> Analysis:
+    stats = step_stats(trace)
+    out = Analysis()
+    ops = trace.ops
+    self_ns = host_self_time(ops)
+    names = ops["name"].astype(str).to_numpy()
+    keep = ~pd.Series(names).str.match(WRAPPER_NAME).to_numpy()
+    if stats.from_ranges:
+        keep &= ops["step"].to_numpy() >= 0
+    host_table, host_locs = _rank(trace, names[keep], self_ns[keep], ops["loc"].to_numpy()[keep], stats,
+                                  ctx.project_root)
+    out.tables["op_ranking.host"] = host_table
+    out.findings += _hotspots(host_table, host_locs, stats, "NPA101", "host")
+
+    if trace.has_device_timeline:
+        k = in_steps(trace.kernels, stats)
+        k = k[k["kind"].astype(str).isin(DEVICE_KINDS)]
+        dev_table, dev_locs = _rank(trace, k["name"].astype(str).to_numpy(), k["dur"].to_numpy(),
+                                    k["loc"].to_numpy(), stats, ctx.project_root)
+        out.tables["op_ranking.device"] = dev_table
+        out.findings += _hotspots(dev_table, dev_locs, stats, "NPA102", "device")
+    return out
+
+
+def _hotspots(table: pd.DataFrame, locmap: dict, stats, rule: str, side: str) -> list:
+    findings = []
+    steps_how = (f"averaged over {stats.count} ProfilerStep(s)" if stats.from_ranges
+                 else "the whole trace counted as one step (no ProfilerStep ranges)")
+    measure = "self time (duration minus direct children)" if side == "host" else "device time"
+    for row in table.itertuples(index=False):
+        if row.share_of_step < HOTSPOT_SHARE or len(findings) >= MAX_HOTSPOT_FINDINGS:
+            break
+        where = locmap.get(row.name, [])
+        short = row.name if len(row.name) <= 80 else row.name[:77] + "..."
+        findings.append(Finding(
+            rule=rule, category="op_hotspot",
+            title=f"{'Host op' if side == 'host' else 'Device kernel'} {short} takes "
+                  f"{100 * row.share_of_step:.1f}% of the step",
+            severity=severity_for_share(row.share_of_step),
+            evidence=[
+                Evidence("calls per step", round(row.count / stats.count, 2), "calls", f"count {steps_how}"),
+                Evidence(f"{measure} per step", row.per_step_us, "us", f"sum of {measure} {steps_how}"),
+                Evidence("mean per call", row.mean_us, "us", f"{measure} / calls"),
+                Evidence("share of step", round(100 * row.share_of_step, 2), "%",
+                         f"per-step {measure} / mean step duration ({us(stats.mean_ns)} us)"),
+            ],
+            locations=[l for l, _ in where],
+            estimated_saving_us=None,
+            details={"name": row.name, "side": side,
+                     "location_time_us": [{"file": l.file, "line": l.line, "time_us": us(t)} for l, t in where],
+                     "saving_how": "a ranking shows where time goes, not how much a change would save"},
+        ))
+    return findings
