@@ -1,0 +1,469 @@
+"""Vectorized rewrites of the Python loops that launch one small op per element (rule NPA501).
+
+Three idioms, each matched on the exact syntax shape so the rewrite is provably the same computation:
+
+* affine interpolation (the seed's PivotNet `interpolate`, chapter 2.3.1)::
+
+      for i in range(1, num_len):
+          ratio = i / num_len
+          res[i - 1] = (1 - ratio) * start_pt + ratio * end_pt
+
+  -> one `torch.arange` column of ratios and one slice assignment (same `res`, same rows);
+* prefix masks (the seed's valid-length mask, chapter 2.3.3)::
+
+      for i, ll in enumerate(valid_len):
+          mask[i][:ll] = 1          # or mask[i, :ll] = 1
+
+  -> `mask[:len].masked_fill_(arange(L) < stop[:, None], 1)`: writes exactly the cells the loop writes
+  (Python slice semantics for negative and too-large lengths included) and leaves every other cell as
+  it was; no boolean indexing, so no nonzero/sync on the NPU;
+* per-element `.item()` loops: `for x in t: ... x.item() ...` -> `for x in t.reshape(-1).tolist(): ... x ...`
+  (one device->host copy instead of one sync per element).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import libcst as cst
+import libcst.matchers as m
+
+from .base import Rewrite, add_imports, code, enclosing_function, expr, names_in, resolve, start_line, end_line, wrap
+
+IDIOMS = ("affine_interpolation", "prefix_mask", "item_loop")
+
+# Factory calls whose shape argument tells the rank of the tensor they create.
+_FACTORIES = ("zeros", "ones", "empty", "full", "zeros_like", "new_zeros", "new_ones", "new_empty", "new_full")
+# Calls/methods whose result is certainly a tensor (for the `.item()` loop precondition).
+_TENSOR_METHODS = ("cpu", "detach", "flatten", "view", "reshape", "to", "float", "long", "int", "clone",
+                   "contiguous", "squeeze", "unsqueeze", "sum", "argmax", "argmin", "max", "min", "nonzero",
+                   "sigmoid", "softmax", "abs", "round", "floor", "ceil", "cumsum", "sort", "topk")
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the loop at a line
+# ---------------------------------------------------------------------------------------------
+def _loops_at(meta, module: cst.Module, line: int) -> list:
+    """For-loops containing `line`, innermost first; if none, the loops of the function defined at `line`
+    (Kineto python_function frames carry the def line only)."""
+    loops, functions = [], []
+
+    class _V(cst.CSTVisitor):
+        def visit_For(self, node: cst.For) -> None:
+            loops.append(node)
+
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+            functions.append(node)
+
+    module.visit(_V())
+    containing = [n for n in loops if start_line(meta, n) <= line <= end_line(meta, n)]
+    if containing:
+        return sorted(containing, key=lambda n: -start_line(meta, n))
+    for f in functions:
+        if start_line(meta, f) <= line <= start_line(meta, f.body) or any(
+                start_line(meta, d) == line for d in f.decorators):
+            inside = [n for n in loops if start_line(meta, f) <= start_line(meta, n) <= end_line(meta, f)]
+            return sorted(inside, key=lambda n: start_line(meta, n))
+    return []
+
+
+def _body_statements(loop: cst.For) -> Optional[list]:
+    """The small statements of a loop body made only of simple one-statement lines, else None."""
+    if loop.orelse is not None or not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    out = []
+    for stmt in loop.body.body:
+        if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+            return None
+        out.append(stmt.body[0])
+    return out
+
+
+def _used_after(meta, function, loop, names: set) -> list:
+    """Names among `names` read in `function` after `loop` ends (the loop leaves them bound)."""
+    if function is None:
+        return []
+    after = end_line(meta, loop)
+    found = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Name(self, n: cst.Name) -> None:
+            if n.value in names and start_line(meta, n) > after:
+                found.add(n.value)
+
+    function.visit(_V())
+    return sorted(found)
+
+
+def _assigned_from(meta, function, name: str, before_line: int) -> Optional[cst.BaseExpression]:
+    """The value of the last `name = value` in `function` before `before_line`, else None."""
+    if function is None:
+        return None
+    best = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            if (len(node.targets) == 1 and m.matches(node.targets[0].target, m.Name(name))
+                    and start_line(meta, node) < before_line):
+                best.append(node)
+
+    function.visit(_V())
+    return best[-1].value if best else None
+
+
+def _creates_2d(value: Optional[cst.BaseExpression]) -> Optional[str]:
+    """If `value` is a factory call that visibly creates a 2-D tensor, say how; else None."""
+    if not isinstance(value, cst.Call) or not isinstance(value.func, (cst.Attribute, cst.Name)):
+        return None
+    fname = value.func.attr.value if isinstance(value.func, cst.Attribute) else value.func.value
+    if fname not in _FACTORIES:
+        return None
+    positional = [a for a in value.args if a.keyword is None and a.star == ""]
+    if fname.endswith("_like"):
+        return None
+    shape_kw = [a for a in value.args if a.keyword is not None and a.keyword.value == "size"]
+    first = positional[0].value if positional else (shape_kw[0].value if shape_kw else None)
+    if first is None:
+        return None
+    if isinstance(first, (cst.Tuple, cst.List)) and len(first.elements) == 2:
+        return f"created 2-D by `{code(value)}`"
+    # x.shape[:2] / x.size()[:2]
+    if (isinstance(first, cst.Subscript) and len(first.slice) == 1 and isinstance(first.slice[0].slice, cst.Slice)
+            and first.slice[0].slice.lower is None and m.matches(first.slice[0].slice.upper, m.Integer("2"))
+            and first.slice[0].slice.step is None):
+        return f"created 2-D by `{code(value)}`"
+    # torch.zeros(a, b, ...): exactly two positional size arguments (fill value comes first only for full)
+    sizes = positional[1:] if fname in ("full", "new_full") else positional
+    if fname.startswith("new_") or fname == "full":
+        return None
+    if len(sizes) == 2 and all(not isinstance(a.value, (cst.Tuple, cst.List)) for a in sizes):
+        return f"created 2-D by `{code(value)}`"
+    return None
+
+
+def _fresh(taken: set, base: str) -> str:
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    taken.add(name)
+    return name
+
+
+def _replace_loop(module: cst.Module, loop: cst.For, new_statements: list, imports=(("torch", None),)) -> str:
+    first = new_statements[0].with_changes(leading_lines=loop.leading_lines)
+    new_module = module.deep_replace(loop, cst.FlattenSentinel([first] + list(new_statements[1:])))
+    return add_imports(new_module, list(imports)).code
+
+
+# ---------------------------------------------------------------------------------------------
+# Affine interpolation
+# ---------------------------------------------------------------------------------------------
+def _one_minus(node, ratio: str) -> bool:
+    return m.matches(node, m.BinaryOperation(left=m.Integer("1") | m.Float("1.0"), operator=m.Subtract(),
+                                             right=m.Name(ratio)))
+
+
+def _affine_terms(value, ratio: str):
+    """(A, B) when `value` is `(1 - r) * A + r * B` (either operand order in each product), else None."""
+    if not m.matches(value, m.BinaryOperation(operator=m.Add(), left=m.BinaryOperation(operator=m.Multiply()),
+                                              right=m.BinaryOperation(operator=m.Multiply()))):
+        return None
+    left, right = value.left, value.right
+    if _one_minus(left.left, ratio):
+        a = left.right
+    elif _one_minus(left.right, ratio):
+        a = left.left
+    else:
+        return None
+    if m.matches(right.left, m.Name(ratio)):
+        b = right.right
+    elif m.matches(right.right, m.Name(ratio)):
+        b = right.left
+    else:
+        return None
+    return a, b
+
+
+def _index_offset(node, var: str) -> Optional[int]:
+    """c when `node` is `var`, `var + c` or `var - c` with an integer literal c."""
+    if m.matches(node, m.Name(var)):
+        return 0
+    if m.matches(node, m.BinaryOperation(left=m.Name(var), operator=m.Add() | m.Subtract(), right=m.Integer())):
+        c = int(node.right.value)
+        return c if isinstance(node.operator, cst.Add) else -c
+    return None
+
+
+def rewrite_affine_interpolation(source: str, line: int) -> Optional[Rewrite]:
+    wrapper = wrap(source)
+    meta = resolve(wrapper)
+    module = wrapper.module
+    for loop in _loops_at(meta, module, line):
+        r = _match_affine(meta, module, loop)
+        if r is not None:
+            return r
+    return None
+
+
+def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
+    body = _body_statements(loop)
+    if body is None or len(body) != 2 or not m.matches(loop.target, m.Name()):
+        return None
+    i = loop.target.value
+    if not m.matches(loop.iter, m.Call(func=m.Name("range"))) or not 1 <= len(loop.iter.args) <= 2 \
+            or any(a.keyword is not None or a.star for a in loop.iter.args):
+        return None
+    if len(loop.iter.args) == 2:
+        start, stop = loop.iter.args[0].value, loop.iter.args[1].value
+    else:
+        start, stop = cst.Integer("0"), loop.iter.args[0].value
+    s1, s2 = body
+    if not (m.matches(s1, m.Assign(targets=[m.AssignTarget(target=m.Name())],
+                                   value=m.BinaryOperation(left=m.Name(i), operator=m.Divide())))):
+        return None
+    ratio = s1.targets[0].target.value
+    denominator = s1.value.right
+    if not m.matches(s2, m.Assign(targets=[m.AssignTarget(target=m.Subscript(value=m.Name()))])):
+        return None
+    target = s2.targets[0].target
+    res = target.value.value
+    if len(target.slice) != 1 or not isinstance(target.slice[0].slice, cst.Index):
+        return None
+    offset = _index_offset(target.slice[0].slice.value, i)
+    terms = _affine_terms(s2.value, ratio)
+    if offset is None or terms is None:
+        return None
+    loop_names = {i, ratio, res}
+    if (names_in(denominator) & loop_names) or any(names_in(t) & loop_names for t in terms) \
+            or (names_in(start) | names_in(stop)) & {ratio, res}:
+        return None
+
+    function = enclosing_function(meta, loop)
+    leftover = _used_after(meta, function, loop, {i, ratio})
+    if leftover:
+        return None  # the loop leaves `i`/`ratio` bound for later code: not the idiom
+    created = _creates_2d(_assigned_from(meta, function, res, start_line(meta, loop)))
+
+    start_c = code(start)
+    if isinstance(start, cst.Integer):
+        lo = int(start.value) + offset
+        lower = "" if lo == 0 else str(lo)
+    else:
+        lower = f"{start_c} + {offset}" if offset > 0 else (f"{start_c} - {-offset}" if offset < 0 else start_c)
+    stop_c = code(stop)
+    upper = f"{stop_c} + {offset}" if offset > 0 else (f"{stop_c} - {-offset}" if offset < 0 else stop_c)
+    ratio_stmt = cst.parse_statement(
+        f"{ratio} = (torch.arange({start_c}, {stop_c}, dtype={res}.dtype, device={res}.device)"
+        f" / {code(denominator)}).unsqueeze(-1)\n")
+    assign_stmt = cst.parse_statement(f"{res}[{lower}:{upper}] = {code(s2.value)}\n")
+    new_source = _replace_loop(module, loop, [ratio_stmt, assign_stmt])
+
+    verified = [f"loop `for {i} in range({start_c}, {stop_c})` writes row `{res}[{code(target.slice[0].slice.value)}]`"
+                f" with `(1 - {ratio}) * A + {ratio} * B`, A and B loop-invariant",
+                f"`{i}` and `{ratio}` are not read after the loop"]
+    constraints = [f"`{stop_c}` >= `{start_c}` (torch.arange rejects a reversed range where the loop would do nothing)",
+                   "ratios are computed in the dtype of the result tensor instead of Python floats (rounding differs in the last bit)"]
+    if created:
+        verified.append(f"`{res}` rows are 1-D: {created}")
+    else:
+        constraints.append(f"`{res}` must be 2-D (each row a vector): its creation is not visible in the function")
+    return Rewrite(
+        new_source=new_source,
+        description=(f"Vectorize the per-index interpolation loop: one `torch.arange` of ratios and one slice "
+                     f"assignment to `{res}` replace {2} small ops per iteration."),
+        auto_applicable=bool(created) and isinstance(start, cst.Integer),
+        constraints=constraints, verified=verified)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefix masks
+# ---------------------------------------------------------------------------------------------
+def rewrite_prefix_mask(source: str, line: int) -> Optional[Rewrite]:
+    wrapper = wrap(source)
+    meta = resolve(wrapper)
+    module = wrapper.module
+    for loop in _loops_at(meta, module, line):
+        r = _match_prefix_mask(meta, module, loop)
+        if r is not None:
+            return r
+    return None
+
+
+def _mask_target(target, i: str, n: str):
+    """The mask expression when `target` is `M[i][:n]` or `M[i, :n]`, else None."""
+    def prefix(sl) -> bool:
+        return (isinstance(sl, cst.Slice) and sl.lower is None and sl.step is None
+                and m.matches(sl.upper, m.Name(n)))
+
+    if not isinstance(target, cst.Subscript):
+        return None
+    if (len(target.slice) == 1 and prefix(target.slice[0].slice) and isinstance(target.value, cst.Subscript)
+            and len(target.value.slice) == 1 and isinstance(target.value.slice[0].slice, cst.Index)
+            and m.matches(target.value.slice[0].slice.value, m.Name(i))):
+        return target.value.value
+    if (len(target.slice) == 2 and isinstance(target.slice[0].slice, cst.Index)
+            and m.matches(target.slice[0].slice.value, m.Name(i)) and prefix(target.slice[1].slice)):
+        return target.value
+    return None
+
+
+def _match_prefix_mask(meta, module, loop: cst.For) -> Optional[Rewrite]:
+    body = _body_statements(loop)
+    if body is None or len(body) != 1:
+        return None
+    if not m.matches(loop.target, m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name())])):
+        return None
+    i, n = loop.target.elements[0].value.value, loop.target.elements[1].value.value
+    if not m.matches(loop.iter, m.Call(func=m.Name("enumerate"), args=[m.Arg(keyword=None, star="")])):
+        return None
+    lens = loop.iter.args[0].value
+    stmt = body[0]
+    if not m.matches(stmt, m.Assign(targets=[m.AssignTarget()])):
+        return None
+    mask = _mask_target(stmt.targets[0].target, i, n)
+    if mask is None or not isinstance(mask, (cst.Name, cst.Attribute)):
+        return None
+    value = stmt.value
+    if names_in(value) & {i, n} or names_in(mask) & {i, n} or names_in(lens) & {i, n}:
+        return None
+    function = enclosing_function(meta, loop)
+    if _used_after(meta, function, loop, {i, n}):
+        return None
+    mask_c, lens_c, value_c = code(mask), code(lens), code(value)
+    taken = names_in(function) if function is not None else names_in(module)
+    base = lens.value if isinstance(lens, cst.Name) else "lens"
+    lens_t = _fresh(taken, f"{base}_t")
+    cols = _fresh(taken, "cols")
+    stmts = [
+        cst.parse_statement(f"{lens_t} = torch.as_tensor({lens_c}, device={mask_c}.device)\n"),
+        cst.parse_statement(f"{cols} = torch.arange({mask_c}.shape[1], device={mask_c}.device)\n"),
+        cst.parse_statement(
+            f"{mask_c}[:{lens_t}.shape[0]].masked_fill_({cols} < torch.where({lens_t} < 0, {lens_t} + {mask_c}.shape[1], "
+            f"{lens_t}).unsqueeze(1), {value_c})\n"),
+    ]
+    new_source = _replace_loop(module, loop, stmts)
+    created = _creates_2d(_assigned_from(meta, function, code(mask), start_line(meta, loop))) \
+        if isinstance(mask, cst.Name) else None
+    verified = [f"loop `for {i}, {n} in enumerate({lens_c})` only sets the prefix `{mask_c}[{i}][:{n}]` to a "
+                f"loop-invariant value", f"`{i}` and `{n}` are not read after the loop",
+                "rows beyond the lengths and cells past each length keep their values (masked_fill_ writes only "
+                "where the comparison holds); negative lengths follow Python slice rules"]
+    constraints = [f"`{lens_c}` is a 1-D sequence of integers (list or tensor)"]
+    if created:
+        verified.append(f"`{mask_c}` is 2-D: {created}")
+    else:
+        constraints.append(f"`{mask_c}` must be 2-D: its creation is not visible in the function")
+    return Rewrite(
+        new_source=new_source,
+        description=(f"Build `{mask_c}` with one comparison against `torch.arange` instead of a Python loop that "
+                     f"reads every length back to the host (an implicit `.item()` and stream sync per row)."),
+        auto_applicable=bool(created), constraints=constraints, verified=verified)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-element .item() loops
+# ---------------------------------------------------------------------------------------------
+def _item_call(node, var: str) -> bool:
+    return m.matches(node, m.Call(func=m.Attribute(value=m.Name(var), attr=m.Name("item")), args=[]))
+
+
+class _ItemUses(cst.CSTVisitor):
+    def __init__(self, var: str):
+        self.var, self.items, self.other, self.assigned = var, 0, 0, False
+        self._inside = 0
+
+    def visit_Call(self, node: cst.Call) -> None:
+        if _item_call(node, self.var):
+            self.items += 1
+            self._inside += 1
+
+    def leave_Call(self, node: cst.Call) -> None:
+        if _item_call(node, self.var):
+            self._inside -= 1
+
+    def visit_Name(self, node: cst.Name) -> None:
+        if node.value == self.var and not self._inside:
+            self.other += 1
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        if self.var in names_in(node):
+            self.assigned = True
+
+
+class _DropItem(cst.CSTTransformer):
+    def __init__(self, var: str):
+        self.var = var
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call):
+        if _item_call(original, self.var):
+            return cst.Name(self.var)
+        return updated
+
+
+def _is_tensor_expr(meta, node, function, before_line: int) -> Optional[str]:
+    """Why `node` is certainly a tensor (a torch call or a tensor method result), else None."""
+    if isinstance(node, cst.Name):
+        value = _assigned_from(meta, function, node.value, before_line)
+        return _is_tensor_expr(meta, value, function, before_line) if value is not None else None
+    if isinstance(node, cst.Call):
+        from .base import qualified_names
+        if any(q.startswith("torch.") for q in qualified_names(meta, node.func)) and not any(
+                q.startswith("torch.Tensor.") for q in qualified_names(meta, node.func)):
+            return f"`{code(node)}` is a torch call"
+        if isinstance(node.func, cst.Attribute) and node.func.attr.value in _TENSOR_METHODS:
+            return f"`{code(node)}` is a tensor method"
+    return None
+
+
+def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
+    wrapper = wrap(source)
+    meta = resolve(wrapper)
+    module = wrapper.module
+    for loop in _loops_at(meta, module, line):
+        if not isinstance(loop.target, cst.Name) or loop.orelse is not None:
+            continue
+        if m.matches(loop.iter, m.Call(func=m.Name("range") | m.Name("enumerate") | m.Name("zip"))):
+            continue
+        var = loop.target.value
+        uses = _ItemUses(var)
+        loop.body.visit(uses)
+        if uses.items == 0 or uses.other or uses.assigned:
+            continue
+        function = enclosing_function(meta, loop)
+        if _used_after(meta, function, loop, {var}):
+            continue
+        new_body = loop.body.visit(_DropItem(var))
+        new_iter = expr(f"({code(loop.iter)}).reshape(-1).tolist()" if not isinstance(
+            loop.iter, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else f"{code(loop.iter)}.reshape(-1).tolist()")
+        new_loop = loop.with_changes(iter=new_iter, body=new_body)
+        new_source = module.deep_replace(loop, new_loop).code
+        why = _is_tensor_expr(meta, loop.iter, function, start_line(meta, loop))
+        verified = [f"every use of `{var}` in the loop is `{var}.item()`", f"`{var}` is not read after the loop"]
+        constraints = ["one device->host copy of the whole tensor replaces one sync per element"]
+        if why:
+            verified.append(f"the iterated value is a tensor: {why}")
+        else:
+            constraints.insert(0, f"`{code(loop.iter)}` must be a tensor (not a list of tensors)")
+        return Rewrite(
+            new_source=new_source,
+            description=(f"Copy `{code(loop.iter)}` to the host once with `.tolist()` instead of calling "
+                         f"`.item()` (a blocking device sync) for every element."),
+            auto_applicable=bool(why), constraints=constraints, verified=verified)
+    return None
+
+
+REWRITERS = {
+    "affine_interpolation": rewrite_affine_interpolation,
+    "prefix_mask": rewrite_prefix_mask,
+    "item_loop": rewrite_item_loop,
+}
+
+
+def rewrite_loop(source: str, line: int, idiom: Optional[str] = None) -> Optional[tuple]:
+    """(idiom, Rewrite) for the first idiom that matches the loop at `line` (the given one first)."""
+    order = ([idiom] if idiom in REWRITERS else []) + [k for k in IDIOMS if k != idiom]
+    for name in order:
+        r = REWRITERS[name](source, line)
+        if r is not None:
+            return name, r
+    return None
