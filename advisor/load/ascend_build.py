@@ -28,6 +28,9 @@ _PLACEHOLDER_TASKS = {"PROFILING_ENABLE", "PROFILING_DISABLE"}
 _MEMCPY_TASKS = {"MEMCPY_ASYNC", "PCIE_DMA_SQE", "MEMCPY"}
 _SYNC_TASKS = {"EVENT_RECORD", "EVENT_WAIT", "EVENT_RECORD_SQE", "EVENT_WAIT_SQE"}
 _CORE_TASK_TYPES = {"AI_CORE", "AI_CPU", "AI_VECTOR_CORE", "MIX_AIC", "MIX_AIV"}
+# DB task-type names of the same cores
+_CORE_OF_TASK = {**{c: c for c in _CORE_TASK_TYPES}, "KERNEL_AICORE": "AI_CORE", "KERNEL_AIVEC": "AI_VECTOR_CORE",
+                 "KERNEL_AICPU": "AI_CPU"}
 
 
 def build_trace(raw: R.RawProfile, path: str, fmt: str, kernel_details: pd.DataFrame | None = None) -> model.Trace:
@@ -127,8 +130,8 @@ def _kernels(raw, rt, rt_host_ts, op_at, steps, kernel_details) -> pd.DataFrame:
     if kernel_details is not None and len(kernel_details) and "start_ns" in kernel_details:
         core, op_type = _join_kernel_details(k, kernel_details, core, op_type)
     task_type = k["task_type"].fillna("").astype(str).to_numpy(dtype=object)
-    fallback = (core == "") & np.isin(task_type, list(_CORE_TASK_TYPES))
-    core[fallback] = task_type[fallback]
+    fallback = (core == "") & np.isin(task_type, list(_CORE_OF_TASK))
+    core[fallback] = [_CORE_OF_TASK[t] for t in task_type[fallback]]
     name = k["name"].astype(str).to_numpy(dtype=object)
     kind = k["kind"].to_numpy(dtype=object).copy()
     is_kernel = kind == "kernel"

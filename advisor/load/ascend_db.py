@@ -148,9 +148,15 @@ def _call_stacks(con, strings: dict) -> dict:
 def _kernels(con, tables: set, strings: dict) -> pd.DataFrame:
     if "TASK" not in tables:
         return R.empty(R.KERNEL_COLUMNS)
-    comm_filter = ("WHERE t.globalTaskId NOT IN (SELECT globalTaskId FROM COMMUNICATION_TASK_INFO)"
-                   if "COMMUNICATION_TASK_INFO" in tables else "")
+    # Tasks of collectives stay here: the builder drops them the same way for both exports (by their
+    # stream and the collective's range), so text and DB give the same device timeline.
+    comm_filter = ""
     info = "COMPUTE_TASK_INFO" in tables
+    if "COMMUNICATION_OP" in tables and info:
+        # The DB also stores each collective as one task spanning it (no compute info, the collective's
+        # connection id); the text export shows it only on the HCCL process, as the collective itself.
+        comm_filter = ("WHERE NOT (c.globalTaskId IS NULL AND t.connectionId IN "
+                       "(SELECT connectionId FROM COMMUNICATION_OP))")
     cols = ", c.name AS cname, c.opType AS optype, c.taskType AS core" if info else ""
     join = "LEFT JOIN COMPUTE_TASK_INFO c ON c.globalTaskId = t.globalTaskId" if info else ""
     t = _frame(con, f"SELECT t.startNs, t.endNs, t.connectionId, t.streamId, t.taskType{cols} FROM TASK t {join} {comm_filter}")
@@ -169,6 +175,10 @@ def _kernels(con, tables: set, strings: dict) -> pd.DataFrame:
         "core": np.asarray([s(v) or "" for v in t["core"]], dtype=object) if info else "",
         "kind": "kernel",
     })
+    if info:
+        # Compute tasks without operator info: trace_view.json omits them too (keeps both exports alike).
+        anonymous = pd.isna(cname) & np.isin(task_type, ["AI_CORE", "KERNEL_AICORE", "KERNEL_AIVEC", "AI_VECTOR_CORE"])
+        kernels = kernels[~anonymous].reset_index(drop=True)
     if "COMMUNICATION_OP" in tables:
         c = _frame(con, "SELECT opName, startNs, endNs, connectionId FROM COMMUNICATION_OP")
         coll = pd.DataFrame({"ts": c["startNs"].astype(np.int64), "dur": (c["endNs"] - c["startNs"]).astype(np.int64),
