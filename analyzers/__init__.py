@@ -17,6 +17,10 @@ ANALYZERS = (
     "op_ranking",
     "syncs",
     "environment",
+    "cpu_fallback",
+    "npu_runtime",
+    "small_op_loops",
+    "optimizer",
     "host_bound",
 )
 
