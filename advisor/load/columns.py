@@ -1,105 +1,184 @@
-"""Accumulate decoded trace events into typed columns, piece by piece.
+"""Accumulate decoded trace events into typed columns, one table per role, piece by piece.
 
-Per piece: one `astuple` per event and `zip(*...)` turn structs into columns at C speed; events of
-categories nobody analyzes are dropped before their args are touched; names are int-encoded against a
-global symbol table so a million repeats of "aten::add" cost a million int32s, not strings.
+Per piece, every step is a C-level loop (`map` + `attrgetter`, `np.fromiter`, `bytes.join`): events
+are sorted into roles by their category with one dict lookup each, events of categories nobody
+analyzes are dropped before any of their fields are read, and each role extracts only the fields it
+needs. Names are int-encoded against a per-role symbol table (a dict), so a million repeats of
+"aten::add" cost a million int32s, not strings. Timestamps are converted to integer nanoseconds
+exactly (see `ts_ns`).
 """
 from __future__ import annotations
 
+from itertools import repeat
+from operator import attrgetter, itemgetter
+
 import numpy as np
-import pandas as pd
-from msgspec.structs import astuple
+
+ROLE_SKIP, ROLE_OP, ROLE_PY, ROLE_RT, ROLE_KERNEL, ROLE_ANNOT = range(6)
+
+_ph = attrgetter("ph")
+_cat = attrgetter("cat")
+_args = attrgetter("args")
 
 
-class SymbolTable:
-    def __init__(self):
-        self.ids: dict = {}
-        self.names: list = []
+class Interner(dict):
+    """value -> dense int code in first-seen order (dicts keep insertion order: `list(self)` are the
+    values by code)."""
+
+    def __missing__(self, key):
+        code = self[key] = len(self)
+        return code
 
     def encode(self, values) -> np.ndarray:
-        codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
-        mapping = np.fromiter((self.ids.setdefault(u, len(self.ids)) for u in uniques), dtype=np.int32,
-                              count=len(uniques))
-        if len(self.names) < len(self.ids):
-            self.names.extend([None] * (len(self.ids) - len(self.names)))
-            for u, i in zip(uniques, mapping):
-                self.names[i] = u
-        return mapping[codes] if len(codes) else np.zeros(0, dtype=np.int32)
-
-    def categorical(self, codes: np.ndarray) -> pd.Categorical:
-        return pd.Categorical.from_codes(codes, categories=pd.Index(self.names, dtype=object))
+        return np.fromiter(map(self.__getitem__, values), dtype=np.int32, count=len(values))
 
 
-def _int_column(values) -> np.ndarray:
+def ts_ns(values: list) -> np.ndarray:
+    """Chrome-trace µs timestamps -> int64 ns, exactly.
+
+    Integers are exact µs. Fractional values arrive as their JSON text (the decoder's float_hook is
+    `str`): a float64 holds only ~0.25 µs at today's epoch (1.7e15 µs), so the integer and fraction
+    digits are parsed separately. Anything else (exponents, odd strings) falls back to float64.
+    """
+    arr = np.array(values)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64) * 1000
+    if arr.dtype.kind == "f":
+        return np.rint(arr * 1000.0).astype(np.int64)
     try:
-        return np.asarray(values, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        return np.asarray(values, dtype=object)
+        text = arr.astype("S")
+        whole, _, frac = np.strings.partition(text, b".")
+        frac = np.strings.ljust(frac.astype("S3"), 3, b"0")
+        ns = whole.astype(np.int64) * 1000
+        frac_ns = frac.astype(np.int64)
+        return np.where(np.strings.startswith(whole, b"-"), ns - frac_ns, ns + frac_ns)
+    except (ValueError, TypeError, OverflowError):
+        return np.rint(np.asarray(values, dtype=np.float64) * 1000.0).astype(np.int64)
 
 
-def _ns(values) -> np.ndarray:
-    # Chrome traces count µs; fractional parts carry ns. float64 keeps ~0.25 µs at today's epochs.
-    return np.rint(np.asarray(values, dtype=np.float64) * 1000.0).astype(np.int64)
+def dur_ns(values: list) -> np.ndarray:
+    # Durations are small: float64 is exact to well below 1 ns.
+    return np.rint(np.fromiter(values, dtype=np.float64, count=len(values)) * 1000.0).astype(np.int64)
 
 
-class ColumnBuilder:
-    FIELDS = ("ph", "cat", "name", "ts", "dur", "pid", "tid")
-    ARG_FIELDS = ("external_id", "correlation", "python_id", "python_parent_id", "input_dims", "stream",
-                  "device", "seq", "call_stack", "name")
+def _ints(values: list) -> np.ndarray:
+    try:
+        return np.fromiter(values, dtype=np.int64, count=len(values))
+    except TypeError:   # None among them (e.g. "Python parent id": null)
+        return np.fromiter((-1 if v is None else v for v in values), dtype=np.int64, count=len(values))
+
+
+class _Labels:
+    """pid/tid columns hold ints or labels ("Spans"); labels get stable negative ids."""
 
     def __init__(self):
-        self.names = SymbolTable()
-        self.cats = SymbolTable()
-        self.parts: dict = {k: [] for k in ("ph", "cat", "name", "ts", "dur", "pid", "tid", "external_id",
-                                           "correlation", "python_id", "python_parent_id", "input_dims",
-                                           "stream", "device", "seq", "call_stack")}
+        self.ids: dict = {}
 
-    def add(self, events: list, keep_cats: set, meta_names: list):
-        if not events:
-            return
-        ph, cat, name, ts, dur, pid, tid, args = zip(*[astuple(e) for e in events])
-        for i in np.flatnonzero(np.asarray(ph, dtype=object) == "M"):
-            a = args[i]
-            if a is not None:
-                meta_names.append((name[i], pid[i], a.name))
-        cat_arr = np.asarray(cat, dtype=object)
-        cat_codes, cat_uniques = pd.factorize(cat_arr)
-        wanted = np.fromiter((c in keep_cats for c in cat_uniques), dtype=bool, count=len(cat_uniques))
-        keep = np.flatnonzero(wanted[cat_codes] if len(cat_uniques) else np.zeros(len(cat_arr), bool))
-        if len(keep) == 0:
-            return
-        take = keep.tolist()
+    def column(self, values: list) -> np.ndarray:
+        try:
+            return np.fromiter(values, dtype=np.int64, count=len(values))
+        except (TypeError, ValueError, OverflowError):
+            ids = self.ids
+            out = np.empty(len(values), dtype=np.int64)
+            for i, v in enumerate(values):
+                out[i] = v if isinstance(v, int) else ids.setdefault(v, -1000 - len(ids))
+            return out
+
+
+class _Texts:
+    """Strings that repeat (shapes, call stacks) share one object; "" becomes None."""
+
+    def __init__(self):
+        self.seen: dict = {"": None}
+
+    def column(self, values: list) -> np.ndarray:
+        out = np.empty(len(values), dtype=object)
+        out[:] = list(map(self.seen.setdefault, values, values))
+        return out
+
+    def raw_column(self, raws: list) -> np.ndarray:
+        # One join + one decode + one split instead of a decode per event; JSON text never holds NUL.
+        return self.column(b"\x00".join(raws).decode("utf-8", "replace").split("\x00"))
+
+
+class RoleTable:
+    """Columns of one role. `fields`: event attributes; `arg_fields`: attributes of `args`."""
+
+    def __init__(self, fields: tuple, arg_fields: tuple):
+        self.fields = fields
+        self.arg_fields = arg_fields
+        self.names = Interner()
+        self.cats = Interner()
+        self.parts: dict = {f: [] for f in ("ts", "dur", "name") + fields + arg_fields}
+        self.n = 0
+
+    def add(self, events, labels: dict, texts: dict):
         p = self.parts
-        p["ph"].append(np.asarray(ph, dtype=object)[keep])
-        p["cat"].append(self.cats.encode(cat_arr[keep]))
-        p["name"].append(self.names.encode([name[i] for i in take]))
-        p["ts"].append(_ns([ts[i] for i in take]))
-        p["dur"].append(_ns([dur[i] for i in take]))
-        p["pid"].append(_int_column([pid[i] for i in take]))
-        p["tid"].append(_int_column([tid[i] for i in take]))
-        from .kineto import _NO_ARGS
-        (ext, corr, py_id, py_parent, dims, stream, device, seq, stack, _m) = zip(
-            *[astuple(args[i] or _NO_ARGS) for i in take])
-        p["external_id"].append(np.asarray(ext, dtype=np.int64))
-        p["correlation"].append(np.asarray(corr, dtype=np.int64))
-        p["python_id"].append(np.asarray(py_id, dtype=np.int64))
-        p["python_parent_id"].append(np.asarray([-1 if v is None else v for v in py_parent], dtype=np.int64))
-        p["input_dims"].append(np.asarray([bytes(r).decode() if len(r) else None for r in dims], dtype=object))
-        p["stream"].append(np.asarray(stream, dtype=np.int64))
-        p["device"].append(np.asarray(device, dtype=np.int64))
-        p["seq"].append(np.asarray(seq, dtype=np.int64))
-        p["call_stack"].append(np.asarray([s or None for s in stack], dtype=object))
+        p["ts"].append(ts_ns(list(map(attrgetter("ts"), events))))
+        p["dur"].append(dur_ns(list(map(attrgetter("dur"), events))))
+        p["name"].append(self.names.encode(list(map(attrgetter("name"), events))))
+        for f in self.fields:
+            values = list(map(attrgetter(f), events))
+            if f == "cat":
+                p[f].append(self.cats.encode(values))
+            else:
+                p[f].append(labels[f].column(values))
+        if self.arg_fields:
+            args = list(map(_args, events))
+            for f in self.arg_fields:
+                values = list(map(attrgetter(f), args))
+                if f == "input_dims":
+                    p[f].append(texts[f].raw_column(values))
+                elif f == "call_stack":
+                    p[f].append(texts[f].column(values))
+                else:
+                    p[f].append(_ints(values))
+        self.n += len(events)
 
     def finish(self) -> dict:
         out = {}
-        for k, chunks in self.parts.items():
-            if not chunks:
-                out[k] = np.zeros(0, dtype=object if k in ("ph", "input_dims", "call_stack") else np.int64)
-                continue
-            if any(c.dtype == object for c in chunks) and k in ("pid", "tid"):
-                chunks = [c.astype(object) for c in chunks]
-            out[k] = np.concatenate(chunks)
-        out["name"] = self.names.categorical(out["name"].astype(np.int32))
-        out["cat"] = self.cats.categorical(out["cat"].astype(np.int32))
-        out["n"] = len(out["ts"])
+        for f, chunks in self.parts.items():
+            if chunks:
+                out[f] = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+            else:
+                out[f] = np.zeros(0, dtype=object if f in ("input_dims", "call_stack") else
+                                  np.int32 if f in ("name", "cat") else np.int64)
+            chunks.clear()
+        out["name_values"] = list(self.names)
+        out["cat_values"] = list(self.cats)
+        out["n"] = self.n
         return out
+
+
+class ColumnBuilder:
+    """Sort each piece's events into role tables; collect `ph == "M"` metadata (process names)."""
+
+    def __init__(self, role_of_cat: dict, roles: dict):
+        self.role_of_cat = role_of_cat            # category -> ROLE_*
+        self.tables = {r: RoleTable(*spec) for r, spec in roles.items()}
+        self.labels = {"pid": _Labels(), "tid": _Labels()}
+        self.texts = {"input_dims": _Texts(), "call_stack": _Texts()}
+        self.meta: list = []                      # (kind, pid, name) of metadata events
+
+    def add(self, events: list):
+        n = len(events)
+        if not n:
+            return
+        phs = list(map(_ph, events))
+        role = np.fromiter(map(self.role_of_cat.get, map(_cat, events), repeat(ROLE_SKIP)), dtype=np.int8,
+                           count=n)
+        ph = np.array(phs)
+        role[ph != "X"] = ROLE_SKIP               # only complete events have a duration
+        for i in np.flatnonzero(ph == "M"):
+            e = events[i]
+            self.meta.append((e.name, e.pid, e.args.name))
+        del phs, ph
+        for r, table in self.tables.items():
+            idx = np.flatnonzero(role == r)
+            if len(idx) == 0:
+                continue
+            picked = itemgetter(*idx.tolist())(events) if len(idx) > 1 else (events[int(idx[0])],)
+            table.add(picked, self.labels, self.texts)
+
+    def finish(self) -> dict:
+        return {r: t.finish() for r, t in self.tables.items()}

@@ -1,18 +1,20 @@
 """Stream the event array of a chrome-trace JSON file in bounded chunks.
 
 Traces reach gigabytes; decoding them whole needs several times their size in memory. This reader
-decompresses (gzip or plain) block by block, cuts the `traceEvents` array (or a bare top-level array)
-into pieces of about CHUNK_BYTES at event boundaries, and hands each piece to msgspec as a small JSON
-array. Only one piece and its decoded events are alive at a time.
+decompresses (gzip or plain) block by block in a background thread (zlib releases the GIL, so
+inflating overlaps with decoding on another core), cuts the `traceEvents` array (or a bare top-level
+array) into pieces of about CHUNK_BYTES at event boundaries, and hands each piece to msgspec as a
+small JSON array. Only a few blocks, one piece and its decoded events are alive at a time.
 
 A cut is tried at the last `},` followed by `{` before the size limit; if the piece does not decode
-(the cut fell inside a nested object), the piece grows to the next cut. A piece that still fails at
-the end of the file is a corrupt or truncated trace.
+(the cut fell inside a nested object or a string), the piece grows to the next cut. A piece that
+still fails at the end of the file is a corrupt or truncated trace.
 """
 from __future__ import annotations
 
-import gzip
+import queue
 import re
+import threading
 import zlib
 from typing import Callable, Iterator
 
@@ -20,28 +22,105 @@ import msgspec
 
 from ..errors import TraceFormatError
 
-CHUNK_BYTES = 8 << 20
-READ_BYTES = 4 << 20
+CHUNK_BYTES = 8 << 20             # decoded piece size: bounds the memory of one piece's events
+READ_BYTES = 1 << 20              # compressed (or plain) bytes read from disk at a time
+BLOCK_BYTES = 4 << 20             # most decompressed bytes handed over at a time
+QUEUE_BLOCKS = 3                  # blocks buffered between the inflating thread and the decoder
 _HEADER_LIMIT = 64 << 20          # the top-level keys before "traceEvents" are small in practice
 _CUT = re.compile(rb"\}\s*,\s*\{")
+_ARRAY_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_DONE = object()
+
+
+def _inflate(path: str) -> Iterator[bytes]:
+    """Decompressed blocks of a gzip (possibly multi-member) or plain file, each <= BLOCK_BYTES."""
+    with open(path, "rb") as raw:
+        first = raw.read(READ_BYTES)
+        if first[:2] != b"\x1f\x8b":
+            while first:
+                yield first
+                first = raw.read(READ_BYTES)
+            return
+        inflater = zlib.decompressobj(31)
+        data = first
+        try:
+            while True:
+                if not data:
+                    data = raw.read(READ_BYTES)
+                    if not data:
+                        break
+                out = inflater.decompress(data, BLOCK_BYTES)
+                data = inflater.unconsumed_tail
+                if out:
+                    yield out
+                if inflater.eof:
+                    rest = inflater.unused_data + data
+                    if not rest.strip(b"\x00"):
+                        data = raw.read(READ_BYTES)
+                        if not data.strip(b"\x00"):
+                            return
+                        rest = data
+                    inflater = zlib.decompressobj(31)     # next gzip member
+                    data = rest
+            tail = inflater.flush()
+            if tail:
+                yield tail
+        except zlib.error as exc:
+            raise TraceFormatError(f"{path}: compressed data is corrupt ({exc})") from None
+        if not inflater.eof:
+            raise TraceFormatError(f"{path}: compressed data is truncated (gzip stream ends early)")
+
+
+class _Prefetch:
+    """Run `_inflate` in a daemon thread, at most QUEUE_BLOCKS blocks ahead of the consumer."""
+
+    def __init__(self, path: str):
+        self.q: queue.Queue = queue.Queue(QUEUE_BLOCKS)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(path,), name="npa-inflate", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, path: str):
+        try:
+            for block in _inflate(path):
+                if not self._put(block):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+            return
+        self._put(_DONE)
+
+    def __iter__(self):
+        try:
+            while True:
+                item = self.q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self):
+        self.stop.set()
 
 
 def _open_blocks(path: str) -> Iterator[bytes]:
-    with open(path, "rb") as raw:
-        magic = raw.read(2)
-        raw.seek(0)
-        if magic == b"\x1f\x8b":
-            stream = gzip.GzipFile(fileobj=raw)
-        else:
-            stream = raw
-        try:
-            while True:
-                block = stream.read(READ_BYTES)
-                if not block:
-                    return
-                yield block
-        except (EOFError, OSError, zlib.error) as exc:
-            raise TraceFormatError(f"{path}: compressed data is truncated or corrupt ({exc})") from None
+    try:
+        open(path, "rb").close()
+    except OSError as exc:
+        raise TraceFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return iter(_Prefetch(path))
 
 
 class ChunkedArray:
@@ -56,46 +135,59 @@ class ChunkedArray:
 
     def __iter__(self):
         blocks = _open_blocks(self.path)
+        try:
+            yield from self._pieces(blocks)
+        finally:
+            close = getattr(blocks, "close", None)
+            if close:
+                close()
+
+    def _pieces(self, blocks):
         buf, prefix = self._find_array_start(blocks)
-        eof = False
-        while not eof:
-            while len(buf) < CHUNK_BYTES:
+        while True:
+            parts = [buf]
+            size = len(buf)
+            eof = False
+            while size < CHUNK_BYTES:
                 block = next(blocks, None)
                 if block is None:
                     eof = True
                     break
-                buf += block
+                parts.append(block)
+                size += len(block)
+            buf = b"".join(parts) if len(parts) > 1 else buf
+            del parts
             if eof:
                 yield from self._finish(buf, prefix)
                 return
             piece_end = self._cut(buf, CHUNK_BYTES)
             while piece_end is not None:
                 try:
-                    decoded = self.decode_piece(b"[" + buf[:piece_end] + b"]")
+                    decoded = self.decode_piece(b"".join((b"[", memoryview(buf)[:piece_end], b"]")))
                 except msgspec.ValidationError:
                     raise
                 except msgspec.DecodeError:
                     piece_end = self._cut(buf, len(buf), after=piece_end + 1)
                     continue
+                buf = buf[buf.index(b"{", piece_end):]
                 yield decoded
-                buf = buf[piece_end:].lstrip().lstrip(b",")
+                del decoded
                 break
             # no usable cut in the buffer: read more before trying again
 
     @staticmethod
     def _cut(buf: bytes, limit: int, after: int = 0):
         """Index just past the `}` of the last event boundary before `limit` (first after `after`)."""
-        last = None
         if after:
             m = _CUT.search(buf, after)
             return m.start() + 1 if m else None
-        start = max(0, limit - (1 << 20))
-        for m in _CUT.finditer(buf, start, limit):
-            last = m
-        if last is None and start > 0:
-            for m in _CUT.finditer(buf, 0, limit):
-                last = m
-        return last.start() + 1 if last else None
+        pos = limit
+        while True:
+            pos = buf.rfind(b"}", 0, pos)
+            if pos < 0:
+                return None
+            if _CUT.match(buf, pos):
+                return pos + 1
 
     def _find_array_start(self, blocks):
         buf = b""
@@ -109,7 +201,7 @@ class ChunkedArray:
                 return head[1:], None
             if head[:1] != b"{":
                 raise TraceFormatError(f"{self.path}: not a JSON trace (starts with {head[:20]!r})")
-            m = re.search(rb'"traceEvents"\s*:\s*\[', buf)
+            m = _ARRAY_KEY.search(buf)
             if m:
                 return buf[m.end():], buf[:m.start()]
             if len(buf) > _HEADER_LIMIT:

@@ -4,14 +4,16 @@ Accepts `.json` / `.json.gz`, a `{"traceEvents": [...]}` object or a bare array,
 fractional (ns) parts, the 2021 category names (`Operator`, `Runtime`, `Kernel`, `Memcpy`, `Memset`),
 CUDA and ROCm (`hip*`) runtimes.
 
-Speed: events are decoded by msgspec into typed structs piece by piece (see jsonstream), turned into
-columns with `astuple` + `zip` (C loops), names int-encoded per piece; all joins (steps, launches,
-source locations) are vectorized.
+Speed: the file is inflated in a background thread and cut into pieces (jsonstream); msgspec decodes
+each piece into small typed structs that skip every field the model does not use; the structs are
+sorted into per-role columns with C-level loops (columns); all joins (steps, launches, source
+locations) are vectorized numpy. Memory stays bounded by the piece size plus the final columns.
 """
 from __future__ import annotations
 
+import gc
 import re
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import msgspec
 import numpy as np
@@ -19,7 +21,7 @@ import pandas as pd
 
 from .. import model
 from ..errors import TraceFormatError
-from .columns import ColumnBuilder
+from .columns import ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder
 from .jsonstream import ChunkedArray
 from .locations import attach_locations
 
@@ -30,13 +32,13 @@ RUNTIME_CATS = ("cuda_runtime", "cuda_driver", "Runtime", "runtime")
 KERNEL_KIND = {"kernel": "kernel", "Kernel": "kernel", "gpu_memcpy": "memcpy", "Memcpy": "memcpy",
                "gpu_memset": "memset", "Memset": "memset", "cuda_sync": "sync"}
 ANNOT_CATS = ("user_annotation", "gpu_user_annotation")
-_KEEP = set(OP_CATS + PY_CATS + RUNTIME_CATS + ANNOT_CATS) | set(KERNEL_KIND)
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
 SOURCE_MARKER = "npa.src:"   # ranges our collector wraps around each torch call: npa.src:FILE:LINE:FUNC
 
 
-class Args(msgspec.Struct):
+class Args(msgspec.Struct, frozen=True, gc=False):
+    # Only the args the model uses; msgspec skips every other key without building it.
     external_id: int = msgspec.field(name="External id", default=-1)
     correlation: int = -1
     python_id: int = msgspec.field(name="Python id", default=-1)
@@ -50,21 +52,21 @@ class Args(msgspec.Struct):
 
 
 _NO_ARGS = Args()
-_ARG_FIELDS = Args.__struct_fields__
 
 
-class Event(msgspec.Struct):
+class Event(msgspec.Struct, gc=False):
+    # gc=False: events hold no reference cycles, so the collector need not track a million of them.
     ph: str = ""
     cat: str = ""
     name: str = ""
-    ts: float = -1.0
+    ts: Any = -1.0            # int µs, or the text of a fractional number (float_hook=str): see columns.ts_ns
     dur: float = 0.0
     pid: Union[int, str] = 0
     tid: Union[int, str] = 0
-    args: Optional[Args] = None
+    args: Args = _NO_ARGS
 
 
-_typed = msgspec.json.Decoder(list[Event])
+_typed = msgspec.json.Decoder(list[Event], float_hook=str)
 _untyped = msgspec.json.Decoder()
 
 
@@ -78,6 +80,8 @@ def _decode_piece(data: bytes) -> list:
 
 def _coerce(e: dict) -> Event:
     def num(v, default):
+        if isinstance(v, (int, str)) and not isinstance(v, bool):
+            return v
         try:
             return float(v)
         except (TypeError, ValueError):
@@ -90,7 +94,7 @@ def _coerce(e: dict) -> Event:
             return -1
 
     a = e.get("args")
-    args = None
+    args = _NO_ARGS
     if isinstance(a, dict):
         dims = a.get("Input Dims")
         args = Args(
@@ -102,102 +106,126 @@ def _coerce(e: dict) -> Event:
             name=str(a.get("name") or ""),
         )
     pid, tid = e.get("pid", 0), e.get("tid", 0)
+    dur = num(e.get("dur"), 0.0)
     return Event(ph=str(e.get("ph", "")), cat=str(e.get("cat", "")), name=str(e.get("name", "")),
-                 ts=num(e.get("ts"), -1.0), dur=num(e.get("dur"), 0.0),
+                 ts=num(e.get("ts"), -1.0), dur=float(dur) if isinstance(dur, (int, str)) else dur,
                  pid=pid if isinstance(pid, (int, str)) else str(pid),
                  tid=tid if isinstance(tid, (int, str)) else str(tid), args=args)
 
 
+# Which table each category feeds, and the fields each table reads (event fields, args fields).
+_ROLE_OF_CAT = {**{c: ROLE_OP for c in OP_CATS}, **{c: ROLE_PY for c in PY_CATS},
+                **{c: ROLE_RT for c in RUNTIME_CATS}, **{c: ROLE_KERNEL for c in KERNEL_KIND},
+                **{c: ROLE_ANNOT for c in ANNOT_CATS}}
+_ROLE_FIELDS = {
+    ROLE_OP: (("pid", "tid"), ("external_id", "seq", "input_dims", "call_stack")),
+    ROLE_PY: (("tid",), ("python_id", "python_parent_id")),
+    ROLE_RT: (("tid",), ("correlation",)),
+    ROLE_KERNEL: (("cat",), ("device", "stream", "correlation")),
+    ROLE_ANNOT: (("tid", "cat"), ()),
+}
+
+
 def load_kineto(path: str) -> model.Trace:
-    reader = ChunkedArray(path, _decode_piece)
-    cols = ColumnBuilder()
-    meta_names = []        # (ph M) process/thread names
-    for events in reader:
-        cols.add(events, _KEEP, meta_names)
-    table = cols.finish()
-    return _build_trace(path, table, reader.header, meta_names)
+    # The decoded structs are cycle-free; pausing the cyclic collector while millions of objects are
+    # created and dropped halves the load time.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        reader = ChunkedArray(path, _decode_piece)
+        cols = ColumnBuilder(_ROLE_OF_CAT, _ROLE_FIELDS)
+        for events in reader:
+            cols.add(events)
+            del events
+        tables = cols.finish()
+        try:
+            return _build_trace(path, tables, reader.header, cols.meta)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise TraceFormatError(f"{path}: unexpected event values ({exc})") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
-def _ids(values: np.ndarray) -> np.ndarray:
-    """pid/tid columns hold ints or labels ("Spans"); labels get stable negative ids."""
-    if values.dtype != object:
-        return values.astype(np.int64)
-    out = np.empty(len(values), dtype=np.int64)
-    labels = {}
-    for i, v in enumerate(values):
-        if isinstance(v, (int, np.integer)):
-            out[i] = v
-        else:
-            out[i] = labels.setdefault(v, -1000 - len(labels))
-    return out
+def _categorical(codes: np.ndarray, values: list) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(pd.Index(values, dtype=object)))
+
+
+def _select(codes: np.ndarray, values: list, keep_value) -> tuple:
+    """Row mask keeping rows whose value passes `keep_value`, and the codes/values re-encoded to the
+    kept values only (what remove_unused_categories would give, without pandas)."""
+    keep_code = np.fromiter(map(keep_value, values), dtype=bool, count=len(values))
+    rows = keep_code[codes] if len(values) else np.zeros(len(codes), dtype=bool)
+    remap = np.cumsum(keep_code, dtype=np.int32) - 1
+    return rows, remap[codes[rows]] if len(values) else codes[rows], [v for v, k in zip(values, keep_code) if k]
+
+
+def _step_number(name: str):
+    m = STEP_NAME.match(name)
+    return int(m.group(1)) if m else -1
 
 
 def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Trace:
-    if t["n"] == 0:
+    if sum(tab["n"] for tab in t.values()) == 0:
         raise TraceFormatError(f"{path}: the trace holds no profiler events")
-    cat = t["cat"]
-    name = t["name"]
-    cats = cat.categories
-    is_x = t["ph"] == "X"
+    op, py, rt, kn, an = t[ROLE_OP], t[ROLE_PY], t[ROLE_RT], t[ROLE_KERNEL], t[ROLE_ANNOT]
 
-    def rows(cat_names):
-        codes = [i for i, c in enumerate(cats) if c in cat_names]
-        return np.flatnonzero(np.isin(cat.codes, codes) & is_x)
-
-    ts = t["ts"]
-    dur = t["dur"]
-    pid = _ids(t["pid"])
-    tid = _ids(t["tid"])
-
-    # Steps: ProfilerStep#N may be a user_annotation (new) or a cpu_op (old traces).
-    step_rows = rows(set(OP_CATS) | set(ANNOT_CATS[:1]))
-    step_names = pd.Series(name[step_rows]).astype(str)
-    step_num = step_names.str.extract(STEP_NAME, expand=False)
-    is_step = step_num.notna().to_numpy()
-    steps = pd.DataFrame({"step": step_num[is_step].astype(np.int64).to_numpy(),
-                          "ts": ts[step_rows[is_step]], "dur": dur[step_rows[is_step]]})
-    steps = steps.sort_values("ts").drop_duplicates("step").reset_index(drop=True)
-    step_row_set = step_rows[is_step]
+    # Steps: ProfilerStep#N may be a user_annotation (new) or a cpu_op (old traces); the step number
+    # is read once per distinct name.
+    op_step = np.asarray([_step_number(n) for n in op["name_values"]], dtype=np.int64)[op["name"]] \
+        if op["n"] else np.zeros(0, dtype=np.int64)
+    an_user = np.asarray([c == "user_annotation" for c in an["cat_values"]], dtype=bool)[an["cat"]] \
+        if an["n"] else np.zeros(0, dtype=bool)
+    an_step = np.asarray([_step_number(n) for n in an["name_values"]], dtype=np.int64)[an["name"]] \
+        if an["n"] else np.zeros(0, dtype=np.int64)
+    an_step = np.where(an_user, an_step, -1)
+    op_is_step = op_step >= 0
+    an_is_step = an_step >= 0
+    steps = pd.DataFrame({"step": np.concatenate([op_step[op_is_step], an_step[an_is_step]]),
+                          "ts": np.concatenate([op["ts"][op_is_step], an["ts"][an_is_step]]),
+                          "dur": np.concatenate([op["dur"][op_is_step], an["dur"][an_is_step]])})
+    steps = steps.sort_values("ts", kind="stable").drop_duplicates("step").reset_index(drop=True)
 
     # Host ops, minus steps and our source markers.
-    op_rows = rows(OP_CATS)
-    op_rows = op_rows[~np.isin(op_rows, step_row_set)]
-    op_names = name[op_rows]
-    marker_codes = [i for i, c in enumerate(op_names.categories) if c.startswith(SOURCE_MARKER)]
-    is_marker = np.isin(op_names.codes, marker_codes)
-    marker_rows = op_rows[is_marker]
-    op_rows = op_rows[~is_marker]
-
+    is_marker = np.asarray([n.startswith(SOURCE_MARKER) for n in op["name_values"]], dtype=bool)[op["name"]] \
+        if op["n"] else np.zeros(0, dtype=bool)
+    marker = ~op_is_step & is_marker
+    keep_op, op_codes, op_names = _select(op["name"], op["name_values"],
+                                          lambda n: not n.startswith(SOURCE_MARKER) and _step_number(n) < 0)
+    op_ts = op["ts"][keep_op]
+    op_end = op_ts + op["dur"][keep_op]
+    op_tid = op["tid"][keep_op]
     ops = pd.DataFrame({
-        "ts": ts[op_rows], "dur": dur[op_rows], "name": name[op_rows].remove_unused_categories(),
-        "pid": pid[op_rows], "tid": tid[op_rows], "ext_id": t["external_id"][op_rows], "seq": t["seq"][op_rows],
-        "input_dims": t["input_dims"][op_rows],
+        "ts": op_ts, "dur": op["dur"][keep_op], "name": _categorical(op_codes, op_names),
+        "pid": op["pid"][keep_op], "tid": op_tid, "ext_id": op["external_id"][keep_op],
+        "seq": op["seq"][keep_op], "input_dims": op["input_dims"][keep_op],
     })
-    ops["depth"], _ = model.nesting(ops["ts"].to_numpy(), (ops["ts"] + ops["dur"]).to_numpy(), ops["tid"].to_numpy())
-    ops["step"] = model.assign_steps(ops["ts"].to_numpy(), steps)
+    ops["depth"], _ = model.nesting(op_ts, op_end, op_tid)
+    ops["step"] = model.assign_steps(op_ts, steps)
 
-    py_rows = rows(PY_CATS)
-    python = _python_frames(ts[py_rows], dur[py_rows], tid[py_rows], name[py_rows],
-                            t["python_id"][py_rows], t["python_parent_id"][py_rows])
+    python = _python_frames(py["ts"], py["dur"], py["tid"], _categorical(py["name"], py["name_values"]),
+                            py["python_id"], py["python_parent_id"])
 
-    rt_rows = rows(RUNTIME_CATS)
-    runtime = pd.DataFrame({"ts": ts[rt_rows], "dur": dur[rt_rows], "name": name[rt_rows].remove_unused_categories(),
-                            "tid": tid[rt_rows], "corr": t["correlation"][rt_rows]})
-    runtime["op"] = model.innermost_enclosing(ops["ts"].to_numpy(), (ops["ts"] + ops["dur"]).to_numpy(),
-                                              ops["tid"].to_numpy(), runtime["ts"].to_numpy(), runtime["tid"].to_numpy())
-    runtime["step"] = model.assign_steps(runtime["ts"].to_numpy(), steps)
+    runtime = pd.DataFrame({"ts": rt["ts"], "dur": rt["dur"], "name": _categorical(rt["name"], rt["name_values"]),
+                            "tid": rt["tid"], "corr": rt["correlation"]})
+    runtime["op"] = model.innermost_enclosing(op_ts, op_end, op_tid, rt["ts"], rt["tid"])
+    runtime["step"] = model.assign_steps(rt["ts"], steps)
 
-    k_rows = rows(set(KERNEL_KIND))
-    kind = pd.Categorical(np.asarray(cat[k_rows].astype(str).map(KERNEL_KIND)))
-    kernels = pd.DataFrame({"ts": ts[k_rows], "dur": dur[k_rows], "name": name[k_rows].remove_unused_categories(),
-                            "kind": kind, "device": t["device"][k_rows], "stream": t["stream"][k_rows],
-                            "corr": t["correlation"][k_rows]})
+    kind_values = [KERNEL_KIND[c] for c in kn["cat_values"]]
+    kind_index = {k: i for i, k in enumerate(dict.fromkeys(kind_values))}
+    kind_codes = np.asarray([kind_index[k] for k in kind_values], dtype=np.int32)[kn["cat"]] \
+        if kn["n"] else np.zeros(0, dtype=np.int32)
+    kernels = pd.DataFrame({"ts": kn["ts"], "dur": kn["dur"], "name": _categorical(kn["name"], kn["name_values"]),
+                            "kind": _categorical(kind_codes, list(kind_index)), "device": kn["device"],
+                            "stream": kn["stream"], "corr": kn["correlation"]})
     _link_kernels(kernels, runtime, ops, steps)
 
-    an_rows = rows(ANNOT_CATS)
-    an_rows = an_rows[~np.isin(an_rows, step_row_set)]
-    annotations = pd.DataFrame({"ts": ts[an_rows], "dur": dur[an_rows], "name": np.asarray(name[an_rows].astype(str)),
-                                "tid": tid[an_rows], "on_device": np.asarray(cat[an_rows] == "gpu_user_annotation")})
+    keep_an = ~an_is_step
+    an_names = np.asarray(an["name_values"], dtype=object)[an["name"][keep_an]] if an["n"] else np.zeros(0, object)
+    on_device = np.asarray([c == "gpu_user_annotation" for c in an["cat_values"]], dtype=bool)[an["cat"][keep_an]] \
+        if an["n"] else np.zeros(0, dtype=bool)
+    annotations = pd.DataFrame({"ts": an["ts"][keep_an], "dur": an["dur"][keep_an], "name": an_names,
+                                "tid": an["tid"][keep_an], "on_device": on_device})
     annotations["step"] = model.assign_steps(annotations["ts"].to_numpy(), steps)
 
     trace = model.Trace(path=str(path), fmt="kineto", device_type=_device_type(header, runtime, kernels))
@@ -207,9 +235,11 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
     trace.runtime = runtime
     trace.kernels = kernels
     trace.annotations = model.conform(annotations, model.ANNOTATION_COLUMNS)
-    markers = pd.DataFrame({"ts": ts[marker_rows], "dur": dur[marker_rows], "tid": tid[marker_rows],
-                            "name": np.asarray(name[marker_rows].astype(str))})
-    attach_locations(trace, markers=markers, call_stacks=t["call_stack"][op_rows])
+    marker_names = np.asarray(op["name_values"], dtype=object)[op["name"][marker]] if marker.any() \
+        else np.zeros(0, dtype=object)
+    markers = pd.DataFrame({"ts": op["ts"][marker], "dur": op["dur"][marker], "tid": op["tid"][marker],
+                            "name": marker_names})
+    attach_locations(trace, markers=markers, call_stacks=op["call_stack"][keep_op])
     trace.ops = model.conform(trace.ops, model.OPS_COLUMNS)
     trace.runtime = model.conform(trace.runtime, model.RUNTIME_COLUMNS)
     trace.kernels = model.conform(trace.kernels, model.KERNEL_COLUMNS)
