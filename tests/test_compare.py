@@ -195,3 +195,27 @@ def test_bad_input_is_one_line_error(runs, tmp_path, capsys, case):
     assert exc.value.code == 2 and err.count("\n") == 1
     assert {"missing": "no such file or directory", "corrupt": "unreadable findings.json",
             "no trace": "no trace/ folder"}[case] in err
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_device_busy_and_free_from_a_gpu_trace():
+    """A real ROCm trace (HolisticTraceAnalysis test data, MIT): device busy/free per step are compared,
+    and agree with the host-bound analyzer's table when that analyzer is present."""
+    trace = load_profile(DATA / "kineto" / "hta_amd_mi250_minitoy_train.json.gz")[0]
+    side = cmp.side_from_trace(trace, [], "amd")
+    first = side.steps.iloc[0]
+    assert first["device_kernels"] == 16
+    assert first["busy_us"] == pytest.approx(149.042, abs=0.01)
+    assert first["busy_us"] + first["free_us"] == pytest.approx(first["duration_us"])
+    c = cmp.compare(side, side)
+    busy = c.metric("device busy per step")
+    assert busy is not None and busy["delta"] == 0 and busy["before"] > 0
+    assert c.metric("device free per step") is not None
+    try:
+        from npu_advise.analyzers import host_bound
+    except ImportError:
+        return
+    table = host_bound.step_breakdown(trace)
+    assert table["busy_us"].to_numpy() == pytest.approx(side.steps["busy_us"].to_numpy(), rel=1e-3)
