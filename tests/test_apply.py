@@ -385,3 +385,41 @@ def test_malformed_diffs_are_rejected():
         patching.file_patch_for("--- /dev/null\n+++ b/new.py\n@@ -0,0 +1 @@\n+x\n", "new.py")
     with pytest.raises(patching.PatchError, match="but the fix names"):
         patching.file_patch_for(patching.unified_diff("a.py", "x\n", "y\n"), "b.py")
+
+
+def test_recommender_codemod_fixes_compose_like_sequential_rewrites(tmp_path, capsys):
+    """Real fixes from the recommender's libcst codemods (prefix-mask loop, fused AdamW) on one file:
+    `apply` of both equals running the second codemod on the first one's output; the mask rewrite
+    computes the same mask as the loop."""
+    import torch
+
+    from npu_advise.recommendations.codemods.diffs import to_fix
+    from npu_advise.recommendations.codemods.loops import rewrite_prefix_mask
+    from npu_advise.recommendations.codemods.optimizer import rewrite_optimizer
+
+    loop_line = ORIGINAL.splitlines().index("    for i, ll in enumerate(valid_len):") + 1
+    opt_line = next(k for k, line in enumerate(ORIGINAL.splitlines(), 1) if "AdamW(" in line)
+    mask_rw = rewrite_prefix_mask(ORIGINAL, loop_line)
+    opt_rw = rewrite_optimizer(ORIGINAL, line=opt_line)
+    assert mask_rw is not None and opt_rw is not None and mask_rw.auto_applicable and opt_rw.auto_applicable
+    findings = []
+    for rule, cat, line, fn, rw in (("NPA501", "small_op_loop", loop_line, "build_mask", mask_rw),
+                                    ("NPA601", "optimizer", opt_line, "train", opt_rw)):
+        f = _finding(rule, cat, "train.py", line, fn, None)
+        f.fix = to_fix("train.py", ORIGINAL, rw, f.id, rule)
+        findings.append(f)
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "train.py").write_text(ORIGINAL)
+    _write_report(tmp_path / "out", root, findings)
+    code, out, err = run(["apply", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert (root / "train.py").read_text() == rewrite_optimizer(mask_rw.new_source).new_source
+    # the rewritten build_mask is numerically the loop's
+    ns_old, ns_new = {}, {}
+    exec(compile(ORIGINAL.replace("import torch_npu\n", ""), "old", "exec"), ns_old)
+    exec(compile(mask_rw.new_source, "new", "exec"), ns_new)
+    valid = torch.tensor([3, 10, 0, 7, 1])
+    assert torch.equal(ns_old["build_mask"](valid, 10), ns_new["build_mask"](valid, 10))
+    assert run(["apply", tmp_path / "out", "--revert"], capsys)[0] == 0
+    assert (root / "train.py").read_text() == ORIGINAL
