@@ -1,0 +1,215 @@
+"""Source matchers: find the code the catalog has a fused replacement for (rules NPA801-NPA809).
+
+One libcst pass per file with qualified names, so `import spconv.pytorch as spconv`, `from mmcv.ops
+import DeformConv2d` and `mmcv.ops.DeformConv2d` are recognized alike. Matchers only find; codemods
+(recommendations/codemods) change code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import libcst as cst
+import libcst.matchers as m
+
+from .codemods.base import code, enclosing_function, names_in, qualified_names, resolve, start_line, wrap
+from .codemods.fused_ops import _add_relu_pairs, replacement_for
+
+DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d", "deform_conv2d": "deform_conv2d",
+             "DeformConv2dFunction": "deform_conv2d", "ModulatedDeformConv2d": "modulated_deform_conv2d",
+             "ModulatedDeformConv2dPack": "modulated_deform_conv2d", "modulated_deform_conv2d": "modulated_deform_conv2d",
+             "ModulatedDeformConv2dFunction": "modulated_deform_conv2d"}
+SPARSE_NAMES = ("SparseConv3d", "SubMConv3d", "SparseInverseConv3d", "SparseConvTensor", "SparseSequential")
+CENTERPOINT_LOOP_CALLS = ("draw_heatmap_gaussian", "gaussian_radius", "draw_gaussian")
+HOST_COPY_METHODS = ("cpu", "numpy", "detach", "tolist")
+
+
+@dataclass
+class SourceMatch:
+    kind: str          # msda | bev_pool_v2 | add_relu | maxpool | deform_conv | sparse_conv | centerpoint_targets | torch_scatter | hungarian_host
+    line: int
+    function: str      # enclosing function ("<module>" at top level)
+    text: str          # the matched code, one line
+    catalog_ref: str
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_maxpool_3_2_1(call: cst.Call) -> bool:
+    want = {"kernel_size": "3", "stride": "2", "padding": "1"}
+    order = ("kernel_size", "stride", "padding")
+    got = {}
+    for i, a in enumerate(call.args):
+        key = a.keyword.value if a.keyword is not None else (order[i] if i < 3 else None)
+        if key in want and isinstance(a.value, cst.Integer):
+            got[key] = a.value.value
+    return got == want
+
+
+def _host_copied(meta, function, arg) -> bool:
+    """True when `arg` is (or was assigned from) an expression that copies a tensor to the host."""
+    def copies(node) -> bool:
+        found = []
+
+        class _V(cst.CSTVisitor):
+            def visit_Call(self, c: cst.Call) -> None:
+                if isinstance(c.func, cst.Attribute) and c.func.attr.value in HOST_COPY_METHODS:
+                    found.append(c)
+
+        node.visit(_V())
+        return bool(found)
+
+    if copies(arg):
+        return True
+    if isinstance(arg, cst.Name) and function is not None:
+        assigned = []
+
+        class _A(cst.CSTVisitor):
+            def visit_Assign(self, node: cst.Assign) -> None:
+                if any(m.matches(t.target, m.Name(arg.value)) for t in node.targets):
+                    assigned.append(node.value)
+
+        function.visit(_A())
+        return any(copies(v) for v in assigned)
+    return False
+
+
+def scan(source: str) -> list:
+    """Every fused-op opportunity in one file's source; [] when it does not parse."""
+    try:
+        wrapper = wrap(source)
+    except cst.ParserSyntaxError:
+        return []
+    meta = resolve(wrapper)
+    module = wrapper.module
+    out = []
+
+    def func_name(node) -> str:
+        f = enclosing_function(meta, node)
+        return f.name.value if f is not None else "<module>"
+
+    def add(kind, node, ref, text=None):
+        out.append(SourceMatch(kind, start_line(meta, node), func_name(node), _one_line(text or code(node)), ref))
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            q = qualified_names(meta, node.func)
+            if replacement_for(node, {"multi_scale_deformable_attn"}):
+                add("msda", node, "fused_ops.multi_scale_deformable_attn")
+            elif replacement_for(node, {"bev_pool_v3"}):
+                add("bev_pool_v2", node, "fused_ops.bev_pool_v3")
+            elif q & {"torch.nn.MaxPool2d", "torch.nn.modules.pooling.MaxPool2d"} and _is_maxpool_3_2_1(node):
+                add("maxpool", node, "fused_ops.npu_max_pool2d")
+            elif any(x.startswith("mmcv.ops.") and x.rsplit(".", 1)[-1] in DCN_NAMES for x in q):
+                name = next(x for x in q if x.startswith("mmcv.ops.")).rsplit(".", 1)[-1]
+                add("deform_conv", node, f"fused_ops.{DCN_NAMES[name]}")
+            elif any(x.startswith("spconv.") or (x.startswith("mmcv.ops.") and x.rsplit(".", 1)[-1] in SPARSE_NAMES)
+                     for x in q):
+                add("sparse_conv", node, "fused_ops.sparse_conv3d")
+            elif any(x.startswith("torch_scatter.") for x in q):
+                add("torch_scatter", node, "fused_ops.scatter")
+            elif q & {"scipy.optimize.linear_sum_assignment", "scipy.optimize._lsap.linear_sum_assignment"} \
+                    and node.args and _host_copied(meta, enclosing_function(meta, node), node.args[0].value):
+                add("hungarian_host", node, "fused_ops.hungarian_match")
+
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+            if node.name.value == "get_targets_single":
+                loops = m.findall(node, m.For())
+                if loops and names_in(node) & set(CENTERPOINT_LOOP_CALLS):
+                    add("centerpoint_targets", node, "fused_ops.npu_gaussian",
+                        text=f"def get_targets_single(...): per-object loop with "
+                             f"{', '.join(sorted(names_in(node) & set(CENTERPOINT_LOOP_CALLS)))}")
+
+    module.visit(_V())
+    for block, k, var, other in _add_relu_pairs(meta, module):
+        s1, s2 = block.body[k], block.body[k + 1]
+        out.append(SourceMatch("add_relu", start_line(meta, s1), func_name(s1),
+                               _one_line(f"{code(s1.body[0])}; {code(s2.body[0])}"), "fused_ops.npu_add_relu"))
+    return sorted(out, key=lambda s: s.line)
+
+
+def find_matmul_calls(source: str) -> list:
+    """Lines of torch.matmul / `.matmul(` / `@` uses (for the > 6-D matmul check against recorded shapes)."""
+    try:
+        wrapper = wrap(source)
+    except cst.ParserSyntaxError:
+        return []
+    meta = resolve(wrapper)
+    lines = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            if isinstance(node.func, cst.Attribute) and node.func.attr.value == "matmul":
+                lines.add(start_line(meta, node))
+
+        def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
+            if isinstance(node.operator, cst.MatrixMultiply):
+                lines.add(start_line(meta, node))
+
+    wrapper.module.visit(_V())
+    return sorted(lines)
+
+
+def optional_line(source: str, line: int) -> Optional[str]:
+    lines = source.split("\n")
+    return lines[line - 1].strip() if 0 < line <= len(lines) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules (documented once, here, where they are detected)
+# ---------------------------------------------------------------------------------------------
+from npu_advise.rules import Rule  # noqa: E402
+
+_WHY_LAUNCH = ("every small op is one host dispatch and one kernel launch; on the NPU the host usually cannot "
+               "issue them as fast as the device runs them, so the device idles (host-bound)")
+RULES = {
+    "msda": Rule("NPA801", "msda-fused-op", "fused_op",
+                 "A call of multi_scale_deformable_attn_pytorch / MultiScaleDeformableAttnFunction*.apply / "
+                 "MSDeformAttnFunction.apply (BEVFormer, Deformable-DETR, mmcv).",
+                 "The pytorch reference runs one grid_sample per level plus stacks, transposes and a weighted "
+                 "sum (forward and backward); " + _WHY_LAUNCH + ".",
+                 "Call mx_driving.multi_scale_deformable_attn(value, spatial_shapes, level_start_index, "
+                 "sampling_locations, attention_weights): drop im2col_step, derive level_start_index from "
+                 "spatial_shapes when absent. Valid for heads <= 8, dims <= 256 and % 8, levels*points <= 64, fp32."),
+    "bev_pool_v2": Rule("NPA802", "bev-pool-v3", "fused_op",
+                        "A call of BEVDet's bev_pool_v2(...).",
+                        "bev_pool_v2 is a CUDA extension; on the NPU it needs the sorted interval tensors and a "
+                        "slower kernel.",
+                        "Call mx_driving.bev_pool_v3(depth, feat, ranks_depth, ranks_feat, ranks_bev, "
+                        "bev_feat_shape) without interval_starts/interval_lengths (fp32, C % 8 == 0, C <= 360)."),
+    "add_relu": Rule("NPA803", "resnet-add-relu", "fused_op",
+                     "`out += identity` directly followed by `out = relu(out)` (ResNet BasicBlock/Bottleneck).",
+                     "Two element-wise kernels per residual block, each a launch and a full read/write of the tensor.",
+                     "out = mx_driving.npu_add_relu(out, identity) (same shapes, fp16/fp32)."),
+    "maxpool": Rule("NPA804", "maxpool-forward-only", "fused_op",
+                    "nn.MaxPool2d(3, 2, 1) (the ResNet stem).",
+                    "The generic max-pool kernel is slower than mx_driving's specialised one.",
+                    "On inference/eval paths only: mx_driving.npu_max_pool2d(x, 3, 2, 1). It has NO backward, so "
+                    "it must not replace a pooling layer that training backpropagates through; never auto-applied."),
+    "deform_conv": Rule("NPA805", "mmcv-deform-conv", "fused_op",
+                        "mmcv.ops deformable convolution (DeformConv2d, ModulatedDeformConv2d, their functions).",
+                        "mmcv's DCN falls back to slow generic paths on the NPU.",
+                        "mx_driving.deform_conv2d / modulated_deform_conv2d (or the patcher's DCN patch); fp32, "
+                        "C_in % 64 == 0, 3x3 kernel for the modulated version."),
+    "sparse_conv": Rule("NPA806", "spconv-sparse-conv", "fused_op",
+                        "spconv / mmcv.ops sparse convolution modules.",
+                        "spconv is CUDA-only.",
+                        "mx_driving.SparseConv3d / SubMConv3d / SparseConvTensor (kernel 1-3, dilation = groups = 1)."),
+    "centerpoint_targets": Rule("NPA807", "centerpoint-gaussian-targets", "fused_op",
+                                "CenterPoint-style get_targets_single with a per-object Python loop drawing gaussians.",
+                                "Each object costs several tiny ops and `.item()` syncs; " + _WHY_LAUNCH + ".",
+                                "mx_driving.npu_gaussian(...) computes center_int, radius, mask, ind and anno_box for "
+                                "all objects at once (see the seed's BEVDet rewrite)."),
+    "torch_scatter": Rule("NPA808", "torch-scatter", "fused_op",
+                          "torch_scatter.scatter_* calls.",
+                          "torch_scatter is a CUDA extension without NPU kernels.",
+                          "mx_driving.scatter_max / scatter_mean / scatter_add (fp32 src, int32 index; scatter_max "
+                          "reduces dim 0 only and takes (updates, indices, out))."),
+    "hungarian_host": Rule("NPA809", "host-hungarian-match", "fused_op",
+                           "scipy.optimize.linear_sum_assignment on a cost matrix copied from the device (.cpu()/.numpy()).",
+                           "The device->host copy blocks the stream (a sync) and the assignment runs on the host.",
+                           "mx_driving.hungarian_match(cost_matrix) on the device (fp32); the results stay on the device."),
+}
