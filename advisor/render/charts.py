@@ -80,7 +80,7 @@ def _layout(title: str, **extra) -> dict:
         "font": {"family": FONT, "size": 12, "color": "#24292f"},
         "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff",
         "margin": {"l": 60, "r": 20, "t": 48, "b": 48},
-        "legend": {"orientation": "h", "y": -0.18, "x": 0.0},
+        "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1.0, "xanchor": "right"},
         "hoverlabel": {"font": {"family": FONT}},
     }
     layout.update(extra)
@@ -198,16 +198,16 @@ def timeline(intervals, step_bounds_us: Optional[list] = None) -> Optional[dict]
     streams = sorted(set(intervals["stream"].tolist()), key=lambda s: (str(type(s)), s))
     for stream in streams:
         part = intervals[intervals["stream"] == stream]
-        xs, ys, texts = [], [], []
+        xs, ys = [], []
         label = f"stream {_esc(stream)}"
         for s, e in zip(part["start_us"].tolist(), part["end_us"].tolist()):
-            hover = f"{label}<br>busy {s / div:,.3f}–{e / div:,.3f} {unit} ({e - s:,.1f} µs)"
-            xs += [s / div, e / div, None]
+            xs += [round(s / div, 3), round(e / div, 3), None]
             ys += [label, label, None]
-            texts += [hover, hover, None]
+        # A hover template instead of per-point text keeps the JSON small (5000 intervals).
         data.append({"type": "scatter", "mode": "lines", "name": label, "x": xs, "y": ys,
-                     "line": {"width": 18, "color": COLORS["busy"]}, "hovertext": texts,
-                     "hoverinfo": "text", "connectgaps": False, "showlegend": False})
+                     "line": {"width": 18, "color": COLORS["busy"]},
+                     "hovertemplate": f"{label}<br>%{{x:,.3f}} {unit}<extra></extra>",
+                     "connectgaps": False, "showlegend": False})
     shapes = []
     for b in step_bounds_us or []:
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": b / div, "x1": b / div,

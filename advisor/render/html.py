@@ -13,6 +13,7 @@ import datetime as _dt
 import functools
 import json
 import math
+import secrets
 import numbers
 import shlex
 from pathlib import Path
@@ -44,26 +45,40 @@ FREE_WARN_SHARE = 0.10
 
 
 def write_report(report, path) -> Path:
+    """Write report.html atomically. The 4.6 MB plotly.js bundle is streamed into the file as bytes
+    at a placeholder, not pushed through the template engine (which would copy it several times)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(report, report_dir=path.parent)
+    placeholder = f"/*npu-advise:plotly.js:{secrets.token_hex(16)}*/"
+    before, after = render_report(report, report_dir=path.parent, plotly_placeholder=placeholder).split(placeholder)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "wb") as out:
+        out.write(before.encode("utf-8"))
+        out.write(_plotly_bytes())
+        out.write(after.encode("utf-8"))
     tmp.replace(path)
     return path
 
 
-def render_report(report, report_dir: Optional[Path] = None) -> str:
+def render_report(report, report_dir: Optional[Path] = None, plotly_placeholder: Optional[str] = None) -> str:
+    """The page; with `plotly_placeholder`, that text stands where plotly.js goes (see `write_report`;
+    a random token, so no string from the trace can collide with it)."""
     view = build_view(report, report_dir)
     assets = _assets()
     return _template().render(
         view=view,
         css=Markup(assets["css"]),
         report_js=Markup(assets["js"]),
-        plotly_js=Markup(charts.plotly_js()),
+        plotly_js=Markup(plotly_placeholder if plotly_placeholder is not None else charts.plotly_js()),
         chart_json=Markup(_script_json([c for c in view["charts"]])),
         plotly_config=Markup(_script_json(charts.PLOTLY_CONFIG)),
     )
+
+
+def _plotly_bytes() -> bytes:
+    # `</script` cannot occur in the bundle's code, only in its strings or regexes, where `<\/` means
+    # the same; escaping it keeps the inline <script> from being closed early.
+    return charts.plotly_js_path().read_bytes().replace(b"</script", b"<\\/script")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +283,8 @@ def _evidence_view(e) -> dict:
             text, unit = f"{100.0 * float(value):.1f}", "%"
     else:
         text = str(value)
+    if unit == "count":     # a bare number already reads as a count
+        unit = ""
     return {"label": str(e.label), "value": text, "unit": unit, "how": str(e.how)}
 
 
@@ -415,7 +432,10 @@ def _env():
     import jinja2
     # Templates are read through importlib.resources from the `npu_advise.templates` package (the
     # repository's templates/ folder), which works for editable and wheel installs alike.
+    # The bytecode cache (a per-user folder in the temp dir, keyed by the template's checksum) spares
+    # each run the ~0.1 s compile of the template.
     env = jinja2.Environment(loader=jinja2.FunctionLoader(_template_source),
+                             bytecode_cache=jinja2.FileSystemBytecodeCache(),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["time"] = fmt_time
