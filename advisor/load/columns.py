@@ -14,9 +14,9 @@ from operator import attrgetter, itemgetter
 
 import numpy as np
 
-ROLE_SKIP, ROLE_OP, ROLE_PY, ROLE_RT, ROLE_KERNEL, ROLE_ANNOT = range(6)
+ROLE_SKIP, ROLE_OP, ROLE_PY, ROLE_RT, ROLE_KERNEL, ROLE_ANNOT, ROLE_META = range(7)
+META_CAT = "npa:meta"     # the category metadata events (process names) report to the builder
 
-_ph = attrgetter("ph")
 _cat = attrgetter("cat")
 _args = attrgetter("args")
 
@@ -154,7 +154,7 @@ class ColumnBuilder:
     """Sort each piece's events into role tables; collect `ph == "M"` metadata (process names)."""
 
     def __init__(self, role_of_cat: dict, roles: dict):
-        self.role_of_cat = role_of_cat            # category -> ROLE_*
+        self.role_of_cat = {**role_of_cat, META_CAT: ROLE_META}   # category -> ROLE_*
         self.tables = {r: RoleTable(*spec) for r, spec in roles.items()}
         self.labels = {"pid": _Labels(), "tid": _Labels()}
         self.texts = {"input_dims": _Texts(), "call_stack": _Texts()}
@@ -164,15 +164,13 @@ class ColumnBuilder:
         n = len(events)
         if not n:
             return
-        phs = list(map(_ph, events))
+        # Events decode to phase-specific structs: only complete events carry their category, metadata
+        # events report META_CAT, all others "" (skipped).
         role = np.fromiter(map(self.role_of_cat.get, map(_cat, events), repeat(ROLE_SKIP)), dtype=np.int8,
                            count=n)
-        ph = np.array(phs)
-        role[ph != "X"] = ROLE_SKIP               # only complete events have a duration
-        for i in np.flatnonzero(ph == "M"):
+        for i in np.flatnonzero(role == ROLE_META):
             e = events[i]
             self.meta.append((e.name, e.pid, e.args.name))
-        del phs, ph
         for r, table in self.tables.items():
             idx = np.flatnonzero(role == r)
             if len(idx) == 0:

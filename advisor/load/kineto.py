@@ -21,7 +21,7 @@ import pandas as pd
 
 from .. import model
 from ..errors import TraceFormatError
-from .columns import ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder
+from .columns import META_CAT, ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder
 from .jsonstream import ChunkedArray
 from .locations import attach_locations
 
@@ -54,9 +54,11 @@ class Args(msgspec.Struct, frozen=True, gc=False):
 _NO_ARGS = Args()
 
 
-class Event(msgspec.Struct, gc=False):
-    # gc=False: events hold no reference cycles, so the collector need not track a million of them.
-    ph: str = ""
+class Complete(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+    """A complete event (`"ph": "X"`): every op, kernel, runtime call and annotation.
+
+    gc=False: events hold no reference cycles, so the collector need not track a million of them.
+    """
     cat: str = ""
     name: str = ""
     ts: Any = -1.0            # int µs, or the text of a fractional number (float_hook=str): see columns.ts_ns
@@ -66,6 +68,22 @@ class Event(msgspec.Struct, gc=False):
     args: Args = _NO_ARGS
 
 
+class Metadata(msgspec.Struct, tag_field="ph", tag="M", gc=False):
+    """`"ph": "M"`: process/thread names."""
+    cat = META_CAT            # a class attribute, not decoded: sorts these events into the meta role
+    name: str = ""
+    pid: Union[int, str] = 0
+    args: Args = _NO_ARGS
+
+
+# Every other event phase of the chrome trace format (flows, instants, counters, async, ...) decodes to
+# a field-less struct: msgspec skips its content without building a single object. An unknown phase
+# fails validation and takes the slow, loose path below.
+_SKIPPED = tuple(msgspec.defstruct(f"Skipped_{ord(ph):02x}", [], namespace={"cat": ""}, tag_field="ph",
+                                   tag=ph, gc=False) for ph in "BEIiCbneSTpFstfPNODVvRc()")
+_OTHER = _SKIPPED[0]()
+Event = Union[(Complete, Metadata) + _SKIPPED]
+
 _typed = msgspec.json.Decoder(list[Event], float_hook=str)
 _untyped = msgspec.json.Decoder()
 
@@ -74,11 +92,11 @@ def _decode_piece(data: bytes) -> list:
     try:
         return _typed.decode(data)
     except msgspec.ValidationError:
-        # A trace with unexpected field types (a string id, say): decode loosely and coerce.
+        # A trace with unexpected field types (a string id, an unknown phase): decode loosely and coerce.
         return [_coerce(e) for e in _untyped.decode(data) if isinstance(e, dict)]
 
 
-def _coerce(e: dict) -> Event:
+def _coerce(e: dict):
     def num(v, default):
         if isinstance(v, (int, str)) and not isinstance(v, bool):
             return v
@@ -93,6 +111,9 @@ def _coerce(e: dict) -> Event:
         except (TypeError, ValueError):
             return -1
 
+    ph = e.get("ph")
+    if ph not in ("X", "M"):
+        return _OTHER
     a = e.get("args")
     args = _NO_ARGS
     if isinstance(a, dict):
@@ -106,11 +127,16 @@ def _coerce(e: dict) -> Event:
             name=str(a.get("name") or ""),
         )
     pid, tid = e.get("pid", 0), e.get("tid", 0)
+    pid = pid if isinstance(pid, (int, str)) else str(pid)
+    if ph == "M":
+        return Metadata(name=str(e.get("name", "")), pid=pid, args=args)
     dur = num(e.get("dur"), 0.0)
-    return Event(ph=str(e.get("ph", "")), cat=str(e.get("cat", "")), name=str(e.get("name", "")),
-                 ts=num(e.get("ts"), -1.0), dur=float(dur) if isinstance(dur, (int, str)) else dur,
-                 pid=pid if isinstance(pid, (int, str)) else str(pid),
-                 tid=tid if isinstance(tid, (int, str)) else str(tid), args=args)
+    try:
+        dur = float(dur)
+    except ValueError:
+        dur = 0.0
+    return Complete(cat=str(e.get("cat", "")), name=str(e.get("name", "")), ts=num(e.get("ts"), -1.0), dur=dur,
+                    pid=pid, tid=tid if isinstance(tid, (int, str)) else str(tid), args=args)
 
 
 # Which table each category feeds, and the fields each table reads (event fields, args fields).
