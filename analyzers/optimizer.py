@@ -1,0 +1,295 @@
+"""Unfused optimizer steps: `Optimizer.step#AdamW.step` ranges that issue many small ops per step.
+
+PyTorch's default (single-tensor) optimizers issue several ops per parameter tensor per step; a fused
+optimizer (`torch_npu.optim.NpuFused*` on an NPU, `fused=True` / `foreach=True` on CUDA) does the same
+math in a handful of kernels. The step range is a `user_annotation` in Kineto traces and a `cpu_op` in
+torch_npu traces; the ops inside it on the same thread are the step's ops.
+
+The optimizer's construction (`torch.optim.AdamW(...)`, also via `from torch.optim import AdamW` or
+`optim.AdamW`, and mmcv/mmengine config dicts `dict(type='AdamW', ...)`) is looked up in the
+project's Python files with libcst's qualified names, so the fix can point at the line to change.
+"""
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import libcst as cst
+import libcst.metadata as meta
+import numpy as np
+import pandas as pd
+
+from npu_advise import model
+from npu_advise.findings import Evidence, Finding, Location, severity_for_share
+from npu_advise.load.locations import is_user_file
+from npu_advise.rules import Rule
+
+from . import Analysis, source
+from .common import relative_path, resolve_source, step_stats, us
+
+# An optimizer step is "unfused" when it issues at least this many top-level ops per step.
+MIN_OPS_PER_STEP = 20
+# Source scan bounds: at most this many .py files under the project root, skipping these folders.
+MAX_SCAN_FILES = 3000
+SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "venv", ".venv", "env", "site-packages", "dist-packages",
+             "node_modules", "build", "dist", ".tox", ".mypy_cache", ".pytest_cache", ".eggs"}
+FUSED_NPU = {"AdamW": "NpuFusedAdamW", "Adam": "NpuFusedAdam", "SGD": "NpuFusedSGD", "Adadelta": "NpuFusedAdadelta",
+             "Lamb": "NpuFusedLamb", "RMSprop": "NpuFusedRMSprop", "AdamP": "NpuFusedAdamP"}
+# torch optimizers that take fused=True on CUDA (torch >= 2.0/2.4); the others take foreach=True.
+CUDA_FUSED_FLAG = {"AdamW", "Adam", "SGD", "Adagrad"}
+_STEP_NAME = re.compile(r"^Optimizer\.step#(?P<cls>[A-Za-z_][\w]*)\.step$")
+
+RULE = Rule(
+    code="NPA601", name="unfused-optimizer", category="optimizer",
+    detects="An optimizer step (`Optimizer.step#<Class>.step` range) that issues at least MIN_OPS_PER_STEP "
+            "small ops per training step (the single-tensor implementation), with its op count and time per "
+            "step, and the source line that constructs the optimizer.",
+    why="The default optimizer runs several ops per parameter tensor (mul_, add_, lerp_, addcmul_, sqrt, "
+        "div, addcdiv_ ...): thousands of tiny kernels per step for a detection model, each paying the "
+        "host launch cost while the device idles.",
+    fix="On an NPU use the fused optimizer: torch_npu.optim.NpuFusedAdamW (NpuFusedAdam, NpuFusedSGD, ...) "
+        "with the same arguments, or `optimizer = dict(type='NpuFusedAdamW', ...)` in mmcv configs. On CUDA pass "
+        "fused=True (Adam/AdamW/SGD) or foreach=True.",
+    thresholds={"MIN_OPS_PER_STEP": MIN_OPS_PER_STEP},
+)
+
+
+def analyze(trace, ctx) -> Analysis:
+    ranges = _step_ranges(trace)
+    if not len(ranges):
+        return Analysis()
+    stats = step_stats(trace)
+    if stats.from_ranges:
+        ranges = ranges[ranges["step"] >= 0]
+    findings = []
+    for cls, group in ranges.groupby("cls", sort=False):
+        f = _finding(trace, ctx, stats, cls, group)
+        if f is not None:
+            findings.append(f)
+    return Analysis(findings=findings)
+
+
+def _step_ranges(trace) -> pd.DataFrame:
+    """Optimizer.step ranges from host annotations (Kineto) and host ops (torch_npu, old Kineto)."""
+    parts = []
+    an = trace.annotations
+    if len(an):
+        a = an[~an["on_device"].astype(bool)]
+        parts.append(pd.DataFrame({"ts": a["ts"], "dur": a["dur"], "tid": a["tid"], "step": a["step"],
+                                   "name": a["name"].astype(str)}))
+    ops = trace.ops
+    if len(ops):
+        names = ops["name"]
+        codes = [i for i, c in enumerate(names.cat.categories) if str(c).startswith("Optimizer.step#")]
+        if codes:
+            o = ops[np.isin(names.cat.codes.to_numpy(), codes)]
+            parts.append(pd.DataFrame({"ts": o["ts"], "dur": o["dur"], "tid": o["tid"], "step": o["step"],
+                                       "name": o["name"].astype(str)}))
+    if not parts:
+        return pd.DataFrame(columns=["ts", "dur", "tid", "step", "name", "cls"])
+    df = pd.concat(parts, ignore_index=True)
+    m = df["name"].str.extract(_STEP_NAME)
+    df["cls"] = m["cls"]
+    return df[df["cls"].notna()].drop_duplicates(["ts", "tid"]).reset_index(drop=True)
+
+
+def _ops_inside(trace, ranges: pd.DataFrame) -> np.ndarray:
+    """Row indices of host ops inside any of the ranges (same thread), excluding the range op itself."""
+    ops = trace.ops
+    ts = ops["ts"].to_numpy()
+    end = ts + ops["dur"].to_numpy()
+    tid = ops["tid"].to_numpy()
+    inside = np.zeros(len(ops), dtype=bool)
+    for r in ranges.itertuples(index=False):
+        lo, hi = int(r.ts), int(r.ts) + int(r.dur)
+        inside |= (tid == r.tid) & (ts >= lo) & (end <= hi) & ~((ts == lo) & (end == hi))
+    names = ops["name"].astype(str).to_numpy()
+    rows = np.flatnonzero(inside)
+    return rows[~np.char.startswith(names[rows].astype(str), "Optimizer.")] if len(rows) else rows
+
+
+def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Finding]:
+    n = stats.count
+    ops = trace.ops
+    rows = _ops_inside(trace, ranges)
+    if not len(rows):
+        return None
+    ts = ops["ts"].to_numpy()[rows]
+    end = ts + ops["dur"].to_numpy()[rows]
+    depth, _ = model.nesting(ts, end, ops["tid"].to_numpy()[rows])
+    top = rows[depth == 0]
+    names = ops["name"].astype(str).to_numpy()
+    inner_names = pd.Series(names[rows])
+    if inner_names.str.contains(r"_fused_(?:adam|adamw|sgd|adagrad)", regex=True).any() \
+            or inner_names.str.contains("npu_apply_adam|NpuFused", regex=True).any():
+        return None   # already fused
+    foreach = bool(inner_names.str.startswith("aten::_foreach_").any())
+    top_per_step = len(top) / n
+    if top_per_step < MIN_OPS_PER_STEP:
+        return None
+    step_ns = float(ranges["dur"].sum())
+    step_us_per_step = step_ns / n / 1000.0
+    how_steps = f"over {n} profiled step(s)" if stats.from_ranges else "whole trace counted as one step"
+    evidence = [
+        Evidence("optimizer steps per training step", round(len(ranges) / n, 3), "calls",
+                 f"Optimizer.step#{cls}.step ranges / steps, {how_steps}"),
+        Evidence("ops per step", round(top_per_step, 3), "ops",
+                 "top-level host ops inside the optimizer step range on its thread / steps"),
+        Evidence("aten ops per step incl. nested", round(len(rows) / n, 3), "ops", "all host ops inside the range / steps"),
+        Evidence("optimizer time per step", round(step_us_per_step, 3), "us", "sum of the step ranges' durations / steps"),
+    ]
+    top_names = pd.Series(names[top]).value_counts().head(8)
+    saving, saving_note = None, None
+    kernels_us = _kernel_time(trace, ranges)
+    if kernels_us is not None:
+        evidence.append(Evidence("device kernel time per step", round(kernels_us / n, 3), "us",
+                                 "sum of durations of the kernels launched from inside the step ranges / steps"))
+        saving = max(step_us_per_step - kernels_us / n, 0.0)
+        evidence.append(Evidence("estimated saving per step", round(saving, 3), "us",
+                                 "optimizer time - its device kernel time: a fused step keeps the math, not the "
+                                 "per-op launches"))
+    else:
+        saving_note = ("No saving is estimated: a CPU-only trace cannot tell how long the fused device kernel "
+                       "would take.")
+    share = (saving or 0.0) * 1000.0 / stats.mean_ns if stats.mean_ns else 0.0
+    constructions = find_constructions(_scan_root(trace, ctx), cls)
+    root = _scan_root(trace, ctx)
+    locations = [Location(relative_path(str(c["file"]), ctx.project_root or root), c["line"], c["function"])
+                 for c in constructions]
+    fused_npu = FUSED_NPU.get(cls)
+    cuda_flag = "fused=True" if cls in CUDA_FUSED_FLAG else "foreach=True"
+    details = {
+        "optimizer": cls, "mode": "foreach" if foreach else "single_tensor",
+        "construct_line": constructions[0]["line"] if constructions else None,
+        "construct_file": locations[0].file if locations else None,
+        "construct_kind": constructions[0]["kind"] if constructions else None,
+        "constructions": [{"file": l.file, "line": c["line"], "kind": c["kind"], "text": c["text"]}
+                          for l, c in zip(locations, constructions)],
+        "npu_replacement": f"torch_npu.optim.{fused_npu}" if fused_npu else None,
+        "cuda_flag": cuda_flag,
+        "ops_per_step": round(top_per_step, 3), "time_us_per_step": round(step_us_per_step, 3),
+        "top_ops": {k: round(v / n, 3) for k, v in top_names.items()},
+    }
+    if saving_note:
+        details["note"] = saving_note
+    if not constructions:
+        details["construct_note"] = ("The optimizer's construction was not found in the project's Python files"
+                                     + (f" under {root}" if root else " (no project root known)") + ".")
+    where = f" (constructed at {locations[0].file}:{locations[0].line})" if locations else ""
+    fix_txt = f"torch_npu.optim.{fused_npu}" if fused_npu else f"a torch_npu fused optimizer or {cuda_flag}"
+    return Finding(
+        rule=RULE.code, category="optimizer",
+        title=f"{'Foreach' if foreach else 'Unfused'} {cls} step issues {top_per_step:.0f} ops per step "
+              f"({step_us_per_step:.0f} us){where}; use {fix_txt}",
+        severity=severity_for_share(share) if saving is not None else "medium",
+        evidence=evidence, locations=locations, estimated_saving_us=round(saving, 3) if saving is not None else None,
+        details=details, predicted=trace.device_type != "npu")
+
+
+def _kernel_time(trace, ranges: pd.DataFrame) -> Optional[float]:
+    """ns of device kernels launched by runtime calls inside the ranges; None without a device timeline."""
+    if not trace.has_device_timeline or not len(trace.runtime):
+        return None
+    rt = trace.runtime
+    r_ts = rt["ts"].to_numpy()
+    r_tid = rt["tid"].to_numpy()
+    inside = np.zeros(len(rt), dtype=bool)
+    for r in ranges.itertuples(index=False):
+        inside |= (r_tid == r.tid) & (r_ts >= r.ts) & (r_ts < r.ts + r.dur)
+    k = trace.kernels
+    launch = k["launch"].to_numpy()
+    hit = (launch >= 0) & inside[np.maximum(launch, 0)]
+    return float(k["dur"].to_numpy()[hit].sum())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the optimizer is constructed
+# ---------------------------------------------------------------------------------------------------
+def _scan_root(trace, ctx) -> Optional[Path]:
+    if ctx.project_root is not None:
+        return Path(ctx.project_root)
+    files = [str(f) for f in trace.locations["file"].unique() if is_user_file(str(f)) and os.path.isabs(str(f))]
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        return None
+    return Path(os.path.commonpath([os.path.dirname(f) for f in files]))
+
+
+def _python_files(root: Path) -> list:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        for f in sorted(filenames):
+            if f.endswith(".py"):
+                out.append(Path(dirpath) / f)
+                if len(out) >= MAX_SCAN_FILES:
+                    return out
+    return out
+
+
+def find_constructions(root: Optional[Path], cls: str) -> list:
+    """Calls constructing torch.optim.<cls> and config dicts `dict(type='<cls>')` under `root`:
+    list of {"file", "line", "function", "kind": "call" | "config", "text"}."""
+    if root is None or not Path(root).is_dir():
+        return []
+    found = []
+    for path in _python_files(Path(root)):
+        text = source.read_source(path)
+        if not text or cls not in text:
+            continue
+        found += _constructions_in_file(str(path), cls)
+    return found
+
+
+@lru_cache(maxsize=256)
+def _constructions_in_file(path: str, cls: str) -> list:
+    text = source.read_source(path)
+    try:
+        wrapper = meta.MetadataWrapper(cst.parse_module(text))
+    except (cst.ParserSyntaxError, RecursionError, ValueError):
+        return []
+    visitor = _ConstructionVisitor(cls)
+    wrapper.visit(visitor)
+    out = []
+    for line, kind in visitor.hits:
+        fn = source.enclosing_function(path, line)
+        out.append({"file": path, "line": line, "function": fn.name if fn else "<module>", "kind": kind,
+                    "text": source.line_text(path, line).strip()})
+    return out
+
+
+class _ConstructionVisitor(cst.CSTVisitor):
+    METADATA_DEPENDENCIES = (meta.QualifiedNameProvider, meta.PositionProvider)
+
+    def __init__(self, cls: str):
+        super().__init__()
+        self.cls = cls
+        self.qualified = {f"torch.optim.{cls}", f"torch.optim.{cls.lower()}.{cls}"}
+        self.hits = []
+
+    def _line(self, node) -> int:
+        return self.get_metadata(meta.PositionProvider, node).start.line
+
+    def visit_Call(self, node: cst.Call):
+        names = {q.name for q in self.get_metadata(meta.QualifiedNameProvider, node.func, set())}
+        if names & self.qualified:
+            self.hits.append((self._line(node), "call"))
+            return
+        if names & {"builtins.dict", "dict"} or (isinstance(node.func, cst.Name) and node.func.value == "dict"):
+            for arg in node.args:
+                if arg.keyword is not None and arg.keyword.value == "type" and self._is_cls(arg.value):
+                    self.hits.append((self._line(node), "config"))
+                    return
+
+    def visit_Dict(self, node: cst.Dict):
+        for el in node.elements:
+            if isinstance(el, cst.DictElement) and isinstance(el.key, cst.SimpleString) \
+                    and el.key.evaluated_value == "type" and self._is_cls(el.value):
+                self.hits.append((self._line(node), "config"))
+                return
+
+    def _is_cls(self, value) -> bool:
+        return isinstance(value, cst.SimpleString) and value.evaluated_value in (self.cls, f"torch.optim.{self.cls}")

@@ -1,0 +1,359 @@
+"""Python loops that issue many small operators every step, found by joining the trace to the source.
+
+Each host op carries the user source line that issued it (exact lines come from npu-advise's collector
+markers or torch_npu call stacks). A line that sits inside a `for`/`while` loop of a user file (checked
+in the file's syntax tree, `analyzers/source.py`) belongs to the innermost such loop; a loop whose lines
+issue many short ops per step is a host-bound risk on an NPU: every op pays the host dispatch cost
+(tens of µs) while the device waits, and the loop serializes them. The seed's reference cases are
+PivotNet's per-point `interpolate` loop (90 calls per step) and the `valid_len` mask loop.
+
+Counting, per step and per source line, over the ops a Python call issues directly (its top-level
+ops; the ops nested inside them are their implementation and are reported separately):
+- executions of a line = the most common count among its top-level op names (every execution of
+  the line issues the same ops, most of them once);
+- iterations per step of a loop = the executions of its most executed line;
+- ops per iteration = the loop's top-level ops per step / iterations.
+Backward ops (run by autograd, not by the loop) are excluded.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from npu_advise import model
+from npu_advise.findings import Evidence, Finding, Location, severity_for_share
+from npu_advise.load.locations import is_user_file
+from npu_advise.rules import Rule
+
+from . import Analysis, source
+from .common import relative_path, resolve_source, step_stats, us
+
+# A loop is reported when it runs at least this many iterations per step ...
+MIN_ITERATIONS_PER_STEP = 8
+# ... its lines issue at least this many top-level ops per step ...
+MIN_OPS_PER_STEP = 32
+# ... and its ops are "small": mean host duration per op at most this (µs).
+MAX_MEAN_OP_US = 100.0
+# Function-level (non-exact) locations: a function is reported when it issues at least this many
+# small top-level ops per step and its source contains a loop.
+MIN_FUNCTION_OPS_PER_STEP = 200
+_ITEM_OPS = ("aten::item", "aten::_local_scalar_dense")
+_BACKWARD_PREFIX = "autograd::engine::evaluate_function"
+
+RULE = Rule(
+    code="NPA501", name="small-op-loop", category="small_op_loop",
+    detects="A Python for/while loop in user code whose body issues many small operators every step "
+            "(at least MIN_ITERATIONS_PER_STEP iterations, MIN_OPS_PER_STEP ops, mean op time at most "
+            "MAX_MEAN_OP_US): the loop's lines, iterations and ops per step, host time per step.",
+    why="Every operator pays a fixed host-side dispatch cost on an NPU (tens of µs through torch_npu's "
+        "task queue) while the device finishes each tiny kernel almost at once: the device idles "
+        "(free time) waiting for the next launch. A loop multiplies that by its iteration count; loops "
+        "over tensors also call .item() and synchronize the stream every iteration.",
+    fix="Vectorize the loop: compute all iterations in one expression (e.g. interpolation with an "
+        "arange of ratios, masks with arange(n) < lengths[:, None]); batch per-element work along a new "
+        "dimension; use an mx_driving fused operator where one exists.",
+    thresholds={"MIN_ITERATIONS_PER_STEP": MIN_ITERATIONS_PER_STEP, "MIN_OPS_PER_STEP": MIN_OPS_PER_STEP,
+                "MAX_MEAN_OP_US": MAX_MEAN_OP_US, "MIN_FUNCTION_OPS_PER_STEP": MIN_FUNCTION_OPS_PER_STEP},
+)
+
+
+def analyze(trace, ctx) -> Analysis:
+    ops = trace.ops
+    if not len(ops) or not len(trace.locations):
+        return Analysis()
+    stats = step_stats(trace)
+    top = _top_level_ops(trace, stats)
+    if not len(top):
+        return Analysis()
+    locs = trace.locations
+    exact = locs["exact"].to_numpy()[top["loc"].to_numpy()]
+    findings = _loop_findings(trace, ctx, stats, top[exact])
+    findings += _function_findings(trace, ctx, stats, top[~exact])
+    table = pd.DataFrame([{"file": f.locations[0].file, "loop_line": f.details.get("loop_line"),
+                           "iterations_per_step": f.details.get("iterations_per_step"),
+                           "ops_per_step": f.details.get("ops_per_step"),
+                           "host_us_per_step": f.details.get("host_us_per_step")} for f in findings if f.locations])
+    return Analysis(findings=findings, tables={"small_op_loops.loops": table} if len(table) else {})
+
+
+def _top_level_ops(trace, stats) -> pd.DataFrame:
+    """Forward ops that a user source line issued directly: located, in a step, not nested in an op of
+    the same line, not run by autograd."""
+    ops = trace.ops
+    ts = ops["ts"].to_numpy()
+    end = ts + ops["dur"].to_numpy()
+    tid = ops["tid"].to_numpy()
+    loc = ops["loc"].to_numpy()
+    _, parent = model.nesting(ts, end, tid)
+    names = ops["name"]
+    cats = [str(c) for c in names.cat.categories]
+    codes = names.cat.codes.to_numpy()
+    bwd_codes = [i for i, c in enumerate(cats) if c.startswith(_BACKWARD_PREFIX)]
+    in_bwd = np.zeros(len(ops), dtype=bool)
+    bwd = np.flatnonzero(np.isin(codes, bwd_codes))
+    if len(bwd):
+        hit = model.innermost_enclosing(ts[bwd], end[bwd], tid[bwd], ts, tid)
+        in_bwd = hit >= 0
+    parent_loc = np.where(parent >= 0, loc[np.maximum(parent, 0)], -2)
+    keep = (loc >= 0) & (parent_loc != loc) & ~in_bwd
+    if stats.from_ranges:
+        keep &= ops["step"].to_numpy() >= 0
+    rows = np.flatnonzero(keep)
+    # Ops nested under each top-level op (its implementation), for the "aten ops incl. nested" count.
+    nested = np.zeros(len(ops), dtype=np.int64)
+    inner = np.flatnonzero((loc >= 0) & (parent_loc == loc) & ~in_bwd)
+    if len(inner):
+        root = parent.copy()
+        # Walk each nested op up to its top-level ancestor at the same line.
+        todo = inner
+        anc = parent[inner]
+        for _ in range(64):
+            up = parent[anc]
+            climb = (up >= 0) & (loc[np.maximum(up, 0)] == loc[anc]) & (anc >= 0)
+            if not climb.any():
+                break
+            anc = np.where(climb, up, anc)
+        np.add.at(nested, anc[anc >= 0], 1)
+        del root, todo
+    return pd.DataFrame({"row": rows, "loc": loc[rows], "name": np.asarray(cats, dtype=object)[codes[rows]],
+                         "dur": ops["dur"].to_numpy()[rows], "nested": nested[rows]})
+
+
+def _line_stats(group: pd.DataFrame, n_steps: int) -> dict:
+    counts = group["name"].value_counts()
+    # Each execution issues the same ops, so most op names occur once per execution (a name issued
+    # twice per execution, or skipped by a no-op slice, is the exception): the most common per-name
+    # count, the smaller on ties.
+    per_count = counts.value_counts()
+    executions = int(min(per_count[per_count == per_count.max()].index))
+    return {"executions": executions, "ops": int(len(group)), "host_ns": float(group["dur"].sum()),
+            "nested": int(group["nested"].sum()),
+            "items": int(group["name"].isin(_ITEM_OPS).sum()) + 0}
+
+
+def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
+    if not len(top):
+        return []
+    locs = trace.locations
+    n = stats.count
+    loops = {}   # (file, loop line) -> {"loop": LoopInfo, "path": Path, "lines": {line: stats}, "function": str}
+    for where, group in top.groupby("loc", sort=False):
+        file, line = str(locs.at[int(where), "file"]), int(locs.at[int(where), "line"])
+        if not is_user_file(file):
+            continue
+        path = resolve_source(file, ctx.project_root)
+        if path is None:
+            continue
+        enclosing = source.enclosing_loops(path, line)
+        if not enclosing:
+            continue
+        loop = enclosing[0]
+        entry = loops.setdefault((file, loop.line), {"loop": loop, "path": path, "lines": {},
+                                                     "function": str(locs.at[int(where), "function"])})
+        st = _line_stats(group, n)
+        # One source line can appear under several function names (a comprehension): merge.
+        prev = entry["lines"].get(line)
+        if prev:
+            st = {"executions": max(prev["executions"], st["executions"]), "ops": prev["ops"] + st["ops"],
+                  "host_ns": prev["host_ns"] + st["host_ns"], "nested": prev["nested"] + st["nested"],
+                  "items": prev["items"] + st["items"]}
+        entry["lines"][line] = st
+    findings = []
+    for (file, loop_line), entry in loops.items():
+        f = _loop_finding(trace, ctx, stats, file, entry)
+        if f is not None:
+            findings.append(f)
+    return findings
+
+
+def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding]:
+    n = stats.count
+    loop = entry["loop"]
+    lines = entry["lines"]
+    busiest = max(lines, key=lambda l: (lines[l]["executions"], lines[l]["ops"]))
+    iterations = lines[busiest]["executions"] / n
+    ops_total = sum(s["ops"] for s in lines.values())
+    host_ns = sum(s["host_ns"] for s in lines.values())
+    nested_total = sum(s["nested"] for s in lines.values())
+    items = sum(s["items"] for s in lines.values())
+    ops_per_step = ops_total / n
+    mean_op_us = host_ns / ops_total / 1000.0
+    if iterations < MIN_ITERATIONS_PER_STEP or ops_per_step < MIN_OPS_PER_STEP or mean_op_us > MAX_MEAN_OP_US:
+        return None
+    ops_per_iteration = ops_per_step / iterations
+    host_us = host_ns / n / 1000.0
+    vectorized_us = ops_per_iteration * mean_op_us
+    saving = max(host_us - vectorized_us, 0.0)
+    function = source.enclosing_function(entry["path"], loop.line)
+    function_name = function.name if function else entry["function"]
+    rel = relative_path(file, ctx.project_root)
+    idiom, idiom_line = detect_idiom(loop, items > 0)
+    how_steps = f"over {n} profiled step(s)" if stats.from_ranges else "whole trace counted as one step"
+    evidence = [
+        Evidence("iterations per step", round(iterations, 3), "iterations",
+                 f"executions per step of the loop's most executed line ({busiest}); executions of a line = "
+                 f"the most common count among its top-level op names, {how_steps}"),
+        Evidence("ops per iteration", round(ops_per_iteration, 3), "ops", "top-level ops per step / iterations per step"),
+        Evidence("ops per step", round(ops_per_step, 3), "ops",
+                 "top-level ops issued by the loop's lines (forward only) / steps"),
+        Evidence("aten ops per step incl. nested", round((ops_total + nested_total) / n, 3), "ops",
+                 "top-level ops plus the ops nested inside them / steps"),
+        Evidence("host time per step", round(host_us, 3), "us", "sum of top-level op host durations / steps"),
+        Evidence("mean op time", round(mean_op_us, 3), "us", "host time / top-level ops"),
+        Evidence("vectorized cost estimate", round(vectorized_us, 3), "us",
+                 "ops per iteration x mean op time: one pass of the body over all iterations at once"),
+    ]
+    if items:
+        evidence.append(Evidence("item() calls per step", round(items / n, 3), "calls",
+                                 "aten::item / _local_scalar_dense among the loop's ops: one stream sync each on an NPU"))
+    share = saving * 1000.0 / stats.mean_ns if stats.mean_ns else 0.0
+    predicted = not trace.has_device_timeline
+    evidence.append(Evidence("estimated saving per step", round(saving, 3), "us",
+                             "host time per step - vectorized cost estimate"
+                             + (" (CPU host time: dispatch + compute of each op; on an NPU the dispatch part stays)"
+                                if predicted else "")))
+    locations = [Location(rel, loop.line, function_name)]
+    for line in sorted(lines, key=lambda l: -lines[l]["ops"]):
+        if line != loop.line:
+            locations.append(Location(rel, line, function_name))
+    per_line = [{"line": l, "executions_per_step": round(s["executions"] / n, 3), "ops_per_step": round(s["ops"] / n, 3),
+                 "host_us_per_step": us(s["host_ns"] / n)} for l, s in sorted(lines.items())]
+    details = {
+        "loop_line": loop.line, "loop_end_line": loop.end_line, "loop_kind": loop.kind,
+        "body_lines": list(loop.body_lines), "iter_text": loop.iter_text, "targets": list(loop.targets),
+        "iterations_per_step": round(iterations, 3), "ops_per_iteration": round(ops_per_iteration, 3),
+        "ops_per_step": round(ops_per_step, 3), "host_us_per_step": round(host_us, 3),
+        "function": function_name, "idiom": idiom, "idiom_line": idiom_line, "busiest_line": busiest,
+        "item_calls_per_step": round(items / n, 3), "lines": per_line,
+    }
+    what = {"affine_interpolation": "a per-point interpolation loop",
+            "prefix_mask": "a per-row mask loop", "item_loop": "a loop that reads tensor values with .item()"}
+    return Finding(
+        rule=RULE.code, category="small_op_loop",
+        title=f"{what.get(idiom, 'A Python ' + loop.kind + ' loop').capitalize() if idiom else 'A Python ' + loop.kind + ' loop'} "
+              f"at {rel}:{loop.line} ({function_name}) issues {ops_per_step:.0f} small ops per step "
+              f"({iterations:.0f} iterations x {ops_per_iteration:.1f} ops)",
+        severity=severity_for_share(share), evidence=evidence, locations=locations,
+        estimated_saving_us=round(saving, 3), details=details, predicted=predicted)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Idioms the recommender knows a vectorized rewrite for, recognized in the loop's syntax tree.
+# ---------------------------------------------------------------------------------------------------
+def detect_idiom(loop, has_item_ops: bool = False) -> tuple:
+    """(idiom, line of the statement it was recognized on) for a loop: "affine_interpolation",
+    "prefix_mask", "item_loop" or (None, None)."""
+    for stmt in _body_statements(loop.node):
+        if _is_affine_interpolation(stmt):
+            return "affine_interpolation", stmt.lineno
+    for stmt in _body_statements(loop.node):
+        if _is_prefix_mask(stmt, set(loop.targets)):
+            return "prefix_mask", stmt.lineno
+    for stmt in _body_statements(loop.node):
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("item", "tolist"):
+                return "item_loop", stmt.lineno
+    if has_item_ops:
+        return "item_loop", loop.line
+    return None, None
+
+
+def _body_statements(node) -> list:
+    out = []
+    for stmt in node.body:
+        for sub in ast.walk(stmt):
+            if isinstance(sub, (ast.Assign, ast.AugAssign, ast.Expr)):
+                out.append(sub)
+    return out
+
+
+def _is_affine_interpolation(stmt) -> bool:
+    """`res[k] = (1 - r) * a + r * b` (either operand order, either product order)."""
+    if not isinstance(stmt, ast.Assign) or not any(isinstance(t, ast.Subscript) for t in stmt.targets):
+        return False
+    v = stmt.value
+    if not (isinstance(v, ast.BinOp) and isinstance(v.op, ast.Add)):
+        return False
+    products = [v.left, v.right]
+    if not all(isinstance(p, ast.BinOp) and isinstance(p.op, ast.Mult) for p in products):
+        return False
+
+    def one_minus(e):
+        if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Sub) and isinstance(e.left, ast.Constant) \
+                and e.left.value == 1:
+            return ast.dump(e.right)
+        return None
+
+    for i in (0, 1):
+        p, q = products[i], products[1 - i]
+        for factor in (p.left, p.right):
+            r = one_minus(factor)
+            if r is not None and r in (ast.dump(q.left), ast.dump(q.right)):
+                return True
+    return False
+
+
+def _is_prefix_mask(stmt, targets: set) -> bool:
+    """`mask[i][:n] = c` / `mask[i, :n] = c` with `n` bound by the loop and `c` a constant."""
+    if not isinstance(stmt, ast.Assign) or not isinstance(stmt.value, ast.Constant):
+        return False
+    for t in stmt.targets:
+        for node in ast.walk(t):
+            if isinstance(node, ast.Slice) and node.lower is None and isinstance(node.upper, ast.Name) \
+                    and node.upper.id in targets:
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Function-level locations (Kineto python_function frames): the loop cannot be pinpointed.
+# ---------------------------------------------------------------------------------------------------
+def _function_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
+    if not len(top):
+        return []
+    locs = trace.locations
+    n = stats.count
+    findings = []
+    for where, group in top.groupby("loc", sort=False):
+        file, line = str(locs.at[int(where), "file"]), int(locs.at[int(where), "line"])
+        func = str(locs.at[int(where), "function"])
+        ops_per_step = len(group) / n
+        mean_op_us = float(group["dur"].mean()) / 1000.0
+        if not is_user_file(file) or ops_per_step < MIN_FUNCTION_OPS_PER_STEP or mean_op_us > MAX_MEAN_OP_US:
+            continue
+        path = resolve_source(file, ctx.project_root)
+        tree = source.parse(path) if path is not None else None
+        if tree is None:
+            continue   # without the source we cannot tell whether the function loops at all
+        loop_lines = _loops_in_function(tree, line)
+        if not loop_lines:
+            continue   # the function's source has no loop: not this rule's business
+        rel = relative_path(file, ctx.project_root)
+        where_loops = f"its loops start at lines {', '.join(map(str, loop_lines))}"
+        findings.append(Finding(
+            rule=RULE.code, category="small_op_loop",
+            title=f"{func} ({rel}:{line}) issues {ops_per_step:.0f} small ops per step; the trace has only "
+                  f"function-level locations, so the loop cannot be pinpointed",
+            severity="low",
+            evidence=[Evidence("ops per step", round(ops_per_step, 3), "ops",
+                               "ops whose innermost user Python frame is this function / steps"),
+                      Evidence("mean op time", round(mean_op_us, 3), "us", "mean host duration of those ops"),
+                      Evidence("host time per step", us(group["dur"].sum() / n), "us", "sum of durations / steps")],
+            locations=[Location(rel, line, func)], estimated_saving_us=None,
+            details={"loop_line": None, "function": func, "function_line": line, "candidate_loop_lines": loop_lines,
+                     "idiom": None, "pinpointed": False,
+                     "note": f"Locations come from python_function frames (def lines only); {where_loops}. "
+                             "Profile with `npu-advise profile` for exact lines."},
+            predicted=not trace.has_device_timeline))
+    return findings
+
+
+def _loops_in_function(tree, def_line: int) -> list:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno == def_line:
+            return sorted(sub.lineno for sub in ast.walk(node) if isinstance(sub, (ast.For, ast.While, ast.AsyncFor)))
+    return []

@@ -1,0 +1,155 @@
+"""Read and parse the user's source files, once: the syntax facts analyzers tie trace findings to.
+
+Analyzers ask "which loops enclose line N of file F" or "which function is it in"; this module answers
+from Python's `ast` (line ranges are all that is needed) and caches text and trees per path. Files
+that are missing or do not parse give empty answers, never errors: a trace may come from a machine
+whose sources are not here.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class LoopInfo:
+    kind: str              # "for" | "while"
+    line: int              # header line
+    end_line: int          # last line of the loop (body and else)
+    body_first: int        # first line of the body
+    body_last: int         # last line of the body
+    iter_text: str         # `for`: the iterable's source; `while`: the condition's source
+    targets: tuple         # names bound by a `for` target (("i", "ll") for `for i, ll in ...`); () for while
+    node: ast.AST          # the ast.For / ast.While node
+
+    @property
+    def body_lines(self) -> tuple:
+        return (self.body_first, self.body_last)
+
+    def contains(self, line: int) -> bool:
+        return self.body_first <= line <= self.body_last
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    name: str
+    line: int              # the `def` line
+    end_line: int
+
+
+@lru_cache(maxsize=512)
+def _read(path: str) -> Optional[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def read_source(path) -> Optional[str]:
+    """The text of a source file, or None when it cannot be read."""
+    return _read(str(path))
+
+
+def source_lines(path) -> list:
+    text = read_source(path)
+    return text.splitlines() if text is not None else []
+
+
+def line_text(path, line: int) -> str:
+    lines = source_lines(path)
+    return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+
+@lru_cache(maxsize=512)
+def _tree(path: str):
+    text = _read(path)
+    if text is None:
+        return None
+    try:
+        return ast.parse(text, filename=path)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def parse(path) -> Optional[ast.Module]:
+    """The file's ast, or None when it is missing or not valid Python."""
+    return _tree(str(path))
+
+
+def _names(target: ast.AST) -> tuple:
+    return tuple(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+
+
+def _segment(path: str, node: ast.AST) -> str:
+    text = _read(path) or ""
+    return ast.get_source_segment(text, node) or ""
+
+
+def _chain(path, line: int) -> list:
+    """Nodes enclosing `line`, outermost first (the module excluded)."""
+    tree = parse(path)
+    if tree is None:
+        return []
+    chain = []
+    node = tree
+    while True:
+        inner = None
+        for child in ast.iter_child_nodes(node):
+            first = getattr(child, "lineno", None)
+            last = getattr(child, "end_lineno", None)
+            if first is None or last is None:
+                continue
+            # Decorators sit above a def's `lineno`; count them as part of it.
+            decos = getattr(child, "decorator_list", None)
+            if decos:
+                first = min([first] + [d.lineno for d in decos])
+            if first <= line <= last and isinstance(child, (ast.stmt, ast.excepthandler)):
+                inner = child
+                break
+        if inner is None:
+            return chain
+        chain.append(inner)
+        node = inner
+
+
+def enclosing_loops(path, line: int) -> list:
+    """The `for`/`while` loops whose body (or header) holds `line`, innermost first.
+
+    Stops at the nearest enclosing function or class: a loop around a `def` does not run the
+    function's body once per iteration.
+    """
+    path = str(path)
+    loops = []
+    for node in reversed(_chain(path, line)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            break
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            is_for = not isinstance(node, ast.While)
+            loops.append(LoopInfo(
+                kind="for" if is_for else "while", line=node.lineno, end_line=node.end_lineno,
+                body_first=node.body[0].lineno, body_last=node.body[-1].end_lineno,
+                iter_text=_segment(path, node.iter if is_for else node.test),
+                targets=_names(node.target) if is_for else (), node=node))
+    return loops
+
+
+def enclosing_function(path, line: int) -> Optional[FunctionInfo]:
+    for node in reversed(_chain(str(path), line)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return FunctionInfo(node.name, node.lineno, node.end_lineno)
+    return None
+
+
+def statement_at(path, line: int) -> Optional[ast.stmt]:
+    """The innermost simple statement spanning `line` (e.g. the assignment a marker line points at)."""
+    chain = _chain(str(path), line)
+    return chain[-1] if chain else None
+
+
+def clear_cache():
+    """Forget cached files (tests that rewrite a file in place)."""
+    _read.cache_clear()
+    _tree.cache_clear()

@@ -1,0 +1,81 @@
+"""NPA501: loops of small ops, tied to the loop in the source by the syntax tree."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from npu_advise.analyzers import Context, small_op_loops, source
+from npu_advise.load.kineto import load_kineto
+
+from _tracing import demo_line, demo_trace
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    script, trace_path = demo_trace()
+    trace = load_kineto(str(trace_path))
+    findings = small_op_loops.analyze(trace, Context(project_root=script.parent)).findings
+    return script, trace, {f.details["loop_line"]: f for f in findings}
+
+
+def test_interpolate_loop(demo):
+    script, trace, by_loop = demo
+    f = by_loop[demo_line("interpolate-for")]
+    d = f.details
+    assert d["iterations_per_step"] == 90.0          # interpolate(..., 90) once per step
+    assert d["idiom"] == "affine_interpolation" and d["idiom_line"] == demo_line("interpolate-loop")
+    assert d["function"] == "interpolate" and d["loop_kind"] == "for" and d["targets"] == ["i"]
+    assert d["body_lines"] == [demo_line("interpolate-for") + 1, demo_line("interpolate-loop")]
+    assert [(l.file, l.line) for l in f.locations] == [("demo_train.py", demo_line("interpolate-for")),
+                                                       ("demo_train.py", demo_line("interpolate-loop"))]
+    # mul, mul, add (the expression) + select, copy_ (the indexed assignment) per iteration
+    assert d["ops_per_iteration"] == 5.0 and d["ops_per_step"] == 450.0
+    ev = {e.label: e.value for e in f.evidence}
+    assert f.estimated_saving_us == pytest.approx(ev["host time per step"] - ev["vectorized cost estimate"], abs=0.01)
+    assert 0 < f.estimated_saving_us < ev["host time per step"]
+
+
+def test_valid_len_mask_loop(demo):
+    script, trace, by_loop = demo
+    f = by_loop[demo_line("mask-for")]
+    assert f.details["iterations_per_step"] == 12.0   # 12 lengths
+    assert f.details["idiom"] == "prefix_mask" and f.details["targets"] == ["i", "ll"]
+    assert f.details["item_calls_per_step"] == 12.0   # `[:ll]` reads each length with .item()
+    assert ("demo_train.py", demo_line("valid-len-mask")) in [(l.file, l.line) for l in f.locations]
+
+
+def test_only_the_two_loops_are_reported(demo):
+    # short_loop runs 3 iterations (< MIN_ITERATIONS_PER_STEP); the optimizer's loops are library code
+    script, trace, by_loop = demo
+    assert set(by_loop) == {demo_line("interpolate-for"), demo_line("mask-for")}
+
+
+def test_idioms_from_source(tmp_path):
+    p = tmp_path / "idioms.py"
+    p.write_text("def f(x, lens, a, b):\n"
+                 "    for i in range(9):\n"
+                 "        r = i / 10\n"
+                 "        x[i] = r * b + a * (1 - r)\n"
+                 "    for i, n in enumerate(lens):\n"
+                 "        x[i, :n] = 0\n"
+                 "    for v in lens:\n"
+                 "        a += v.item()\n"
+                 "    for v in lens:\n"
+                 "        a = a + v\n")
+    source.clear_cache()
+    idiom = lambda line: small_op_loops.detect_idiom(source.enclosing_loops(p, line)[0])
+    assert idiom(4) == ("affine_interpolation", 4)
+    assert idiom(6) == ("prefix_mask", 6)
+    assert idiom(8) == ("item_loop", 8)
+    assert idiom(10) == (None, None)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (SHARED / "kineto").glob("*.json.gz")))
+def test_real_gpu_traces_have_no_exact_loop_findings(name):
+    # Foreign traces have no exact lines and their sources are not here: no loop can be pinpointed.
+    trace = load_kineto(str(SHARED / "kineto" / name))
+    findings = small_op_loops.analyze(trace, Context()).findings
+    assert all(f.details.get("pinpointed") is False for f in findings)
