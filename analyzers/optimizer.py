@@ -143,7 +143,8 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
     ]
     top_names = pd.Series(names[top]).value_counts().head(8)
     saving, saving_note = None, None
-    kernels_us = _kernel_time(trace, ranges)
+    kernels_ns = _kernel_time(trace, ranges, rows)
+    kernels_us = kernels_ns / 1000.0 if kernels_ns is not None else None
     if kernels_us is not None:
         evidence.append(Evidence("device kernel time per step", round(kernels_us / n, 3), "us",
                                  "sum of durations of the kernels launched from inside the step ranges / steps"))
@@ -151,9 +152,12 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
         evidence.append(Evidence("estimated saving per step", round(saving, 3), "us",
                                  "optimizer time - its device kernel time: a fused step keeps the math, not the "
                                  "per-op launches"))
-    else:
+    elif not trace.has_device_timeline:
         saving_note = ("No saving is estimated: a CPU-only trace cannot tell how long the fused device kernel "
                        "would take.")
+    else:
+        saving_note = ("No saving is estimated: the trace links no device kernels to the optimizer's ops, so "
+                       "the device cost of its math is unknown.")
     share = (saving or 0.0) * 1000.0 / stats.mean_ns if stats.mean_ns else 0.0
     constructions = find_constructions(_scan_root(trace, ctx), cls)
     root = _scan_root(trace, ctx)
@@ -189,19 +193,25 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
         details=details, predicted=trace.device_type != "npu")
 
 
-def _kernel_time(trace, ranges: pd.DataFrame) -> Optional[float]:
-    """ns of device kernels launched by runtime calls inside the ranges; None without a device timeline."""
-    if not trace.has_device_timeline or not len(trace.runtime):
+def _kernel_time(trace, ranges: pd.DataFrame, rows: np.ndarray) -> Optional[float]:
+    """ns of device kernels launched from inside the ranges: kernels whose launching host op is one of
+    `rows`, or whose launching runtime call lies in a range. None when the trace has no device timeline
+    or links no kernel to these ops (then the math's device cost is unknown)."""
+    if not trace.has_device_timeline:
         return None
-    rt = trace.runtime
-    r_ts = rt["ts"].to_numpy()
-    r_tid = rt["tid"].to_numpy()
-    inside = np.zeros(len(rt), dtype=bool)
-    for r in ranges.itertuples(index=False):
-        inside |= (r_tid == r.tid) & (r_ts >= r.ts) & (r_ts < r.ts + r.dur)
     k = trace.kernels
-    launch = k["launch"].to_numpy()
-    hit = (launch >= 0) & inside[np.maximum(launch, 0)]
+    hit = np.isin(k["op"].to_numpy(), rows)
+    rt = trace.runtime
+    if len(rt):
+        r_ts = rt["ts"].to_numpy()
+        r_tid = rt["tid"].to_numpy()
+        inside = np.zeros(len(rt), dtype=bool)
+        for r in ranges.itertuples(index=False):
+            inside |= (r_tid == r.tid) & (r_ts >= r.ts) & (r_ts < r.ts + r.dur)
+        launch = k["launch"].to_numpy()
+        hit |= (launch >= 0) & inside[np.maximum(launch, 0)]
+    if not hit.any():
+        return None
     return float(k["dur"].to_numpy()[hit].sum())
 
 

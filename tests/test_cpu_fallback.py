@@ -77,3 +77,26 @@ def test_real_gpu_traces_have_no_fallbacks(name):
               if cpu_fallback.is_fallback_op(cpu_fallback.bare_name(n))]
     findings = cpu_fallback.analyze(trace, Context()).findings
     assert [f for f in findings if f.rule == "NPA401"] == [] if not listed else findings
+
+
+def test_npu_aicpu_kernels_fragment():
+    # The real NPU slice runs two Cast kernels on AI_CPU cores (msprof-analyze test data).
+    from npu_advise.load import load_profile
+    trace = load_profile(SHARED / "npu" / "fragments" / "trace_view_optimizer_slice.json")[0]
+    findings = cpu_fallback.analyze(trace, Context()).findings
+    aicpu = trace.kernels[trace.kernels["core"].astype(str) == "AI_CPU"]
+    assert {f.details["kernel"] for f in findings if f.rule == "NPA410"} == set(aicpu["name"].astype(str))
+    for f in findings:
+        ev = {e.label: e.value for e in f.evidence}
+        dur = aicpu[aicpu["name"].astype(str) == f.details["kernel"]]["dur"].sum() / 1000
+        assert ev["device time per step"] == pytest.approx(dur, abs=0.01)
+    assert not [f for f in findings if f.rule == "NPA401"]   # no listed op in this slice
+
+
+@pytest.mark.parametrize("folder", ["alexnet_2rank_text/level1", "alexnet_2rank_db/level1", "alexnet_2rank_text/level0"])
+def test_npu_alexnet_has_no_fallbacks(folder):
+    from npu_advise.load import load_profile
+    for trace in load_profile(SHARED / "npu" / folder):
+        assert not [n for n in trace.ops["name"].astype(str).unique()
+                    if cpu_fallback.is_fallback_op(cpu_fallback.bare_name(n))]
+        assert [f for f in cpu_fallback.analyze(trace, Context()).findings if f.rule == "NPA401"] == []

@@ -66,3 +66,31 @@ def test_real_gpu_traces(name):
         assert ev["ops per step"] >= optimizer.MIN_OPS_PER_STEP
         # on a GPU trace the saving is optimizer time minus its kernels' time, never negative
         assert f.estimated_saving_us is not None and 0 <= f.estimated_saving_us <= ev["optimizer time per step"]
+
+
+def test_npu_adam_step_fragment():
+    # A real torch_npu trace_view.json slice around an Adam step (msprof-analyze test data).
+    path = SHARED / "npu" / "fragments" / "trace_view_optimizer_slice.json"
+    from npu_advise.load import load_profile
+    trace = load_profile(path)[0]
+    findings = optimizer.analyze(trace, Context()).findings
+    assert [f.rule for f in findings] == ["NPA601"]
+    f = findings[0]
+    assert f.details["optimizer"] == "Adam" and f.details["npu_replacement"] == "torch_npu.optim.NpuFusedAdam"
+    assert f.predicted is False and f.locations == []     # no call stacks, no project: no construction line
+
+    # Independent count from the raw JSON: cpu_op events inside the step range on its thread.
+    import json
+    events = json.loads(path.read_text())
+    step = [e for e in events if e.get("name") == "Optimizer.step#Adam.step"][0]
+    lo, hi = float(step["ts"]), float(step["ts"]) + float(step["dur"])
+    inside = [e for e in events if e.get("cat") == "cpu_op" and e.get("ph") == "X" and e["tid"] == step["tid"]
+              and e is not step and lo <= float(e["ts"]) and float(e["ts"]) + float(e["dur"]) <= hi + 1e-3]
+    top = [e for e in inside if not any(o is not e and float(o["ts"]) <= float(e["ts"]) and
+                                        float(e["ts"]) + float(e["dur"]) <= float(o["ts"]) + float(o["dur"])
+                                        for o in inside)]
+    ev = {e.label: e.value for e in f.evidence}
+    assert ev["aten ops per step incl. nested"] == len(inside)
+    assert ev["ops per step"] == len(top)
+    assert ev["optimizer time per step"] == pytest.approx(float(step["dur"]), abs=0.01)
+    assert f.estimated_saving_us == pytest.approx(ev["optimizer time per step"] - ev["device kernel time per step"], abs=0.01)
