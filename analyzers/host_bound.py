@@ -264,10 +264,18 @@ def _npu_free(trace):
         if col is not None:
             vals = pd.to_numeric(stt[col], errors="coerce").dropna()
             if len(vals):
-                return float(vals.mean()), "step_trace_time.csv Free column, mean over its steps"
+                how = "step_trace_time.csv Free column, mean over its steps"
+                prep = next((c for c in stt.columns if str(c).strip().lower() == "preparing"), None)
+                if prep is not None:
+                    p = pd.to_numeric(stt[prep], errors="coerce").dropna()
+                    if len(p):
+                        how += (f"; it leaves out 'Preparing' ({p.mean():,.1f} us: host time before the step's first "
+                                f"device task), which the free time above includes")
+                return float(vals.mean()), how
     ov = trace.extras.get("overlap")
-    if isinstance(ov, pd.DataFrame) and len(ov) and {"name", "dur"} <= set(ov.columns):
-        free = ov[ov["name"].astype(str) == "Free"]
+    col = next((c for c in ("kind", "name") if isinstance(ov, pd.DataFrame) and c in ov.columns), None)
+    if col is not None and len(ov) and "dur" in ov.columns:
+        free = ov[ov[col].astype(str) == "Free"]
         if len(free):
             n = max(len(trace.steps), 1)
             return float(free["dur"].sum()) / 1000.0 / n, "Overlap Analysis Free thread, summed per step"

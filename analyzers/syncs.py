@@ -42,6 +42,9 @@ SYNC_OPS = {
     "aten::masked_select": "masked_select / x[mask] (output size depends on device data)",
 }
 INDEX_OP = "aten::index"       # with an aten::nonzero child: boolean-mask indexing x[mask]
+# Unlinked device sync events that stand for a host wait ("Context Sync", "Stream Sync", "Event Sync");
+# "Stream Wait Event" / EVENT_RECORD / EVENT_WAIT order streams on the device and block no host thread.
+HOST_SYNC_EVENT = re.compile(r"^(Context|Stream|Event|Device) Sync", re.IGNORECASE)
 COPY_OPS = ("aten::to", "aten::_to_copy", "aten::copy_")
 D2H_KERNEL = re.compile(r"DtoH|Device -> (?:Pageable|Pinned)|D2H", re.IGNORECASE)
 
@@ -256,7 +259,7 @@ def analyze(trace, ctx) -> Analysis:
                     a = int(root[inner]) if root[inner] >= 0 else int(_copy_chain_top(np.array([inner]), names, parent)[0])
                 g = group_for(a, str(rt_all["name"].iat[launch]))
                 g["device_sync_ns"] += int(dur)
-            else:
+            elif HOST_SYNC_EVENT.search(kname):
                 g = group_for(-1, f"{kname} (cuda_sync event)")
                 g["sync_calls"] += 1
                 g["device_sync_ns"] += int(dur)
