@@ -93,3 +93,21 @@ METADATA = (PositionProvider, ParentNodeProvider, QualifiedNameProvider)
 def resolve(wrapper: MetadataWrapper):
     """The metadata mapping codemods use (positions, parents, qualified names)."""
     return wrapper.resolve_many(METADATA)
+
+
+class _ReplaceNodes(cst.CSTTransformer):
+    """Replace nodes by identity in one pass (several deep_replace calls would lose the later targets,
+    which belong to the tree before the first replacement)."""
+
+    def __init__(self, mapping: dict):
+        super().__init__()
+        self.mapping = mapping
+
+    def on_leave(self, original_node, updated_node):
+        if original_node in self.mapping:
+            return self.mapping[original_node]
+        return updated_node
+
+
+def replace_nodes(module: cst.Module, mapping: dict) -> cst.Module:
+    return module.visit(_ReplaceNodes(mapping)) if mapping else module

@@ -14,7 +14,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import load
-from .base import Rewrite, add_imports, code, qualified_names, resolve, start_line, wrap
+from .base import Rewrite, add_imports, code, qualified_names, replace_nodes, resolve, start_line, wrap
 
 _MAIN_GUARD = m.If(test=m.Comparison(left=m.Name("__name__"), comparisons=[
     m.ComparisonTarget(operator=m.Equal(), comparator=m.SimpleString())]))
@@ -97,19 +97,17 @@ def rewrite_npu_ddp(source: str) -> Optional[Rewrite]:
     if not calls and not any(a.name.value in mapping for imp in imports for a in imp.names):
         return None
     replacements = {c: c.with_changes(func=cst.Name(new)) for c, new in calls}
-    new_module = module
-    for old, new in replacements.items():
-        new_module = new_module.deep_replace(old, new)
     needed = set()
     for imp in imports:
         keep = [a for a in imp.names if a.name.value not in mapping]
         needed |= {mapping[a.name.value] for a in imp.names if a.name.value in mapping}
-        stmt_line = next((s for s in new_module.body if isinstance(s, cst.SimpleStatementLine) and imp in s.body), None)
+        stmt_line = next((s for s in module.body if isinstance(s, cst.SimpleStatementLine) and imp in s.body), None)
         if keep:
             keep[-1] = keep[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-            new_module = new_module.deep_replace(imp, imp.with_changes(names=keep))
+            replacements[imp] = imp.with_changes(names=keep)
         elif stmt_line is not None:
-            new_module = new_module.deep_replace(stmt_line, cst.RemoveFromParent())
+            replacements[stmt_line] = cst.RemoveFromParent()
+    new_module = replace_nodes(module, replacements)
     needed |= {new for _, new in calls}
     new_module = add_imports(new_module, [("mmcv.device.npu", n) for n in sorted(needed)])
     return Rewrite(
