@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,20 @@ EXAMPLE = REPO / "examples" / "bev_train" / "train.py"
 
 
 def run_cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
-    """`npu-advise ARGS...` through the real entry point, in a separate process."""
+    """`npu-advise ARGS...` through the real entry point, in a separate process (its own session, so a
+    timeout also ends the scripts and torchrun workers it started)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "npu_advise.cli", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    cmd = [sys.executable, "-m", "npu_advise.cli", *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"npu-advise {' '.join(map(str, args))} timed out after {timeout} s\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def marker_line(path, tag: str) -> int:

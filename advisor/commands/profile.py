@@ -27,6 +27,8 @@ TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "mas
 @click.option("--rank", type=int, default=None, help="Multi-rank: analyze this rank in detail (default: the slowest).")
 @click.option("--nproc-per-node", type=str, default=None,
               help="Launch through torchrun with this many processes per node.")
+@click.option("--standalone", is_flag=True, default=None,
+              help="torchrun: single-node job with a local rendezvous on a free port.")
 @click.option("--nnodes", type=str, default=None, help="torchrun: number of nodes (or MIN:MAX).")
 @click.option("--node-rank", type=int, default=None, help="torchrun: rank of this node.")
 @click.option("--master-addr", type=str, default=None, help="torchrun: address of the rank-0 node.")
@@ -49,8 +51,10 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, rank
     from ..collect.runner import ProfileRequest, ScriptFailed, default_out_dir, run_collection
 
     torchrun_args = None
-    if any(v is not None for v in torchrun.values()) or torchrun_extra:
+    if any(v is not None and v is not False for v in torchrun.values()) or torchrun_extra:
         torchrun_args = []
+        if torchrun.pop("standalone", None):
+            torchrun_args.append("--standalone")
         for name in TORCHRUN_OPTIONS:
             value = torchrun.get(name)
             if value is not None:
