@@ -92,8 +92,8 @@ def analyze(trace, ctx) -> Analysis:
             "ASCEND_LAUNCH_BLOCKING and ACLNN_CACHE_LIMIT were not checked.")
         return out
     recorded = {k: env.get(k) for k in VARS}
-    out.tables["environment"] = pd.DataFrame({"variable": list(recorded), "value": [
-        "(unset)" if v is None else str(v) for v in recorded.values()]})
+    out.tables["environment"] = pd.DataFrame({"variable": list(recorded),
+                                              "value": [_shown(env, k) for k in recorded]})
     if str(env.get("ASCEND_LAUNCH_BLOCKING", "")).strip() == "1":
         out.findings.append(_env_finding(
             "NPA701", "high", "ASCEND_LAUNCH_BLOCKING=1 makes every launch synchronous",
@@ -108,28 +108,23 @@ def analyze(trace, ctx) -> Analysis:
     if bound is not None:
         tq = str(env.get("TASK_QUEUE_ENABLE", "")).strip()
         if tq != "2":
-            out.findings.append(_env_finding(
-                "NPA702", "medium", f"TASK_QUEUE_ENABLE={tq or '(unset)'} on a host-bound run: set it to 2",
-                [Evidence("TASK_QUEUE_ENABLE", tq or "(unset)", "", "recorded environment")] + bound,
-                "export TASK_QUEUE_ENABLE=2", predicted))
+            out.findings.append(_lever_finding(env, "NPA702", "TASK_QUEUE_ENABLE", "2", "medium", bound, predicted))
         aff = str(env.get("CPU_AFFINITY_CONF", "")).strip()
         if aff in ("", "0"):
-            out.findings.append(_env_finding(
-                "NPA703", "low", f"CPU_AFFINITY_CONF={aff or '(unset)'} on a host-bound run: set it to 1",
-                [Evidence("CPU_AFFINITY_CONF", aff or "(unset)", "", "recorded environment")] + bound,
-                "export CPU_AFFINITY_CONF=1", predicted))
+            out.findings.append(_lever_finding(env, "NPA703", "CPU_AFFINITY_CONF", "1", "low", bound, predicted))
     copies = _copy_kernel_evidence(trace)
     if copies is not None and str(env.get("COMBINED_ENABLE", "")).strip() != "1":
         out.findings.append(_env_finding(
             "NPA704", "medium", "Non-contiguous copy kernels are hot and COMBINED_ENABLE is not 1",
-            [Evidence("COMBINED_ENABLE", env.get("COMBINED_ENABLE") or "(unset)", "", "recorded environment")]
+            [Evidence("COMBINED_ENABLE", _shown(env, "COMBINED_ENABLE"), "", "recorded environment")]
             + copies, "export COMBINED_ENABLE=1"))
     malloc = _malloc_evidence(trace)
     alloc_conf = str(env.get("PYTORCH_NPU_ALLOC_CONF", ""))
     if malloc is not None and "expandable_segments:true" not in alloc_conf.replace(" ", "").lower():
         out.findings.append(_env_finding(
             "NPA705", "medium", "Slow device allocations and no expandable segments",
-            [Evidence("PYTORCH_NPU_ALLOC_CONF", alloc_conf or "(unset)", "", "recorded environment")] + malloc,
+            [Evidence("PYTORCH_NPU_ALLOC_CONF", _shown(env, "PYTORCH_NPU_ALLOC_CONF"), "", "recorded environment")]
+            + malloc,
             "export PYTORCH_NPU_ALLOC_CONF=expandable_segments:True"))
     shapes = _shape_signatures(trace)
     limit = _int(env.get("ACLNN_CACHE_LIMIT"), ACLNN_CACHE_DEFAULT)
@@ -141,6 +136,28 @@ def analyze(trace, ctx) -> Analysis:
              Evidence("ACLNN_CACHE_LIMIT", limit, "entries", "recorded environment (default 10000 when unset)")],
             "export ACLNN_CACHE_LIMIT=100000", predicted))
     return out
+
+
+def _shown(env: dict, key: str) -> str:
+    """A variable's recorded value; '(unset)' when recorded empty, '(not recorded)' when the record
+    does not list it at all (torch_npu records only some variables)."""
+    if key not in env:
+        return "(not recorded)"
+    v = env.get(key)
+    return "(unset)" if v is None or str(v).strip() == "" else str(v)
+
+
+def _lever_finding(env, rule, key, want, severity, bound, predicted) -> Finding:
+    shown = _shown(env, key)
+    if shown == "(not recorded)":
+        title = f"Host-bound run and {key} was not recorded: make sure {key}={want}"
+        severity = "low"
+        how = "not among the environment variables recorded with this trace"
+    else:
+        title = f"{key}={shown} on a host-bound run: set it to {want}"
+        how = "recorded environment"
+    return _env_finding(rule, severity, title, [Evidence(key, shown, "", how)] + bound,
+                        f"export {key}={want}", predicted)
 
 
 def _int(v, default: int) -> int:
