@@ -7,18 +7,19 @@ torch_npu traces; the ops inside it on the same thread are the step's ops.
 
 The optimizer's construction (`torch.optim.AdamW(...)`, also via `from torch.optim import AdamW` or
 `optim.AdamW`, and mmcv/mmengine config dicts `dict(type='AdamW', ...)`) is looked up in the
-project's Python files with libcst's qualified names, so the fix can point at the line to change.
+project's Python files by resolving each call's name through the file's imports (the `ast` module:
+libcst's qualified-name metadata resolves the same cases but costs seconds per file), so the fix can
+point at the line to change.
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-import libcst as cst
-import libcst.metadata as meta
 import numpy as np
 import pandas as pd
 
@@ -245,10 +246,13 @@ def find_constructions(root: Optional[Path], cls: str) -> list:
     list of {"file", "line", "function", "kind": "call" | "config", "text"}."""
     if root is None or not Path(root).is_dir():
         return []
+    # Cheap text test first: only files that call `<cls>(` or name it as a config `type` get parsed
+    name = re.escape(cls)
+    candidate = re.compile(rf"\b{name}\s*\(|type['\"]?\s*[=:]\s*['\"](?:torch\.optim\.)?{name}['\"]")
     found = []
     for path in _python_files(Path(root)):
         text = source.read_source(path)
-        if not text or cls not in text:
+        if not text or cls not in text or not candidate.search(text):
             continue
         found += _constructions_in_file(str(path), cls)
     return found
@@ -256,50 +260,64 @@ def find_constructions(root: Optional[Path], cls: str) -> list:
 
 @lru_cache(maxsize=256)
 def _constructions_in_file(path: str, cls: str) -> list:
-    text = source.read_source(path)
-    try:
-        wrapper = meta.MetadataWrapper(cst.parse_module(text))
-    except (cst.ParserSyntaxError, RecursionError, ValueError):
+    tree = source.parse(path)
+    if tree is None:
         return []
-    visitor = _ConstructionVisitor(cls)
-    wrapper.visit(visitor)
+    qualified = {f"torch.optim.{cls}", f"torch.optim.{cls.lower()}.{cls}"}
+    aliases = _import_aliases(tree)
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = _qualified_name(node.func, aliases)
+            if name in qualified:
+                hits.append((node.lineno, "call"))
+            elif name == "dict" and any(k.arg == "type" and _is_cls(k.value, cls) for k in node.keywords):
+                hits.append((node.lineno, "config"))
+        elif isinstance(node, ast.Dict):
+            if any(isinstance(k, ast.Constant) and k.value == "type" and _is_cls(v, cls)
+                   for k, v in zip(node.keys, node.values)):
+                hits.append((node.lineno, "config"))
     out = []
-    for line, kind in visitor.hits:
+    for line, kind in sorted(set(hits)):
         fn = source.enclosing_function(path, line)
         out.append({"file": path, "line": line, "function": fn.name if fn else "<module>", "kind": kind,
                     "text": source.line_text(path, line).strip()})
     return out
 
 
-class _ConstructionVisitor(cst.CSTVisitor):
-    METADATA_DEPENDENCIES = (meta.QualifiedNameProvider, meta.PositionProvider)
+def _import_aliases(tree) -> dict:
+    """Local name -> qualified name for every import in the file (`import torch.optim as optim`,
+    `from torch.optim import AdamW as A`, `import torch`). Scopes are merged: a rebinding of an
+    imported name elsewhere in the file is rare enough to ignore."""
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    aliases[a.asname] = a.name
+                else:
+                    top = a.name.split(".", 1)[0]
+                    aliases[top] = top
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    return aliases
 
-    def __init__(self, cls: str):
-        super().__init__()
-        self.cls = cls
-        self.qualified = {f"torch.optim.{cls}", f"torch.optim.{cls.lower()}.{cls}"}
-        self.hits = []
 
-    def _line(self, node) -> int:
-        return self.get_metadata(meta.PositionProvider, node).start.line
+def _qualified_name(func, aliases: dict) -> Optional[str]:
+    """`optim.AdamW` with `import torch.optim as optim` -> `torch.optim.AdamW`; builtin `dict` -> `dict`;
+    names defined in the file rather than imported -> None."""
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name):
+        return None
+    base = aliases.get(func.id)
+    if base is None:
+        return "dict" if func.id == "dict" and not parts else None
+    return ".".join([base] + parts[::-1])
 
-    def visit_Call(self, node: cst.Call):
-        names = {q.name for q in self.get_metadata(meta.QualifiedNameProvider, node.func, set())}
-        if names & self.qualified:
-            self.hits.append((self._line(node), "call"))
-            return
-        if names & {"builtins.dict", "dict"} or (isinstance(node.func, cst.Name) and node.func.value == "dict"):
-            for arg in node.args:
-                if arg.keyword is not None and arg.keyword.value == "type" and self._is_cls(arg.value):
-                    self.hits.append((self._line(node), "config"))
-                    return
 
-    def visit_Dict(self, node: cst.Dict):
-        for el in node.elements:
-            if isinstance(el, cst.DictElement) and isinstance(el.key, cst.SimpleString) \
-                    and el.key.evaluated_value == "type" and self._is_cls(el.value):
-                self.hits.append((self._line(node), "config"))
-                return
-
-    def _is_cls(self, value) -> bool:
-        return isinstance(value, cst.SimpleString) and value.evaluated_value in (self.cls, f"torch.optim.{self.cls}")
+def _is_cls(value, cls: str) -> bool:
+    return isinstance(value, ast.Constant) and value.value in (cls, f"torch.optim.{cls}")
