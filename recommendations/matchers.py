@@ -12,7 +12,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .codemods.base import code, enclosing_function, names_in, qualified_names, resolve, start_line, wrap
+from .codemods.base import analyzed, code, enclosing_function, names_in, qualified_names, resolve, start_line, wrap
 from .codemods.fused_ops import _add_relu_pairs, replacement_for
 
 DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d", "deform_conv2d": "deform_conv2d",
@@ -80,10 +80,9 @@ def _host_copied(meta, function, arg) -> bool:
 def scan(source: str) -> list:
     """Every fused-op opportunity in one file's source; [] when it does not parse."""
     try:
-        wrapper = wrap(source)
+        wrapper, meta = analyzed(source)
     except cst.ParserSyntaxError:
         return []
-    meta = resolve(wrapper)
     module = wrapper.module
     out = []
 
@@ -134,10 +133,9 @@ def scan(source: str) -> list:
 def find_matmul_calls(source: str) -> list:
     """Lines of torch.matmul / `.matmul(` / `@` uses (for the > 6-D matmul check against recorded shapes)."""
     try:
-        wrapper = wrap(source)
+        wrapper, meta = analyzed(source)
     except cst.ParserSyntaxError:
         return []
-    meta = resolve(wrapper)
     lines = set()
 
     class _V(cst.CSTVisitor):

@@ -7,6 +7,7 @@ line. Codemods never do text substitution.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Optional
 
 import libcst as cst
@@ -111,3 +112,11 @@ class _ReplaceNodes(cst.CSTTransformer):
 
 def replace_nodes(module: cst.Module, mapping: dict) -> cst.Module:
     return module.visit(_ReplaceNodes(mapping)) if mapping else module
+
+
+@lru_cache(maxsize=16)
+def analyzed(source: str):
+    """(MetadataWrapper, metadata) of `source`, cached: the recommender runs several matchers and codemods
+    over the same file, and metadata resolution dominates their cost. libcst trees are immutable."""
+    wrapper = wrap(source)
+    return wrapper, resolve(wrapper)

@@ -13,7 +13,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, code, enclosing_function, expr, qualified_names, resolve, start_line, wrap
+from .base import analyzed, Rewrite, code, enclosing_function, expr, qualified_names, resolve, start_line, wrap
 
 LOGDET_APIS = ("torch.logdet", "torch.linalg.logdet")
 SLOGDET_APIS = ("torch.slogdet", "torch.linalg.slogdet")
@@ -34,8 +34,7 @@ def _single_arg(call: cst.Call) -> Optional[cst.BaseExpression]:
 
 def rewrite_logdet(source: str, line: int) -> Optional[Rewrite]:
     """Rewrite the first logdet / slogdet()[1] call on `line`."""
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     module = wrapper.module
     found = []
 

@@ -14,7 +14,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import FusedOp, Replaces, load
-from .base import Rewrite, add_imports, code, expr, qualified_names, resolve, start_line, wrap
+from .base import analyzed, Rewrite, add_imports, code, expr, qualified_names, resolve, start_line, wrap
 
 
 def callee_text(call: cst.Call) -> str:
@@ -125,8 +125,7 @@ def rewrite_fused_call(source: str, line: int, keys=None, shape_checks: Optional
     `shape_checks`: {"verified": [...], "violations": [...]} from recorded shapes; the rewrite is
     auto-applicable only when every shape limit of the op was verified and none violated.
     """
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     module = wrapper.module
     for call, (op, rep) in _calls_on_line(meta, module, line, keys):
         remapped = remap_call(call, op, rep)
@@ -174,8 +173,7 @@ def _is_relu_of(meta, value, var: str) -> bool:
 
 def find_add_relu(source: str) -> list:
     """(line of `out += identity`, out, identity) for every add-then-relu pair in `source`."""
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     return [(start_line(meta, blk.body[k]), a, b) for blk, k, a, b in _add_relu_pairs(meta, wrapper.module)]
 
 
@@ -207,8 +205,7 @@ def rewrite_add_relu(source: str, line: int, shapes_equal: Optional[str] = None)
 
     `shapes_equal`: how the recorded shapes showed both operands have the same shape, if they did.
     """
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     module = wrapper.module
     for block, k, var, other in _add_relu_pairs(meta, module):
         if start_line(meta, block.body[k]) not in (line, line - 1) and start_line(meta, block.body[k + 1]) != line:

@@ -27,7 +27,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, add_imports, code, enclosing_function, expr, names_in, resolve, start_line, end_line, wrap
+from .base import analyzed, Rewrite, add_imports, code, enclosing_function, expr, names_in, resolve, start_line, end_line, wrap
 
 IDIOMS = ("affine_interpolation", "prefix_mask", "item_loop")
 
@@ -195,8 +195,7 @@ def _index_offset(node, var: str) -> Optional[int]:
 
 
 def rewrite_affine_interpolation(source: str, line: int) -> Optional[Rewrite]:
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     module = wrapper.module
     for loop in _loops_at(meta, module, line):
         r = _match_affine(meta, module, loop)
@@ -279,8 +278,7 @@ def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
 # Prefix masks
 # ---------------------------------------------------------------------------------------------
 def rewrite_prefix_mask(source: str, line: int) -> Optional[Rewrite]:
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     module = wrapper.module
     for loop in _loops_at(meta, module, line):
         r = _match_prefix_mask(meta, module, loop)
@@ -416,8 +414,7 @@ def _is_tensor_expr(meta, node, function, before_line: int) -> Optional[str]:
 
 
 def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     module = wrapper.module
     for loop in _loops_at(meta, module, line):
         if not isinstance(loop.target, cst.Name) or loop.orelse is not None:

@@ -14,7 +14,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import load
-from .base import Rewrite, add_imports, code, qualified_names, replace_nodes, resolve, start_line, wrap
+from .base import analyzed, Rewrite, add_imports, code, qualified_names, replace_nodes, resolve, start_line, wrap
 
 _MAIN_GUARD = m.If(test=m.Comparison(left=m.Name("__name__"), comparisons=[
     m.ComparisonTarget(operator=m.Equal(), comparator=m.SimpleString())]))
@@ -77,8 +77,7 @@ def rewrite_transfer_to_npu(source: str) -> Optional[Rewrite]:
 
 def rewrite_npu_ddp(source: str) -> Optional[Rewrite]:
     mapping = load().migration["npu_ddp"]["map"]
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     module = wrapper.module
     calls, imports = [], []
 

@@ -13,7 +13,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import load
-from .base import Rewrite, add_imports, code, expr, qualified_names, replace_nodes, resolve, start_line, wrap
+from .base import analyzed, Rewrite, add_imports, code, expr, qualified_names, replace_nodes, resolve, start_line, wrap
 
 TORCH_ONLY_KWARGS = ("foreach", "fused", "capturable", "differentiable", "maximize")
 
@@ -36,15 +36,13 @@ def _optimizer_calls(meta, module: cst.Module) -> list:
 
 def find_optimizer_calls(source: str) -> list:
     """(line, torch optimizer name) of every replaceable optimizer constructor in `source`."""
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     return [(start_line(meta, c), o.name) for c, o in _optimizer_calls(meta, wrapper.module)]
 
 
 def rewrite_optimizer(source: str, line: Optional[int] = None, name: Optional[str] = None) -> Optional[Rewrite]:
     """Rewrite the optimizer constructor on `line` (or the first one of type `name`, or the first one)."""
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     calls = _optimizer_calls(meta, wrapper.module)
     if line is not None:
         calls = [c for c in calls if start_line(meta, c[0]) == line] or calls
@@ -104,8 +102,7 @@ def _config_type_strings(module: cst.Module) -> list:
 
 
 def find_config_optimizers(source: str) -> list:
-    wrapper = wrap(source)
-    meta = resolve(wrapper)
+    wrapper, meta = analyzed(source)
     return [(start_line(meta, s), name) for s, name in _config_type_strings(wrapper.module)]
 
 
