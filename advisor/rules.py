@@ -38,6 +38,7 @@ def all_rules() -> dict:
     from .analyzers import load_all  # every analyzer module registers its rules on import
 
     load_all()
+    from . import recommendations  # noqa: F401  (registers the NPA8xx/NPA9xx rules it detects)
     return dict(sorted(_RULES.items()))
 
 
