@@ -135,3 +135,28 @@ def demo_trace():
         script.write_text(DEMO_SCRIPT, encoding="utf-8")
         _DEMO["paths"] = (script, profile_script(script, "step", folder / "demo.pt.trace.json"))
     return _DEMO["paths"]
+
+
+def example_findings() -> tuple:
+    """(findings.json dict, out folder) of `npu-advise profile examples/bev_train/train.py --epochs 1`,
+    run once per test process through the real CLI."""
+    if "example" not in _DEMO:
+        import json
+        import subprocess
+        import tempfile
+        repo = Path(__file__).resolve().parents[1]
+        out = Path(tempfile.mkdtemp(prefix="npa_example_")) / "out"
+        proc = subprocess.run([sys.executable, "-m", "npu_advise.cli", "profile", "--out", str(out),
+                               str(repo / "examples" / "bev_train" / "train.py"), "--epochs", "1"],
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _DEMO["example"] = (json.loads((out / "findings.json").read_text(encoding="utf-8")), out)
+    return _DEMO["example"]
+
+
+def example_marker_line(tag: str) -> int:
+    path = Path(__file__).resolve().parents[1] / "examples" / "bev_train" / "train.py"
+    hits = [i + 1 for i, line in enumerate(path.read_text(encoding="utf-8").splitlines())
+            if line.rstrip().endswith(f"# npa-example: {tag}")]
+    assert len(hits) == 1, tag
+    return hits[0]

@@ -100,3 +100,12 @@ def test_npu_alexnet_has_no_fallbacks(folder):
         assert not [n for n in trace.ops["name"].astype(str).unique()
                     if cpu_fallback.is_fallback_op(cpu_fallback.bare_name(n))]
         assert [f for f in cpu_fallback.analyze(trace, Context()).findings if f.rule == "NPA401"] == []
+
+
+def test_bundled_example_logdet_via_cli():
+    from _tracing import example_findings, example_marker_line
+    doc, out = example_findings()
+    found = [f for f in doc["findings"] if f["rule"] == "NPA401"]
+    assert [f["locations"] for f in found] == [[{"file": "train.py", "line": example_marker_line("logdet"),
+                                                 "function": "nll_with_covariances"}]]
+    assert found[0]["details"]["replacement"] == "logdet_svdvals" and found[0]["predicted"] is True

@@ -94,3 +94,12 @@ def test_npu_adam_step_fragment():
     assert ev["ops per step"] == len(top)
     assert ev["optimizer time per step"] == pytest.approx(float(step["dur"]), abs=0.01)
     assert f.estimated_saving_us == pytest.approx(ev["optimizer time per step"] - ev["device kernel time per step"], abs=0.01)
+
+
+def test_bundled_example_adamw_via_cli():
+    from _tracing import example_findings, example_marker_line
+    doc, out = example_findings()
+    found = [f for f in doc["findings"] if f["rule"] == "NPA601"]
+    assert len(found) == 1
+    assert found[0]["details"]["construct_line"] == example_marker_line("adamw")
+    assert found[0]["locations"] == [{"file": "train.py", "line": example_marker_line("adamw"), "function": "main"}]

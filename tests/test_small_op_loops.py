@@ -79,3 +79,23 @@ def test_real_gpu_traces_have_no_exact_loop_findings(name):
     trace = load_kineto(str(SHARED / "kineto" / name))
     findings = small_op_loops.analyze(trace, Context()).findings
     assert all(f.details.get("pinpointed") is False for f in findings)
+
+
+def test_bundled_example_loops_via_cli():
+    from _tracing import example_findings, example_marker_line
+    from npu_advise.analyzers import source as src
+    doc, out = example_findings()
+    loops = {f["details"]["loop_line"]: f for f in doc["findings"] if f["rule"] == "NPA501"}
+    example = Path(__file__).resolve().parents[1] / "examples" / "bev_train" / "train.py"
+    for tag, idiom in (("interpolate-loop", "affine_interpolation"), ("valid-len-mask", "prefix_mask")):
+        line = example_marker_line(tag)
+        loop_line = src.enclosing_loops(example, line)[0].line
+        f = loops[loop_line]
+        assert {"file": "train.py", "line": line, "function": f["details"]["function"]} in f["locations"]
+        assert f["locations"][0]["line"] == loop_line
+        assert f["details"]["idiom"] == idiom and f["details"]["idiom_line"] == line
+    # interpolate: 2 samples x 6 lanes x 3 segments, 5 points each -> 180 iterations of 5 ops per step
+    interp = loops[src.enclosing_loops(example, example_marker_line("interpolate-loop"))[0].line]["details"]
+    assert interp["iterations_per_step"] == 180.0 and interp["ops_per_iteration"] == 5.0
+    mask = loops[src.enclosing_loops(example, example_marker_line("valid-len-mask"))[0].line]["details"]
+    assert mask["iterations_per_step"] == 12.0 and mask["item_calls_per_step"] == 12.0
