@@ -61,6 +61,13 @@ def test_real_gpu_traces(name):
         + trace.ops["name"].astype(str).str.startswith("Optimizer.step#").sum()
     if steps == 0:
         assert findings == []
+    if name.startswith("hta_negative_queue"):   # apex FusedAdam: already fused
+        assert findings == []
+    if name.startswith(("hta_nccl_data", "hta_ns_resolution", "hta_amd")):   # foreach SGD: 2-3 ops per step
+        assert findings == []
+    if name.startswith("hta_df_index_resolver"):   # single-tensor SGD over 404 parameter updates per step
+        assert [f.details["optimizer"] for f in findings] == ["SGD"]
+        assert findings[0].details["npu_replacement"] == "torch_npu.optim.NpuFusedSGD"
     for f in findings:
         ev = {e.label: e.value for e in f.evidence}
         assert ev["ops per step"] >= optimizer.MIN_OPS_PER_STEP
