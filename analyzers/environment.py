@@ -17,7 +17,7 @@ from npu_advise.rules import Rule
 
 from . import Analysis
 from .common import in_steps, step_stats, us
-from .host_bound import (FREE_SHARE_THRESHOLD, LAUNCH_DENSITY_MIN_OPS, SMALL_OP_MEAN_US, free_share,
+from .host_bound import (FREE_SHARE_THRESHOLD, LAUNCH_DENSITY_MIN_OPS, SMALL_OP_MEDIAN_US, free_share,
                          launch_density, step_breakdown)
 
 # Non-contiguous copy kernels (AsStrided / ViewCopy ...) are "hot" from this share of the step.
@@ -186,10 +186,10 @@ def _host_bound_evidence(trace, ctx):
         return [Evidence("device free share of step", round(100 * share, 1), "%",
                          "step time not covered by any device activity, summed over the steps / total step time")]
     dens = launch_density(trace, table)
-    if dens is None or dens[0] < LAUNCH_DENSITY_MIN_OPS or dens[1] > SMALL_OP_MEAN_US:
+    if dens is None or dens[0] < LAUNCH_DENSITY_MIN_OPS or dens[2] > SMALL_OP_MEDIAN_US:
         return None
     return [Evidence("top-level ops per step", round(dens[0], 1), "ops", "host ops at nesting depth 0, per step"),
-            Evidence("mean top-level op duration", dens[1], "us", "CPU run")]
+            Evidence("median top-level op duration", dens[2], "us", "CPU run")]
 
 
 def _copy_kernel_evidence(trace):

@@ -29,9 +29,10 @@ from .common import step_stats, us
 FREE_SHARE_THRESHOLD = 0.10
 # CPU-only traces: a host-bound risk when the host issues at least this many top-level ops per step...
 LAUNCH_DENSITY_MIN_OPS = 200
-# ...with a mean top-level op duration at or below this (µs): an NPU launch costs the host roughly
+# ...with a median top-level op duration at or below this (µs): an NPU launch costs the host roughly
 # 10-50 µs per op (dispatch + task queue), so ops this short leave the device waiting for the host.
-SMALL_OP_MEAN_US = 500.0
+# The median, not the mean: a few long CPU convolutions would hide thousands of tiny ops in a mean.
+SMALL_OP_MEDIAN_US = 500.0
 # Device activity that occupies the device (cuda_sync events are waits, not work).
 BUSY_KINDS = ("kernel", "memcpy", "memset", "communication")
 TIMELINE_MAX_ROWS = 5000
@@ -63,7 +64,7 @@ RULE_DENSITY = Rule(
     fix="Reduce the number of operators per step: vectorize Python loops, use fused operators and a fused "
         "optimizer; on the NPU set TASK_QUEUE_ENABLE=2 and CPU_AFFINITY_CONF=1. Profile on the NPU to measure "
         "free time.",
-    thresholds={"LAUNCH_DENSITY_MIN_OPS": LAUNCH_DENSITY_MIN_OPS, "SMALL_OP_MEAN_US": SMALL_OP_MEAN_US},
+    thresholds={"LAUNCH_DENSITY_MIN_OPS": LAUNCH_DENSITY_MIN_OPS, "SMALL_OP_MEDIAN_US": SMALL_OP_MEDIAN_US},
 )
 
 
@@ -185,7 +186,7 @@ def free_share(trace, table: pd.DataFrame = None):
 
 
 def launch_density(trace, table: pd.DataFrame = None):
-    """(top-level ops per step, mean top-level op µs) on a CPU-only trace, else None."""
+    """(top-level ops per step, mean, median top-level op µs) on a CPU-only trace, else None."""
     if trace.has_device_timeline:
         return None
     t = table if table is not None else step_breakdown(trace)
@@ -196,7 +197,8 @@ def launch_density(trace, table: pd.DataFrame = None):
     if len(trace.steps):
         top = top[top["step"] >= 0]
     mean_us = us(top["dur"].mean()) if len(top) else 0.0
-    return n, mean_us
+    median_us = us(top["dur"].median()) if len(top) else 0.0
+    return n, mean_us, median_us
 
 
 def timeline_table(trace, max_rows: int = TIMELINE_MAX_ROWS):
@@ -331,13 +333,13 @@ def _density_finding(trace, ctx, table: pd.DataFrame):
     dens = launch_density(trace, table)
     if dens is None:
         return None
-    ops_per_step, mean_us = dens
-    if ops_per_step < LAUNCH_DENSITY_MIN_OPS or mean_us > SMALL_OP_MEAN_US:
+    ops_per_step, mean_us, median_us = dens
+    if ops_per_step < LAUNCH_DENSITY_MIN_OPS or median_us > SMALL_OP_MEDIAN_US:
         return None
     causes = _causes(ctx)
     step_us = float(table["duration_us"].mean())
     text = (f"The host issues {ops_per_step:,.0f} top-level operators per step, {mean_us:,.1f} us each on "
-            f"average on this CPU run. This trace has no device timeline, so the device free time cannot be "
+            f"average (median {median_us:,.1f} us) on this CPU run. This trace has no device timeline, so the device free time cannot be "
             f"measured; on an NPU every operator is a launch, and this many short launches tends to make the run "
             f"host-bound. " + _cause_text(causes) + " Levers on the NPU: " + "; ".join(LEVERS) + ".")
     return Finding(
@@ -348,6 +350,7 @@ def _density_finding(trace, ctx, table: pd.DataFrame):
             Evidence("top-level ops per step", round(ops_per_step, 1), "ops",
                      f"host ops at nesting depth 0, averaged over {len(table)} step(s)"),
             Evidence("mean top-level op duration", mean_us, "us", "mean host duration of those ops (CPU run)"),
+            Evidence("median top-level op duration", median_us, "us", "median host duration of those ops (CPU run)"),
             Evidence("average step", round(step_us, 1), "us", "mean host ProfilerStep duration"),
         ],
         estimated_saving_us=None,

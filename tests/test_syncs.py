@@ -109,3 +109,29 @@ def test_predicted_item_syncs_on_a_cpu_trace_profiled_here(tiny):
     assert item.estimated_saving_us is None
     mask = next(f for f in res.findings if f.locations and f.locations[0].function == "keep_positive")
     assert mask.details["causes"] == ["x[mask] boolean-mask indexing"]
+
+
+def test_bundled_example_syncs_at_marked_lines(tmp_path):
+    """`npu-advise profile` on the bundled example: predicted syncs at the exact marked lines."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    example = repo / "examples" / "bev_train" / "train.py"
+    lines = example.read_text(encoding="utf-8").splitlines()
+
+    def marked(tag):
+        (n,) = [i + 1 for i, l in enumerate(lines) if l.rstrip().endswith(f"# npa-example: {tag}")]
+        return n
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "npu_advise.cli", "profile", "--out", str(out), str(example),
+                          "--epochs", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    doc = json.loads((out / "findings.json").read_text())
+    sync_lines = {(Path(l["file"]).name, l["line"]) for f in doc["findings"] if f["rule"] == "NPA302"
+                  for l in f["locations"]}
+    assert ("train.py", marked("item-sync")) in sync_lines
+    assert ("train.py", marked("valid-len-mask")) in sync_lines
+    mask = next(f for f in doc["findings"] if f["rule"] == "NPA302"
+                and f["locations"][0]["line"] == marked("valid-len-mask"))
+    assert mask["predicted"] and mask["details"]["calls_per_step"] >= 1
