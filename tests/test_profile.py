@@ -94,7 +94,7 @@ def test_example_ops_attributed_to_exact_lines(example_run):
     assert marker_line(EXAMPLE, "interpolate-loop") in lines_of("aten::copy_")
 
 
-def test_script_sees_plain_python_argv_cwd_and_path(tmp_path):
+def test_script_sees_plain_python_argv_cwd_and_path_and_no_stop_lets_it_finish(tmp_path):
     import subprocess
 
     plain = tmp_path / "plain.json"
@@ -104,12 +104,21 @@ def test_script_sees_plain_python_argv_cwd_and_path(tmp_path):
     args = ["ok", "--steps", "6", "-x", "--weird=1", "positional", "--epochs", "1"]
     subprocess.run([sys.executable, str(MODES), *args, "--dump", str(plain)], cwd=work, check=True,
                    capture_output=True)
-    proc = run_cli("profile", "--out", tmp_path / "out", MODES, *args, "--dump", prof, cwd=work)
+    out = tmp_path / "out"
+    proc = run_cli("profile", "--out", out, "--no-stop", "--wait", "0", "--warmup", "0", "--active", "2",
+                   MODES, *args, "--dump", prof, cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen, expected = read_json(prof), read_json(plain)
+    assert seen["argv"][-1] == str(prof) and expected["argv"][-1] == str(plain)
+    seen["argv"][-1] = expected["argv"][-1] = "DUMP"
     assert seen == expected
-    assert seen["argv"][1:] == [*args, "--dump", str(prof)] and seen["name"] == "__main__"
+    assert seen["argv"][1:-1] == [*args, "--dump"] and seen["name"] == "__main__"
     assert seen["cwd"] == str(work) and seen["path0"] == str(MODES.parent.resolve())
+    # --no-stop: the script ran all its 6 steps; 2 were recorded
+    collection = read_json(out / "collection.json")
+    assert collection["outcome"] == "completed" and collection["stopped_early"] is False
+    assert collection["steps_seen"] == 6 and collection["steps_recorded"] == 2
+    assert collection["cwd"] == str(work)
 
 
 def test_missing_script(tmp_path):
@@ -185,13 +194,3 @@ def test_swallowed_stop_still_ends_the_script(tmp_path):
     assert "swallowed SystemExit" in proc.stdout
     assert "reached the end" not in proc.stdout
     assert read_json(out / "collection.json")["stopped_early"] is True
-
-
-def test_no_stop_lets_the_script_finish(tmp_path):
-    out = tmp_path / "out"
-    proc = run_cli("profile", "--out", out, "--no-stop", "--wait", "0", "--warmup", "0", "--active", "2",
-                   MODES, "ok", "--steps", "6")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    collection = read_json(out / "collection.json")
-    assert collection["outcome"] == "completed" and collection["stopped_early"] is False
-    assert collection["steps_seen"] == 6 and collection["steps_recorded"] == 2

@@ -143,6 +143,8 @@ def main(argv=None) -> int:
         except Exception as exc:
             record["collector_error"] = _last_error_line(exc)
         os._exit = real_os_exit
+    if outcome == "completed" and collector.stop_requested:
+        outcome = "stopped"   # the script caught our stop and then ended by itself
     if outcome == "stopped":
         _destroy_process_group()
     save(outcome=outcome, exit_code=code, error=error, stopped_early=outcome == "stopped")

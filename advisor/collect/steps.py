@@ -25,6 +25,10 @@ from . import env_record
 from .source_marks import MarkState
 
 
+# The bootstrap wraps os._exit to record a script's own hard exit; ours must bypass that wrapper.
+_REAL_OS_EXIT = os._exit
+
+
 class CollectorStop(SystemExit):
     """Raised from the optimizer hook to end the script once the trace is written."""
 
@@ -171,11 +175,11 @@ class Collector:
         self.marks.recording = (not self.finished) and self._recording()
 
     def _on_optimizer_step(self, optimizer, args, kwargs):
+        self.steps_seen += 1
         if self.finished:
             if self.stop_requested:   # the script caught our SystemExit and went on: end it for real
                 self.hard_exit(0)
             return
-        self.steps_seen += 1
         if self._recording():
             self.steps_recorded += 1
             if not self.window:
@@ -208,10 +212,6 @@ class Collector:
         self.marks.recording = False
         if self._timer is not None:
             self._timer.cancel()
-        if not self.stop_after:
-            # --no-stop: the rest of the run pays nothing. With stop, the hook stays to catch a script
-            # that swallows CollectorStop.
-            self._hook.remove()
 
     # -- shutdown -------------------------------------------------------------------------------
     def stop_profiler(self):
@@ -231,7 +231,7 @@ class Collector:
             self.before_hard_exit()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        _REAL_OS_EXIT(code)
 
     def _say(self, msg: str):
         if self.verbose:
