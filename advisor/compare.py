@@ -11,6 +11,7 @@ tables (`host_bound.steps`, `op_ranking.host`), those are used so the comparison
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -154,7 +155,9 @@ def _summary(before: Side, after: Side) -> list:
     rows = [_row("steps recorded", "", len(before.steps), len(after.steps)),
             _row("step time (mean)", "us", before.steps["duration_us"].mean(), after.steps["duration_us"].mean()),
             _row("step time (median)", "us", before.steps["duration_us"].median(),
-                 after.steps["duration_us"].median())]
+                 after.steps["duration_us"].median()),
+            # the least-disturbed step: on a shared machine, other load only ever adds time
+            _row("step time (min)", "us", before.steps["duration_us"].min(), after.steps["duration_us"].min())]
     if before.has_device and after.has_device:
         for col, name in (("busy_us", "device busy per step"), ("free_us", "device free per step")):
             if col in before.steps and col in after.steps:
@@ -210,7 +213,13 @@ def _anchor(fd: dict) -> tuple:
     locs = fd.get("locations") or []
     if locs:
         return fd.get("rule"), locs[0].get("file"), locs[0].get("function")
-    return fd.get("rule"), None, fd.get("title")
+    return fd.get("rule"), None, None
+
+
+def _subject(fd: dict) -> str:
+    """The title without its numbers (which change between runs): tells apart findings that share a
+    rule and a location, e.g. two hot operators called from the same line."""
+    return re.sub(r"[-+]?\d[\d,.]*\s*%?", "#", fd.get("title") or "")
 
 
 def _where(fd: dict) -> str:
@@ -219,25 +228,40 @@ def _where(fd: dict) -> str:
 
 
 def match_findings(before: list, after: list):
-    """Each BEFORE finding's fate in AFTER (by id, else by rule+file+function), and AFTER's new ones."""
-    after_by_id = {fd.get("id"): fd for fd in after}
-    by_anchor: dict = {}
-    for fd in after:
-        by_anchor.setdefault(_anchor(fd), []).append(fd)
+    """Each BEFORE finding's fate in AFTER, and AFTER's new ones.
+
+    Matched in passes, most specific first, each AFTER finding used once: same id and subject; same
+    rule+file+function and subject (the patch moved it); same id; same rule+file+function. Ids alone
+    are not unique (findings of one rule at one location share an id)."""
+    passes = (
+        (lambda fd: (fd.get("id"), _subject(fd)), PRESENT),
+        (lambda fd: (_anchor(fd), _subject(fd)), MOVED),
+        (lambda fd: fd.get("id"), PRESENT),
+        (lambda fd: _anchor(fd), MOVED),
+    )
+    fate = [None] * len(before)            # (after index, status)
     used = set()
+    for key, status in passes:
+        index: dict = {}
+        for j, fd in enumerate(after):
+            if j not in used:
+                index.setdefault(key(fd), []).append(j)
+        for i, fd in enumerate(before):
+            if fate[i] is not None:
+                continue
+            free = [j for j in index.get(key(fd), []) if j not in used]
+            if free:
+                moved = status == MOVED and _where(after[free[0]]) != _where(fd)
+                fate[i] = (free[0], MOVED if moved else PRESENT)
+                used.add(free[0])
     rows = []
-    for fd in before:
-        match, status = after_by_id.get(fd.get("id")), PRESENT
-        if match is None or match.get("id") in used:
-            candidates = [c for c in by_anchor.get(_anchor(fd), []) if c.get("id") not in used]
-            match, status = (candidates[0], MOVED) if candidates else (None, GONE)
-        if match is not None:
-            used.add(match.get("id"))
+    for fd, f in zip(before, fate):
+        match = after[f[0]] if f else None
         rows.append({"id": fd.get("id"), "rule": fd.get("rule"), "title": fd.get("title"), "where": _where(fd),
-                     "status": status, "after_id": match.get("id") if match else None,
+                     "status": f[1] if f else GONE, "after_id": match.get("id") if match else None,
                      "after_where": _where(match) if match else None})
     new = [{"id": fd.get("id"), "rule": fd.get("rule"), "title": fd.get("title"), "where": _where(fd),
-            "status": NEW} for fd in after if fd.get("id") not in used]
+            "status": NEW} for j, fd in enumerate(after) if j not in used]
     return rows, new
 
 

@@ -423,3 +423,24 @@ def test_recommender_codemod_fixes_compose_like_sequential_rewrites(tmp_path, ca
     assert torch.equal(ns_old["build_mask"](valid, 10), ns_new["build_mask"](valid, 10))
     assert run(["apply", tmp_path / "out", "--revert"], capsys)[0] == 0
     assert (root / "train.py").read_text() == ORIGINAL
+
+
+def test_fixes_sharing_a_finding_id_stay_addressable(tmp_path, capsys):
+    """Two findings of one rule at one line share an id; their fixes get `#2` and remain separate."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    old = "import torch\n\n\ndef f(x):\n    return x.sum().item(), x.max().item()\n" + "\n" * 6 + "def g(x):\n    return x.min().item()\n"
+    first = old.replace("x.sum().item(), x.max().item()", "x.sum(), x.max()")
+    second = old.replace("x.min().item()", "x.min()")
+    a = _code_fix("NPA302", "m.py", old, first, 5, "f", "sync")
+    b = _code_fix("NPA302", "m.py", old, second, 5, "f", "sync")
+    assert a.id == b.id
+    (root / "m.py").write_text(old)
+    _write_report(tmp_path / "out", root, [a, b])
+    code, out, err = run(["apply", tmp_path / "out", "--fix", f"{a.id}#2"], capsys)
+    assert code == 0, err
+    assert (root / "m.py").read_text() == second
+    code, out, err = run(["apply", tmp_path / "out"], capsys)
+    assert code == 0 and f"{a.id} m.py: applied" in out and f"{a.id}#2 m.py: already applied" in out
+    assert (root / "m.py").read_text() == old.replace("x.sum().item(), x.max().item()", "x.sum(), x.max()") \
+        .replace("x.min().item()", "x.min()")

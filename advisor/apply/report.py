@@ -63,6 +63,7 @@ def load_report_fixes(report_dir) -> ReportFixes:
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
         raise UserError(f"{path}: not a findings.json (no 'findings' list)")
     fixes = []
+    seen: dict = {}
     for k, fd in enumerate(data["findings"]):
         if not isinstance(fd, dict):
             raise UserError(f"{path}: finding #{k + 1} is not an object")
@@ -74,8 +75,14 @@ def load_report_fixes(report_dir) -> ReportFixes:
         fix_id = fx.get("fix_id") or fd.get("id")
         if not fix_id:
             raise UserError(f"{path}: finding #{k + 1} has a fix without an id")
+        fix_id = str(fix_id)
+        # Ids are rule + location; two findings of one rule at one line share it. Number the repeats
+        # so that each fix stays addressable with --fix (and the journal stays unambiguous).
+        seen[fix_id] = seen.get(fix_id, 0) + 1
+        if seen[fix_id] > 1:
+            fix_id = f"{fix_id}#{seen[fix_id]}"
         fixes.append(FixEntry(
-            fix_id=str(fix_id), rule=str(fd.get("rule", "")), title=str(fd.get("title", "")),
+            fix_id=fix_id, rule=str(fd.get("rule", "")), title=str(fd.get("title", "")),
             description=fx.get("description", ""), auto_applicable=bool(fx.get("auto_applicable")),
             diff=fx.get("diff"), file=fx.get("file"), file_sha256=fx.get("file_sha256"),
             patched_sha256=fx.get("patched_sha256"),
