@@ -444,3 +444,30 @@ def test_fixes_sharing_a_finding_id_stay_addressable(tmp_path, capsys):
     assert code == 0 and f"{a.id} m.py: applied" in out and f"{a.id}#2 m.py: already applied" in out
     assert (root / "m.py").read_text() == old.replace("x.sum().item(), x.max().item()", "x.sum(), x.max()") \
         .replace("x.min().item()", "x.min()")
+
+
+def test_fixes_inserting_imports_at_one_point_combine(tmp_path, capsys):
+    """The bundled example's NPU fixes each add their import after the last import: such insertions
+    combine in report order, an import two fixes add appears once, and a real overlap still conflicts."""
+    old = "import torch\nimport torch.nn as nn\n\nX = 1\n\n\ndef f(a, b):\n    a += b\n    return torch.relu(a)\n"
+    fixes = [
+        _code_fix("NPA803", "m.py", old, old.replace("import torch.nn as nn\n", "import torch.nn as nn\nimport mx_driving\n")
+                  .replace("    a += b\n    return torch.relu(a)\n", "    return mx_driving.npu_add_relu(a, b)\n"), 8, "f", "fused_op"),
+        _code_fix("NPA902", "m.py", old, old.replace("import torch.nn as nn\n", "import torch.nn as nn\nimport torch_npu\n"
+                                                     "from torch_npu.contrib import transfer_to_npu\n"), 1, "<module>", "migration"),
+        _code_fix("NPA801", "m.py", old, old.replace("import torch.nn as nn\n", "import torch.nn as nn\nimport mx_driving\n")
+                  .replace("X = 1", "X = 2"), 4, "<module>", "fused_op"),
+        _code_fix("NPA999", "m.py", old, old.replace("    return torch.relu(a)\n", "    return torch.nn.functional.relu(a)\n"),
+                  9, "f", "fused_op"),
+    ]
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "m.py").write_text(old)
+    _write_report(tmp_path / "out", root, fixes)
+    code, out, err = run(["apply", tmp_path / "out"], capsys)
+    assert code == 1 and "3 applied, 1 refused" in out
+    assert f"{fixes[3].id} m.py: refused: m.py: two changes touch line 9 ({fixes[0].id} and {fixes[3].id})" in err
+    assert (root / "m.py").read_text() == (
+        "import torch\nimport torch.nn as nn\nimport mx_driving\nimport torch_npu\n"
+        "from torch_npu.contrib import transfer_to_npu\n\nX = 2\n\n\ndef f(a, b):\n"
+        "    return mx_driving.npu_add_relu(a, b)\n")

@@ -212,19 +212,32 @@ def locate(lines: list, hunks: list, path: str = "file", origin: str = "") -> li
 
 
 def splice(lines: list, edits: list, path: str = "file") -> str:
-    """Apply non-overlapping edits (from one or several diffs against the same `lines`)."""
-    ordered = sorted(edits, key=lambda e: (e.start, e.end))
-    out: list = []
-    cursor = 0
-    prev = None
+    """Apply edits (from one or several diffs against the same `lines`) to `lines`.
+
+    Several fixes on one file often insert at the same point (each adds its import after the last one
+    there): such insertions are combined in the order given, a non-blank line that an earlier one already
+    inserted is not repeated (as an import-adding codemod run on the other's output would do), and the
+    same change made by two fixes is made once. Any other overlap is a conflict."""
+    # stable sort: at one position insertions come before a replacement starting there, in given order
+    ordered = sorted(edits, key=lambda e: (e.start, e.end != e.start, e.end))
+    merged: list = []
     for e in ordered:
-        if prev is not None and (e.start < prev.end or e.start == prev.start):
+        prev = merged[-1] if merged else None
+        if prev is not None and prev.start == prev.end == e.start == e.end:
+            prev.new_lines += [x for x in e.new_lines if not x.strip() or x not in prev.new_lines]
+            continue
+        if prev is not None and (prev.start, prev.end, prev.new_lines) == (e.start, e.end, e.new_lines):
+            continue
+        if prev is not None and (e.start < prev.end or (e.start == prev.start and prev.start != prev.end)):
             who = f" ({prev.origin} and {e.origin})" if prev.origin != e.origin else ""
             raise PatchError(f"{path}: two changes touch line {e.start + 1}{who}; apply one, re-profile, then the other")
+        merged.append(Edit(e.start, e.end, list(e.new_lines), e.origin))
+    out: list = []
+    cursor = 0
+    for e in merged:
         out.extend(lines[cursor:e.start])
         out.extend(e.new_lines)
         cursor = e.end
-        prev = e
     out.extend(lines[cursor:])
     return "".join(out)
 
