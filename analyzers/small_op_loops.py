@@ -71,6 +71,7 @@ def analyze(trace, ctx) -> Analysis:
         return Analysis()
     locs = trace.locations
     exact = locs["exact"].to_numpy()[top["loc"].to_numpy()]
+    _note_limitations(trace, ctx, top, exact)
     findings = _loop_findings(trace, ctx, stats, top[exact])
     findings += _function_findings(trace, ctx, stats, top[~exact])
     table = pd.DataFrame([{"file": f.locations[0].file, "loop_line": f.details.get("loop_line"),
@@ -78,6 +79,25 @@ def analyze(trace, ctx) -> Analysis:
                            "ops_per_step": f.details.get("ops_per_step"),
                            "host_us_per_step": f.details.get("host_us_per_step")} for f in findings if f.locations])
     return Analysis(findings=findings, tables={"small_op_loops.loops": table} if len(table) else {})
+
+
+def _note_limitations(trace, ctx, top: pd.DataFrame, exact: np.ndarray) -> None:
+    """Say in the trace's limitations when loops cannot be checked (no exact lines, or no sources)."""
+    locs = trace.locations
+    files = locs["file"].to_numpy()[top["loc"].to_numpy()]
+    user = np.array([is_user_file(str(f)) for f in files], dtype=bool) if len(files) else np.zeros(0, bool)
+    notes = []
+    if user.any() and not (user & exact).any():
+        notes.append("Source locations are function-level only (python_function def lines): loops of small ops "
+                     "cannot be pinpointed to a loop; profile with `npu-advise profile` for exact lines.")
+    exact_files = sorted({str(f) for f in files[user & exact]})
+    missing = [f for f in exact_files if resolve_source(f, ctx.project_root) is None]
+    if missing:
+        notes.append(f"{len(missing)} of {len(exact_files)} user source files in the trace are not readable here "
+                     f"(e.g. {missing[0]}): their lines cannot be checked for enclosing loops.")
+    for note in notes:
+        if note not in trace.limitations:
+            trace.limitations.append(note)
 
 
 def _top_level_ops(trace, stats) -> pd.DataFrame:

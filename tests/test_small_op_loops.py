@@ -99,3 +99,12 @@ def test_bundled_example_loops_via_cli():
     assert interp["iterations_per_step"] == 180.0 and interp["ops_per_iteration"] == 5.0
     mask = loops[src.enclosing_loops(example, example_marker_line("valid-len-mask"))[0].line]["details"]
     assert mask["iterations_per_step"] == 12.0 and mask["item_calls_per_step"] == 12.0
+
+
+def test_npu_trace_without_sources_says_so():
+    # Real torch_npu trace: exact call-stack lines in /home/.../main.py, a file that is not here.
+    from npu_advise.load import load_profile
+    trace = load_profile(SHARED / "npu" / "alexnet_2rank_text" / "level1")[0]
+    assert trace.locations["exact"].all() and len(trace.locations)
+    assert small_op_loops.analyze(trace, Context()).findings == []
+    assert any("not readable here" in l and "main.py" in l for l in trace.limitations)
