@@ -13,8 +13,7 @@ import subprocess
 
 import pytest
 
-from test_report_html import (EXAMPLE, HOSTILE_DIR, HOSTILE_OP, RESNET, build_report, fixture_findings,
-                              marker_line, REPO)
+from test_report_html import HOSTILE_DIR, HOSTILE_OP, resnet_report
 from npu_advise.render import html
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -45,10 +44,8 @@ def body_attrs(dom: str) -> dict:
 
 @pytest.fixture(scope="module")
 def gpu_page(tmp_path_factory):
-    report = build_report(RESNET, project_root=REPO,
-                          extra_findings=fixture_findings(marker_line(EXAMPLE, "item-sync")))
     out = tmp_path_factory.mktemp("browser") / HOSTILE_DIR / "report.html"
-    html.write_report(report, out)
+    html.write_report(resnet_report(), out)
     return out
 
 

@@ -1,13 +1,14 @@
 """report.html: content, escaping, self-containment, charts, snippets and fix rendering.
 
-Reports are built from real traces (the shared Kineto traces and a CPU trace recorded here by the
-real torch profiler) run through the real analyzers. Findings named "TEST FIXTURE" are constructed
+Reports are built by the real pipeline (`analyze_profile`, `write_outputs`) from real traces: the shared
+Kineto traces and a CPU trace recorded here by the real torch profiler. Findings named "TEST FIXTURE" are constructed
 in this file to exercise rendering paths (fixes, diffs, predicted markers, hostile strings); they are
 not presented as measurements of anything.
 """
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -18,9 +19,7 @@ import pytest
 from markupsafe import escape
 
 from npu_advise import findings as F
-from npu_advise.analyzers import Context
-from npu_advise.load import load_profile
-from npu_advise.pipeline import Report
+from npu_advise.pipeline import Report, analyze_profile, write_outputs
 from npu_advise.render import charts, html
 from npu_advise.render.snippets import SnippetReader
 
@@ -28,13 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RESNET = DATA / "kineto" / "hta_ns_resolution_resnet_v100_rank0.pt.trace.json.gz"
 EXAMPLE = REPO / "examples" / "bev_train" / "train.py"
+# The user's project as `profile` would record it: the bundled example's folder (not the whole repo,
+# whose every .py file the recommender would parse).
+PROJECT = EXAMPLE.parent
 HOSTILE_OP = "<script>alert(1)</script>"
 HOSTILE_DIR = "we&ird<dir>\"'"
 # torch's Kineto exporter writes event names and `traceName` into the JSON without escaping `"`, so a
 # source folder with a quote yields an unreadable trace; recorded source paths use this one instead.
 HOSTILE_SRC_DIR = "src&<dir>'"
-# The analyzers whose tables the report draws (operator ranking, step breakdown, device timeline).
-CHART_ANALYZERS = ("op_ranking", "host_bound")
 
 
 def marker_line(path: Path, tag: str) -> int:
@@ -45,19 +45,10 @@ def marker_line(path: Path, tag: str) -> int:
 
 
 def build_report(trace_path, project_root=None, extra_findings=(), collection=None) -> Report:
-    """A Report as the pipeline builds it (real loader, the real analyzers behind the charts) plus
-    fixture findings."""
-    traces = load_profile(trace_path)
-    trace = traces[0]
-    ctx = Context(project_root=Path(project_root) if project_root else None)
-    for name in CHART_ANALYZERS:
-        result = importlib.import_module(f"npu_advise.analyzers.{name}").analyze(trace, ctx)
-        ctx.findings.extend(result.findings)
-        ctx.tables.update(result.tables)
-    ctx.findings.extend(extra_findings)
-    return Report(trace=trace, findings=F.rank(ctx.findings), tables=ctx.tables,
-                  limitations=list(trace.limitations), collection=collection or {},
-                  project_root=str(project_root) if project_root else None)
+    """The real pipeline's Report (loader, analyzers, recommender) plus fixture findings."""
+    report = analyze_profile(trace_path, project_root=project_root, collection=collection)
+    report.findings = F.rank(list(report.findings) + list(extra_findings))
+    return report
 
 
 def fixture_findings(example_line: int) -> list:
@@ -67,7 +58,7 @@ def fixture_findings(example_line: int) -> list:
         evidence=[F.Evidence("calls per step", 12, "count", "TEST FIXTURE value"),
                   F.Evidence("host time blocked", 12345.678, "us", "TEST FIXTURE value"),
                   F.Evidence("share", 0.25, "fraction", "TEST FIXTURE value")],
-        locations=[F.Location("examples/bev_train/train.py", example_line, "main"),
+        locations=[F.Location("train.py", example_line, "main"),
                    F.Location("no/such/file.py", 7, "gone"),
                    F.Location("/etc/passwd", 1, "not_python")],
         estimated_saving_us=4321.0,
@@ -85,17 +76,24 @@ def fixture_findings(example_line: int) -> list:
     return [auto, advice]
 
 
-@pytest.fixture(scope="module")
-def gpu_report():
+@functools.lru_cache(maxsize=1)
+def resnet_report() -> Report:
+    """The ResNet trace's report with the fixture findings; built once per test session (the browser
+    test renders it too). Treat as read-only."""
     line = marker_line(EXAMPLE, "item-sync")
-    return build_report(RESNET, project_root=REPO, extra_findings=fixture_findings(line),
+    return build_report(RESNET, project_root=PROJECT, extra_findings=fixture_findings(line),
                         collection={"how": "TEST FIXTURE collection record", "env": {"TASK_QUEUE_ENABLE": "1"}})
 
 
 @pytest.fixture(scope="module")
+def gpu_report():
+    return resnet_report()
+
+
+@pytest.fixture(scope="module")
 def gpu_html(gpu_report, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu") / HOSTILE_DIR / "report.html"
-    html.write_report(gpu_report, out)
+    paths = write_outputs(gpu_report, tmp_path_factory.mktemp("gpu") / HOSTILE_DIR)
+    out = paths["html"]
     return out, out.read_text(encoding="utf-8")
 
 
@@ -302,10 +300,9 @@ def test_cpu_trace_report(cpu_report, tmp_path):
     assert text.count("* plotly.js v") == 1
 
 
-def test_render_without_tables_or_findings(tmp_path):
+def test_render_without_tables_or_findings(gpu_report, tmp_path):
     """An empty analysis still renders: no charts, the no-findings note, the header."""
-    report = build_report(RESNET)
-    report.findings, report.tables = [], {}
+    report = dataclasses.replace(gpu_report, findings=[], tables={})
     out = tmp_path / "report.html"
     html.write_report(report, out)
     text = out.read_text(encoding="utf-8")

@@ -80,7 +80,8 @@ def _layout(title: str, **extra) -> dict:
         "font": {"family": FONT, "size": 12, "color": "#24292f"},
         "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff",
         "margin": {"l": 60, "r": 20, "t": 48, "b": 48},
-        "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1.0, "xanchor": "right"},
+        "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1.0, "xanchor": "right",
+                   "traceorder": "normal"},
         "hoverlabel": {"font": {"family": FONT}},
     }
     layout.update(extra)
