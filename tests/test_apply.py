@@ -471,3 +471,14 @@ def test_fixes_inserting_imports_at_one_point_combine(tmp_path, capsys):
         "import torch\nimport torch.nn as nn\nimport mx_driving\nimport torch_npu\n"
         "from torch_npu.contrib import transfer_to_npu\n\nX = 2\n\n\ndef f(a, b):\n"
         "    return mx_driving.npu_add_relu(a, b)\n")
+
+
+def test_revert_uses_the_root_apply_wrote_to(project, capsys, tmp_path):
+    root, report, ids = project
+    moved = tmp_path / "elsewhere"
+    root.rename(moved)
+    assert run(["apply", report, "--project-root", moved], capsys)[0] == 0
+    assert (moved / "train.py").read_text() == BOTH_FIXED
+    code, out, _ = run(["apply", report, "--revert"], capsys)
+    assert code == 0 and "3 reverted" in out
+    assert (moved / "train.py").read_text() == ORIGINAL

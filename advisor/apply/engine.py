@@ -185,8 +185,9 @@ def apply_fixes(report_dir, ids=None, dry_run: bool = False, project_root=None) 
 def revert_fixes(report_dir, ids=None, project_root=None) -> list:
     """Undo applied fixes (all, or the named ones) if their files still hold what apply wrote."""
     report = load_report_fixes(report_dir)
-    root = project_root_of(report, project_root)
     journal = load_journal(report.report_dir)
+    # undo where apply wrote (it may have been given --project-root), unless told otherwise
+    root = project_root_of(report, project_root or journal.project_root or None)
     if not journal.files:
         raise UserError(f"nothing to revert: no fixes from {report.report_dir} are recorded as applied "
                         f"({journal.path} is missing or empty)")
