@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -236,7 +235,7 @@ def _enclosing_backward(row: int, parent: np.ndarray, cats, codes) -> int:
     return -1
 
 
-def _device_evidence(trace, rows: np.ndarray, n_steps: int) -> tuple:
+def _device_evidence(trace, rows: np.ndarray) -> tuple:
     """(evidence, observed) for fallback ops on an NPU trace: what ran on the device under them."""
     k = trace.kernels
     if not len(k) or trace.device_type != "npu":
@@ -281,7 +280,7 @@ def _fallback_finding(trace, ctx, stats, where: int, group: pd.DataFrame) -> Fin
     ]
     if shapes:
         evidence.append(Evidence("input shapes", "; ".join(shapes), "", "Input Dims of the forward op (most frequent first)"))
-    dev_ev, observed = _device_evidence(trace, rows, n)
+    dev_ev, observed = _device_evidence(trace, rows)
     evidence += dev_ev
     share = host_ns / n / stats.mean_ns if stats.mean_ns else 0.0
     op_list = ", ".join(sorted({f"aten::{o}" for o in group["op"]}))

@@ -29,7 +29,7 @@ from npu_advise.load.locations import is_user_file
 from npu_advise.rules import Rule
 
 from . import Analysis, source
-from .common import relative_path, resolve_source, step_stats, us
+from .common import relative_path, step_stats
 
 # An optimizer step is "unfused" when it issues at least this many top-level ops per step.
 MIN_OPS_PER_STEP = 20

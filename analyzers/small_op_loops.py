@@ -18,7 +18,6 @@ Backward ops (run by autograd, not by the loop) are excluded.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -123,27 +122,24 @@ def _top_level_ops(trace, stats) -> pd.DataFrame:
     if stats.from_ranges:
         keep &= ops["step"].to_numpy() >= 0
     rows = np.flatnonzero(keep)
-    # Ops nested under each top-level op (its implementation), for the "aten ops incl. nested" count.
+    # Ops nested under each top-level op (its implementation), for the "aten ops incl. nested" count:
+    # climb each nested op to its top-level ancestor at the same line.
     nested = np.zeros(len(ops), dtype=np.int64)
     inner = np.flatnonzero((loc >= 0) & (parent_loc == loc) & ~in_bwd)
     if len(inner):
-        root = parent.copy()
-        # Walk each nested op up to its top-level ancestor at the same line.
-        todo = inner
         anc = parent[inner]
-        for _ in range(64):
+        while True:
             up = parent[anc]
-            climb = (up >= 0) & (loc[np.maximum(up, 0)] == loc[anc]) & (anc >= 0)
+            climb = (up >= 0) & (loc[np.maximum(up, 0)] == loc[anc])
             if not climb.any():
                 break
             anc = np.where(climb, up, anc)
-        np.add.at(nested, anc[anc >= 0], 1)
-        del root, todo
+        np.add.at(nested, anc, 1)
     return pd.DataFrame({"row": rows, "loc": loc[rows], "name": np.asarray(cats, dtype=object)[codes[rows]],
                          "dur": ops["dur"].to_numpy()[rows], "nested": nested[rows]})
 
 
-def _line_stats(group: pd.DataFrame, n_steps: int) -> dict:
+def _line_stats(group: pd.DataFrame) -> dict:
     counts = group["name"].value_counts()
     # Each execution issues the same ops, so most op names occur once per execution (a name issued
     # twice per execution, or skipped by a no-op slice, is the exception): the most common per-name
@@ -152,14 +148,13 @@ def _line_stats(group: pd.DataFrame, n_steps: int) -> dict:
     executions = int(min(per_count[per_count == per_count.max()].index))
     return {"executions": executions, "ops": int(len(group)), "host_ns": float(group["dur"].sum()),
             "nested": int(group["nested"].sum()),
-            "items": int(group["name"].isin(_ITEM_OPS).sum()) + 0}
+            "items": int(group["name"].isin(_ITEM_OPS).sum())}
 
 
 def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
     if not len(top):
         return []
     locs = trace.locations
-    n = stats.count
     loops = {}   # (file, loop line) -> {"loop": LoopInfo, "path": Path, "lines": {line: stats}, "function": str}
     for where, group in top.groupby("loc", sort=False):
         file, line = str(locs.at[int(where), "file"]), int(locs.at[int(where), "line"])
@@ -174,7 +169,7 @@ def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
         loop = enclosing[0]
         entry = loops.setdefault((file, loop.line), {"loop": loop, "path": path, "lines": {},
                                                      "function": str(locs.at[int(where), "function"])})
-        st = _line_stats(group, n)
+        st = _line_stats(group)
         # One source line can appear under several function names (a comprehension): merge.
         prev = entry["lines"].get(line)
         if prev:
@@ -250,12 +245,11 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         "function": function_name, "idiom": idiom, "idiom_line": idiom_line, "busiest_line": busiest,
         "item_calls_per_step": round(items / n, 3), "lines": per_line,
     }
-    what = {"affine_interpolation": "a per-point interpolation loop",
-            "prefix_mask": "a per-row mask loop", "item_loop": "a loop that reads tensor values with .item()"}
+    what = {"affine_interpolation": "A per-point interpolation loop", "prefix_mask": "A per-row mask loop",
+            "item_loop": "A loop that reads tensor values with .item()"}.get(idiom, f"A Python {loop.kind} loop")
     return Finding(
         rule=RULE.code, category="small_op_loop",
-        title=f"{what.get(idiom, 'A Python ' + loop.kind + ' loop').capitalize() if idiom else 'A Python ' + loop.kind + ' loop'} "
-              f"at {rel}:{loop.line} ({function_name}) issues {ops_per_step:.0f} small ops per step "
+        title=f"{what} at {rel}:{loop.line} ({function_name}) issues {ops_per_step:.0f} small ops per step "
               f"({iterations:.0f} iterations x {ops_per_iteration:.1f} ops)",
         severity=severity_for_share(share), evidence=evidence, locations=locations,
         estimated_saving_us=round(saving, 3), details=details, predicted=predicted)
