@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from test_report_html import HOSTILE_DIR, HOSTILE_OP, resnet_report
+from test_report_html import HOSTILE_DIR, HOSTILE_OP, npu_report
 from npu_advise.render import html
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -45,7 +45,7 @@ def body_attrs(dom: str) -> dict:
 @pytest.fixture(scope="module")
 def gpu_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("browser") / HOSTILE_DIR / "report.html"
-    html.write_report(resnet_report(), out)
+    html.write_report(npu_report(), out)       # 2 ranks: every chart kind the report has
     return out
 
 
@@ -55,8 +55,8 @@ def test_charts_render_without_errors(gpu_page, tmp_path):
     attrs = body_attrs(dom)
     assert console == [], console
     assert "data-charts-error" not in attrs
-    assert attrs.get("data-charts-expected") == str(len(specs)) == "4"
-    assert attrs.get("data-charts-rendered") == "4"
+    assert attrs.get("data-charts-expected") == str(len(specs)) == "5"
+    assert attrs.get("data-charts-rendered") == "5"
     # plotly drew an SVG in every chart container
     for spec in specs:
         block = dom[dom.index(f'id="{spec["id"]}"'):]

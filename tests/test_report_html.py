@@ -26,6 +26,7 @@ from npu_advise.render.snippets import SnippetReader
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RESNET = DATA / "kineto" / "hta_ns_resolution_resnet_v100_rank0.pt.trace.json.gz"
+NPU_2RANK = DATA / "npu" / "alexnet_2rank_text" / "level1"
 EXAMPLE = REPO / "examples" / "bev_train" / "train.py"
 # The user's project as `profile` would record it: the bundled example's folder (not the whole repo,
 # whose every .py file the recommender would parse).
@@ -83,6 +84,13 @@ def resnet_report() -> Report:
     line = marker_line(EXAMPLE, "item-sync")
     return build_report(RESNET, project_root=PROJECT, extra_findings=fixture_findings(line),
                         collection={"how": "TEST FIXTURE collection record", "env": {"TASK_QUEUE_ENABLE": "1"}})
+
+
+@functools.lru_cache(maxsize=1)
+def npu_report() -> Report:
+    """The 2-rank torch_npu AlexNet profile's report with the fixture findings (built once; read-only)."""
+    return build_report(NPU_2RANK, project_root=PROJECT,
+                        extra_findings=fixture_findings(marker_line(EXAMPLE, "item-sync")))
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +256,8 @@ def test_timeline_and_rank_chart_specs():
                           "communication_us": [10.0, 10.0], "free_us": [10.0, 70.0], "comm_wait_us": [5.0, 1.0]})
     spec = charts.ranks(ranks, 1)
     assert spec["data"][0]["x"] == ["rank 0", "rank 1 (slowest)"]
-    assert spec["data"][0]["marker"]["line"]["color"][1] == charts.COLORS["slowest"]
+    [arrow] = spec["layout"]["annotations"]
+    assert arrow["x"] == "rank 1 (slowest)" and arrow["y"] == 160.0 and arrow["text"] == "slowest"
     assert [d["name"] for d in spec["data"]] == ["computing", "communication", "free", "communication wait"]
 
 
@@ -322,3 +331,21 @@ def test_copy_of_trace_under_hostile_path(tmp_path):
     assert HOSTILE_DIR not in text
     assert str(escape(str(target))) in text
     assert "ROCm GPU" in text
+
+
+def test_multi_rank_report(tmp_path):
+    report = npu_report()
+    table, slowest = report.tables["ranks.table"], report.tables["slowest_rank"]
+    assert len(table) == 2 and report.trace.rank == slowest
+    out = write_outputs(report, tmp_path / "out")["html"]
+    text = out.read_text(encoding="utf-8")
+    specs = json.loads(re.search(r'id="npa-chart-data">(.*?)</script>', text, re.S).group(1))
+    assert [s["id"] for s in specs] == ["chart-ranks", "chart-steps", "chart-timeline", "chart-top-host",
+                                        "chart-top-device"]
+    ranks = specs[0]
+    assert ranks["data"][0]["name"] == "computing"
+    assert ranks["data"][0]["y"] == pytest.approx((table["computing_us"] / 1000).tolist())   # ms axis
+    [arrow] = ranks["layout"]["annotations"]
+    assert arrow["x"] == f"rank {slowest} (slowest)"
+    assert f"{slowest}; the slowest of 2 ranks analyzed, detailed below" in text
+    assert "Ascend NPU" in text

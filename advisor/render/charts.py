@@ -221,28 +221,32 @@ def timeline(intervals, step_bounds_us: Optional[list] = None) -> Optional[dict]
 
 
 def ranks(table, slowest: Optional[int]) -> Optional[dict]:
-    """Per-rank step time split (`ranks.table`): stacked computing / communication / free; the
-    slowest rank's bars are outlined and its label marked."""
+    """Per-rank step time split (`ranks.table`): stacked computing / communication / free, with the
+    slowest rank labelled and pointed at."""
     if table is None or len(table) == 0:
         return None
     ranks_ = [int(r) for r in table["rank"].tolist()]
-    labels = [f"rank {r}" + (" (slowest)" if slowest is not None and r == int(slowest) else "") for r in ranks_]
-    totals = _col(table, "step_us") if "step_us" in table.columns else [0.0]
-    unit, div = time_unit(max(totals or [0.0]))
-    outline = {"color": [COLORS["slowest"] if slowest is not None and r == int(slowest) else "rgba(0,0,0,0)"
-                         for r in ranks_], "width": 2.5}
-    data = []
-    for col, name in (("computing_us", "computing"), ("communication_us", "communication"), ("free_us", "free")):
-        if col not in table.columns:
-            continue
-        data.append({"type": "bar", "name": name, "x": labels, "y": [v / div for v in _col(table, col)],
-                     "marker": {"color": COLORS[name], "line": outline},
-                     "hovertemplate": f"%{{x}}<br>{name}: %{{y:,.3f}} {unit} per step<extra></extra>"})
+    is_slowest = [slowest is not None and r == int(slowest) for r in ranks_]
+    labels = [f"rank {r}" + (" (slowest)" if s else "") for r, s in zip(ranks_, is_slowest)]
+    parts = [(c, n) for c, n in (("computing_us", "computing"), ("communication_us", "communication"),
+                                 ("free_us", "free")) if c in table.columns]
+    stacked = [sum(v) for v in zip(*[_col(table, c) for c, _ in parts])] if parts else [0.0] * len(ranks_)
+    totals = _col(table, "step_us") if "step_us" in table.columns else stacked
+    unit, div = time_unit(max(totals + stacked or [0.0]))
+    data = [{"type": "bar", "name": name, "x": labels, "y": [v / div for v in _col(table, col)],
+             "marker": {"color": COLORS[name]},
+             "hovertemplate": f"%{{x}}<br>{name}: %{{y:,.3f}} {unit} per step<extra></extra>"}
+            for col, name in parts]
     if "comm_wait_us" in table.columns:
         data.append({"type": "scatter", "mode": "markers", "name": "communication wait",
                      "x": labels, "y": [v / div for v in _col(table, "comm_wait_us")],
                      "marker": {"symbol": "diamond", "size": 10, "color": "#24292f"},
                      "hovertemplate": f"%{{x}}<br>communication wait: %{{y:,.3f}} {unit} per step<extra></extra>"})
-    layout = _layout("Per-rank step time", barmode="stack",
+    annotations = [{"x": labels[i], "y": stacked[i] / div, "yanchor": "bottom", "text": "slowest",
+                    "showarrow": True, "arrowhead": 2, "arrowcolor": COLORS["slowest"], "ax": 0, "ay": -28,
+                    "font": {"color": COLORS["slowest"], "size": 12}}
+                   for i, s in enumerate(is_slowest) if s]
+    layout = _layout("Per-rank step time", barmode="stack", annotations=annotations,
                      xaxis=_axis("rank", type="category"), yaxis=_axis(f"time per step ({unit})"))
+    layout["margin"]["t"] = 70
     return {"id": "chart-ranks", "title": "Per-rank step time", "data": data, "layout": layout}

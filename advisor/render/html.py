@@ -138,6 +138,11 @@ def _header(report) -> list:
         steps = f"{len(step_ids)} ({span})"
     else:
         steps = "none recorded: the whole trace counts as one step"
+    rank_table, slowest = _rank_table(report.tables or {}, report.ranks)
+    if rank_table is not None and len(rank_table):
+        n = len(rank_table)
+        role = "the slowest" if slowest is not None and t.rank == slowest else "chosen"
+        world = f"{world}; {role} of {n} ranks analyzed, detailed below"
     rows = [
         ("Trace", str(t.path)),
         ("Format", str(t.fmt)),
@@ -212,8 +217,20 @@ def _steps_note(report) -> str:
     return f"mean of {n} profiler step{'s' if n != 1 else ''}" if n else "whole trace, no step ranges"
 
 
+def _rank_table(tables, ranks):
+    """(`ranks.table`, slowest rank) from the report's tables or its cross-rank analysis."""
+    if tables.get("ranks.table") is not None:
+        return tables["ranks.table"], tables.get("slowest_rank")
+    if ranks is not None:
+        rt = getattr(ranks, "tables", {}) or {}
+        return rt.get("ranks.table"), rt.get("slowest_rank")
+    return None, None
+
+
 def _charts(trace, tables, ranks) -> list:
-    specs = [charts.step_breakdown(tables.get("host_bound.steps"))]
+    # The cross-rank comparison comes first: it says which rank the rest of the page describes.
+    rank_table, slowest = _rank_table(tables, ranks)
+    specs = [charts.ranks(rank_table, slowest), charts.step_breakdown(tables.get("host_bound.steps"))]
     bounds = None
     if len(trace.steps):
         start = int(trace.steps["ts"].min())
@@ -223,12 +240,6 @@ def _charts(trace, tables, ranks) -> list:
     specs.append(charts.timeline(tables.get("host_bound.timeline"), bounds))
     specs.append(charts.top_ops(tables.get("op_ranking.host"), "host"))
     specs.append(charts.top_ops(tables.get("op_ranking.device"), "device"))
-    rank_table = tables.get("ranks.table")
-    slowest = tables.get("slowest_rank")
-    if rank_table is None and ranks is not None:
-        rank_table = getattr(ranks, "tables", {}).get("ranks.table")
-        slowest = getattr(ranks, "tables", {}).get("slowest_rank")
-    specs.append(charts.ranks(rank_table, slowest))
     return [s for s in specs if s is not None]
 
 
