@@ -264,7 +264,7 @@ def test_bundled_example_profile_apply_compare(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     script_args = ["--epochs", "1", "--steps-per-epoch", "8"]
 
-    r = _cli("profile", "--out", tmp_path / "before", "--active", "4", proj / "train.py", *script_args,
+    r = _cli("profile", "--out", tmp_path / "before", "--active", "5", proj / "train.py", *script_args,
              cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "before" / "findings.json").read_text())
@@ -272,6 +272,9 @@ def test_bundled_example_profile_apply_compare(tmp_path):
     runnable = [f for f in fixes if _runs_here(f["fix"]["diff"])]
     assert runnable, f"no auto-applicable fix runnable on CPU among {[f['rule'] for f in fixes]}"
     ids = [f["fix"]["fix_id"] or f["id"] for f in runnable]
+    # every auto-applicable fix, NPU-only ones included, composes on the one file (as on an NPU machine)
+    r = _cli("apply", tmp_path / "before", "--dry-run", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and f"{len(fixes)} would apply" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     args = [a for i in ids for a in ("--fix", i)]
     r = _cli("apply", tmp_path / "before", *args, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -283,7 +286,7 @@ def test_bundled_example_profile_apply_compare(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
 
-    r = _cli("profile", "--out", tmp_path / "after", "--active", "4", proj / "train.py", *script_args,
+    r = _cli("profile", "--out", tmp_path / "after", "--active", "5", proj / "train.py", *script_args,
              cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     r = _cli("compare", tmp_path / "before", tmp_path / "after", "--json", tmp_path / "cmp.json", cwd=tmp_path, env=env)
@@ -291,10 +294,12 @@ def test_bundled_example_profile_apply_compare(tmp_path):
     print(r.stdout)
     data = json.loads((tmp_path / "cmp.json").read_text())
     metric = {m["metric"]: m for m in data["summary"]}
-    median = metric["step time (median)"]
-    print(f"bundled example, median step time: before {median['before']:.0f} us, after {median['after']:.0f} us "
-          f"({median['pct']:+.1f} %); fixes applied: {[f['rule'] for f in runnable]}")
-    assert median["after"] < median["before"]
+    median, best = metric["step time (median)"], metric["step time (min)"]
+    print(f"bundled example step time, before -> after: median {median['before']:.0f} -> {median['after']:.0f} us "
+          f"({median['pct']:+.1f} %), min {best['before']:.0f} -> {best['after']:.0f} us ({best['pct']:+.1f} %); "
+          f"fixes applied: {[f['rule'] for f in runnable]}")
+    # The least-disturbed step: other processes on a shared machine only ever add time to a step.
+    assert best["after"] < best["before"]
     assert metric["host ops per step (all levels)"]["after"] < metric["host ops per step (all levels)"]["before"]
     fate = {row["id"]: row["status"] for row in data["findings"]}
     for f in runnable:
