@@ -482,3 +482,19 @@ def test_revert_uses_the_root_apply_wrote_to(project, capsys, tmp_path):
     code, out, _ = run(["apply", report, "--revert"], capsys)
     assert code == 0 and "3 reverted" in out
     assert (moved / "train.py").read_text() == ORIGINAL
+
+
+def test_file_content_does_not_depend_on_the_order_fixes_were_applied(tmp_path, capsys):
+    old = "import torch\n\n\ndef f(x):\n    return x\n"
+    a = _code_fix("NPA801", "m.py", old, old.replace("import torch\n", "import torch\nimport mx_driving\n"), 5, "f", "fused_op")
+    b = _code_fix("NPA902", "m.py", old, old.replace("import torch\n", "import torch\nimport torch_npu\n"), 1, "<module>", "migration")
+    contents = []
+    for order in ([b.id, a.id], [a.id, b.id]):
+        root = tmp_path / f"proj{len(contents)}"
+        root.mkdir()
+        (root / "m.py").write_text(old)
+        _write_report(tmp_path / f"out{len(contents)}", root, [a, b])
+        for fid in order:
+            assert run(["apply", tmp_path / f"out{len(contents)}", "--fix", fid], capsys)[0] == 0
+        contents.append((root / "m.py").read_text())
+    assert contents[0] == contents[1] == "import torch\nimport mx_driving\nimport torch_npu\n\n\ndef f(x):\n    return x\n"

@@ -95,7 +95,7 @@ def _base(fixes: list, current: bytes, record: Optional[FileRecord], journal: Jo
             try:
                 orig = encode(patching.splice(lines, patching.locate(lines, [x.reversed() for x in fp.hunks], rel), rel))
             except PatchError:
-                break
+                continue
             if sha256_bytes(orig) == f.file_sha256:
                 return orig, [f.fix_id]
     expected = sorted(originals)[0][:12]
@@ -151,8 +151,10 @@ def plan_file(rel: str, fixes: list, all_fixes_of_file: list, root: Path, journa
         outcomes.append(Outcome(f.fix_id, rel, APPLIED, f.description, diff=f.diff))
     if not any(o.status == APPLIED for o in outcomes):
         return outcomes, None
-    new = encode(patching.splice(lines, [e for es in edits.values() for e in es], rel))
-    return outcomes, FilePlan(rel, target, current, new, original, list(edits))
+    # report order, whatever order the fixes were applied in: the file is a function of the fix set
+    kept = [f.fix_id for f in all_fixes_of_file if f.fix_id in edits]
+    new = encode(patching.splice(lines, [e for fid in kept for e in edits[fid]], rel))
+    return outcomes, FilePlan(rel, target, current, new, original, kept)
 
 
 def apply_fixes(report_dir, ids=None, dry_run: bool = False, project_root=None) -> list:
