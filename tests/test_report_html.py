@@ -349,3 +349,15 @@ def test_multi_rank_report(tmp_path):
     assert arrow["x"] == f"rank {slowest} (slowest)"
     assert f"{slowest}; the slowest of 2 ranks analyzed, detailed below" in text
     assert "Ascend NPU" in text
+
+
+def test_time_units_and_collection_line():
+    assert [html.fmt_time(v) for v in (3.21, 999.4, 12345.678, 5_070_610.0)] == \
+        ["3.210 µs", "999.4 µs", "12.35 ms", "5.07 s"]
+    # keys as the collector writes them to collection.json
+    record = {"script": "/p/train.py", "args": ["--epochs", "1", "a b"], "profiler": "torch.profiler",
+              "device": "cpu", "steps_seen": 5, "steps_recorded": 3, "world_size": 2, "launcher": "torchrun",
+              "outcome": "stopped"}
+    assert html._collected(record) == ("npu-advise profile /p/train.py --epochs 1 'a b'; torch.profiler on cpu; "
+                                       "3 steps recorded of 5 seen; 2 ranks via torchrun; outcome: stopped")
+    assert html._collected({}) == "existing trace (not collected by npu-advise profile)"

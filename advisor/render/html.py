@@ -153,12 +153,30 @@ def _header(report) -> list:
     ]
     if report.project_root:
         rows.append(("Project root", str(report.project_root)))
-    how = (report.collection or {}).get("how") or (report.collection or {}).get("command")
-    if how:
-        rows.append(("Collected", how if isinstance(how, str) else " ".join(map(str, how))))
-    elif not report.collection:
-        rows.append(("Collected", "existing trace (not collected by npu-advise profile)"))
+    rows.append(("Collected", _collected(report.collection or {})))
     return rows
+
+
+def _collected(c: dict) -> str:
+    """One line on how the profile was collected, from the collector's record (collection.json)."""
+    if not c:
+        return "existing trace (not collected by npu-advise profile)"
+    if c.get("how"):
+        return str(c["how"])
+    parts = []
+    if c.get("script"):
+        args = [str(a) for a in c.get("args") or []]
+        parts.append("npu-advise profile " + shlex.join([str(c["script"]), *args]))
+    if c.get("profiler") or c.get("device"):
+        parts.append(" on ".join(str(x) for x in (c.get("profiler"), c.get("device")) if x))
+    if c.get("steps_recorded") is not None:
+        seen = f" of {c['steps_seen']} seen" if c.get("steps_seen") is not None else ""
+        parts.append(f"{c['steps_recorded']} steps recorded{seen}")
+    if c.get("world_size") and int(c["world_size"]) > 1:
+        parts.append(f"{c['world_size']} ranks via {c.get('launcher') or 'a launcher'}")
+    if c.get("outcome"):
+        parts.append(f"outcome: {c['outcome']}")
+    return "; ".join(parts) or "by npu-advise profile (details below)"
 
 
 def _device_label(device_type: str) -> str:
@@ -376,11 +394,11 @@ def _rule_view(rule) -> dict:
 
 
 def fmt_time(us: float) -> str:
-    """A duration given in µs, with its unit: µs below 1 ms, ms below 10 s, else s."""
+    """A duration given in µs, with its unit: µs below 1 ms, ms below 1 s, else s."""
     if us is None or (isinstance(us, float) and math.isnan(us)):
         return "—"
     a = abs(us)
-    if a >= 10_000_000:
+    if a >= 1_000_000:
         return f"{us / 1_000_000:,.2f} s"
     if a >= 1000:
         return f"{us / 1000:,.2f} ms"
