@@ -54,7 +54,7 @@ def _inflate(path: str) -> Iterator[bytes]:
                 if out:
                     yield out
                 if inflater.eof:
-                    rest = inflater.unused_data + data
+                    rest = inflater.unused_data     # all input after the member's end (not also in the tail)
                     if not rest.strip(b"\x00"):
                         data = raw.read(READ_BYTES)
                         if not data.strip(b"\x00"):
@@ -144,11 +144,13 @@ class ChunkedArray:
 
     def _pieces(self, blocks):
         buf, prefix = self._find_array_start(blocks)
+        want = CHUNK_BYTES      # bytes to hold before cutting
+        retry_from = 0          # > 0: the cuts before this offset were tried and fell inside an event
         while True:
             parts = [buf]
             size = len(buf)
             eof = False
-            while size < CHUNK_BYTES:
+            while size < want:
                 block = next(blocks, None)
                 if block is None:
                     eof = True
@@ -160,27 +162,30 @@ class ChunkedArray:
             if eof:
                 yield from self._finish(buf, prefix)
                 return
-            piece_end = self._cut(buf, CHUNK_BYTES)
+            if retry_from:
+                piece_end = self._cut_after(buf, retry_from)
+            else:
+                piece_end = self._cut_before(buf, CHUNK_BYTES) or self._cut_after(buf, CHUNK_BYTES)
             while piece_end is not None:
                 try:
                     decoded = self.decode_piece(b"".join((b"[", memoryview(buf)[:piece_end], b"]")))
                 except msgspec.ValidationError:
                     raise
                 except msgspec.DecodeError:
-                    piece_end = self._cut(buf, len(buf), after=piece_end + 1)
+                    retry_from = piece_end + 1
+                    piece_end = self._cut_after(buf, retry_from)
                     continue
                 buf = buf[buf.index(b"{", piece_end):]
+                want, retry_from = CHUNK_BYTES, 0
                 yield decoded
                 del decoded
                 break
-            # no usable cut in the buffer: read more before trying again
+            else:
+                want = len(buf) + 1     # no boundary in the buffer ends an event: read more
 
     @staticmethod
-    def _cut(buf: bytes, limit: int, after: int = 0):
-        """Index just past the `}` of the last event boundary before `limit` (first after `after`)."""
-        if after:
-            m = _CUT.search(buf, after)
-            return m.start() + 1 if m else None
+    def _cut_before(buf: bytes, limit: int):
+        """Index just past the `}` of the last event-boundary candidate before `limit`, or None."""
         pos = limit
         while True:
             pos = buf.rfind(b"}", 0, pos)
@@ -188,6 +193,12 @@ class ChunkedArray:
                 return None
             if _CUT.match(buf, pos):
                 return pos + 1
+
+    @staticmethod
+    def _cut_after(buf: bytes, start: int):
+        """Index just past the `}` of the first event-boundary candidate at or after `start`, or None."""
+        m = _CUT.search(buf, start)
+        return m.start() + 1 if m else None
 
     def _find_array_start(self, blocks):
         buf = b""
