@@ -108,7 +108,9 @@ def test_loop_vs_vectorized(runs, capsys):
     after = load_side(runs["after"], "after")
     assert len(before.steps) == len(after.steps) == 3
     c = cmp.compare(before, after, top_ops=1000)
-    assert len(cmp.compare(before, after).ops) == cmp.TOP_CHANGED_OPS
+    default = cmp.compare(before, after).ops
+    assert cmp.TOP_CHANGED_OPS <= len(default) <= cmp.TOP_CHANGED_OPS * 3 // 2
+    assert "aten::fill_" in {r["name"] for r in default}      # listed for its count change
 
     ops = {r["name"]: r for r in c.ops}
     # the loop did one aten::fill_ (mask[i][:ll] = 1) per row per step; the rewrite does none
