@@ -136,7 +136,7 @@ def step_breakdown(steps) -> Optional[dict]:
                      yaxis=_axis(f"step duration ({unit})"),
                      yaxis2=_axis("host operators per step", overlaying="y", side="right", showgrid=False,
                                   rangemode="tozero"))
-    layout["margin"]["r"] = 70
+    layout["margin"]["r"] = 90
     return {"id": "chart-steps", "title": "Step time", "data": data, "layout": layout}
 
 

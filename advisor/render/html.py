@@ -256,9 +256,15 @@ def _charts(trace, tables, ranks) -> list:
                         | {(int(t) + int(d) - start) / 1000.0
                            for t, d in zip(trace.steps["ts"].tolist(), trace.steps["dur"].tolist())})
     specs.append(charts.timeline(tables.get("host_bound.timeline"), bounds))
-    specs.append(charts.top_ops(tables.get("op_ranking.host"), "host"))
-    specs.append(charts.top_ops(tables.get("op_ranking.device"), "device"))
-    return [s for s in specs if s is not None]
+    tops = [charts.top_ops(tables.get("op_ranking.host"), "host"),
+            charts.top_ops(tables.get("op_ranking.device"), "device")]
+    tops = [s for s in tops if s is not None]
+    specs = [s for s in specs if s is not None]
+    for s in specs:
+        s["wide"] = True
+    for s in tops:
+        s["wide"] = len(tops) == 1      # the two rankings sit side by side; one alone takes the row
+    return specs + tops
 
 
 def _groups(findings: list) -> list:
@@ -430,8 +436,12 @@ def _pct(part: float, whole: Optional[float]) -> str:
 
 def _script_json(obj) -> str:
     """JSON for an inline <script> block: `<` escaped so no `</script>` or `<!--` can end it early."""
-    text = json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"), default=_json_default,
-                      allow_nan=False)
+    dump = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=_json_default,
+                             allow_nan=False)
+    try:
+        text = dump(obj)
+    except ValueError:          # NaN / infinity somewhere: the (slower) cleaning walk only then
+        text = dump(_finite(obj))
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
