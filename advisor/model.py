@@ -180,9 +180,10 @@ def nesting(ts: np.ndarray, end: np.ndarray, key: np.ndarray):
 
 
 def innermost_enclosing(outer_ts: np.ndarray, outer_end: np.ndarray, outer_key: np.ndarray,
-                        inner_ts: np.ndarray, inner_key: np.ndarray) -> np.ndarray:
+                        inner_ts: np.ndarray, inner_key: np.ndarray, outer_depth: np.ndarray = None) -> np.ndarray:
     """For each inner event, the row of the innermost outer interval (same key, e.g. thread) that
     contains its start; -1 if none. Outer intervals on one key must be properly nested.
+    `outer_depth`: the outer intervals' depth from `nesting`, if the caller has it already.
 
     Per nesting level, the only candidate is the last interval of that level starting at or before
     the instant; nested intervals make containment monotone in depth, so the deepest level whose
@@ -191,7 +192,7 @@ def innermost_enclosing(outer_ts: np.ndarray, outer_end: np.ndarray, outer_key: 
     result = np.full(len(inner_ts), -1, dtype=np.int64)
     if len(outer_ts) == 0 or len(inner_ts) == 0:
         return result
-    depth, _ = nesting(outer_ts, outer_end, outer_key)
+    depth = outer_depth if outer_depth is not None else nesting(outer_ts, outer_end, outer_key)[0]
     for key in np.unique(outer_key):
         i_idx = np.flatnonzero(inner_key == key)
         if len(i_idx) == 0:

@@ -177,6 +177,25 @@ def _categorical(codes: np.ndarray, values: list) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(pd.Index(values, dtype=object)))
 
 
+def _frame(columns: dict, schema: dict) -> pd.DataFrame:
+    """A table in the schema's column order, built without copying or consolidating the arrays; the
+    trailing `loc` column (if the schema has one) is added later by attach_locations."""
+    n = len(next(iter(columns.values())))
+    out = {}
+    for col, dtype in schema.items():
+        if col in columns:
+            out[col] = columns[col]
+        elif col == "loc":
+            continue
+        elif dtype == "category":
+            out[col] = _categorical(np.zeros(n, dtype=np.int8), [""])
+        elif dtype == "object":
+            out[col] = np.full(n, None, dtype=object)
+        else:
+            out[col] = np.full(n, -1, dtype=dtype)
+    return pd.DataFrame(out, copy=False)
+
+
 def _select(codes: np.ndarray, values: list, keep_value) -> tuple:
     """Row mask keeping rows whose value passes `keep_value`, and the codes/values re-encoded to the
     kept values only (what remove_unused_categories would give, without pandas)."""
@@ -186,7 +205,15 @@ def _select(codes: np.ndarray, values: list, keep_value) -> tuple:
     return rows, remap[codes[rows]] if len(values) else codes[rows], [v for v, k in zip(values, keep_code) if k]
 
 
-def _step_number(name: str):
+def _per_value(table: dict, key: str, fn, dtype) -> np.ndarray:
+    """fn applied once per distinct value of an interned column, spread to the rows."""
+    values = table[key + "_values"]
+    if not table["n"]:
+        return np.zeros(0, dtype=dtype)
+    return np.fromiter(map(fn, values), dtype=dtype, count=len(values))[table[key]]
+
+
+def _step_number(name: str) -> int:
     m = STEP_NAME.match(name)
     return int(m.group(1)) if m else -1
 
@@ -197,62 +224,60 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
     op, py, rt, kn, an = t[ROLE_OP], t[ROLE_PY], t[ROLE_RT], t[ROLE_KERNEL], t[ROLE_ANNOT]
 
     # Steps: ProfilerStep#N may be a user_annotation (new) or a cpu_op (old traces); the step number
-    # is read once per distinct name.
-    op_step = np.asarray([_step_number(n) for n in op["name_values"]], dtype=np.int64)[op["name"]] \
-        if op["n"] else np.zeros(0, dtype=np.int64)
-    an_user = np.asarray([c == "user_annotation" for c in an["cat_values"]], dtype=bool)[an["cat"]] \
-        if an["n"] else np.zeros(0, dtype=bool)
-    an_step = np.asarray([_step_number(n) for n in an["name_values"]], dtype=np.int64)[an["name"]] \
-        if an["n"] else np.zeros(0, dtype=np.int64)
-    an_step = np.where(an_user, an_step, -1)
+    # is read once per distinct name. gpu_user_annotation copies stay device annotations.
+    op_step = _per_value(op, "name", _step_number, np.int64)
+    an_step = np.where(_per_value(an, "cat", lambda c: c == "user_annotation", bool),
+                       _per_value(an, "name", _step_number, np.int64), -1)
     op_is_step = op_step >= 0
     an_is_step = an_step >= 0
-    steps = pd.DataFrame({"step": np.concatenate([op_step[op_is_step], an_step[an_is_step]]),
-                          "ts": np.concatenate([op["ts"][op_is_step], an["ts"][an_is_step]]),
-                          "dur": np.concatenate([op["dur"][op_is_step], an["dur"][an_is_step]])})
-    steps = steps.sort_values("ts", kind="stable").drop_duplicates("step").reset_index(drop=True)
+    step_no = np.concatenate([op_step[op_is_step], an_step[an_is_step]])
+    step_ts = np.concatenate([op["ts"][op_is_step], an["ts"][an_is_step]])
+    step_dur = np.concatenate([op["dur"][op_is_step], an["dur"][an_is_step]])
+    order = np.argsort(step_ts, kind="stable")
+    _, first = np.unique(step_no[order], return_index=True)     # the earliest range of each step number
+    pick = order[np.sort(first)]
+    steps = pd.DataFrame({"step": step_no[pick], "ts": step_ts[pick], "dur": step_dur[pick]})
 
     # Host ops, minus steps and our source markers.
-    is_marker = np.asarray([n.startswith(SOURCE_MARKER) for n in op["name_values"]], dtype=bool)[op["name"]] \
-        if op["n"] else np.zeros(0, dtype=bool)
-    marker = ~op_is_step & is_marker
+    marker = ~op_is_step & _per_value(op, "name", lambda n: n.startswith(SOURCE_MARKER), bool)
     keep_op, op_codes, op_names = _select(op["name"], op["name_values"],
                                           lambda n: not n.startswith(SOURCE_MARKER) and _step_number(n) < 0)
     op_ts = op["ts"][keep_op]
     op_end = op_ts + op["dur"][keep_op]
     op_tid = op["tid"][keep_op]
-    ops = pd.DataFrame({
+    op_depth, _ = model.nesting(op_ts, op_end, op_tid)
+    ops = _frame({
         "ts": op_ts, "dur": op["dur"][keep_op], "name": _categorical(op_codes, op_names),
         "pid": op["pid"][keep_op], "tid": op_tid, "ext_id": op["external_id"][keep_op],
         "seq": op["seq"][keep_op], "input_dims": op["input_dims"][keep_op],
-    })
-    ops["depth"], _ = model.nesting(op_ts, op_end, op_tid)
-    ops["step"] = model.assign_steps(op_ts, steps)
+        "depth": op_depth, "step": model.assign_steps(op_ts, steps),
+    }, model.OPS_COLUMNS)
 
-    python = _python_frames(py["ts"], py["dur"], py["tid"], _categorical(py["name"], py["name_values"]),
-                            py["python_id"], py["python_parent_id"])
+    python = _python_frames(py)
 
-    runtime = pd.DataFrame({"ts": rt["ts"], "dur": rt["dur"], "name": _categorical(rt["name"], rt["name_values"]),
-                            "tid": rt["tid"], "corr": rt["correlation"]})
-    runtime["op"] = model.innermost_enclosing(op_ts, op_end, op_tid, rt["ts"], rt["tid"])
-    runtime["step"] = model.assign_steps(rt["ts"], steps)
+    rt_op = model.innermost_enclosing(op_ts, op_end, op_tid, rt["ts"], rt["tid"], outer_depth=op_depth)
+    rt_step = model.assign_steps(rt["ts"], steps)
+    runtime = _frame({"ts": rt["ts"], "dur": rt["dur"], "name": _categorical(rt["name"], rt["name_values"]),
+                      "tid": rt["tid"], "corr": rt["correlation"], "op": rt_op, "step": rt_step},
+                     model.RUNTIME_COLUMNS)
 
     kind_values = [KERNEL_KIND[c] for c in kn["cat_values"]]
     kind_index = {k: i for i, k in enumerate(dict.fromkeys(kind_values))}
     kind_codes = np.asarray([kind_index[k] for k in kind_values], dtype=np.int32)[kn["cat"]] \
         if kn["n"] else np.zeros(0, dtype=np.int32)
-    kernels = pd.DataFrame({"ts": kn["ts"], "dur": kn["dur"], "name": _categorical(kn["name"], kn["name_values"]),
-                            "kind": _categorical(kind_codes, list(kind_index)), "device": kn["device"],
-                            "stream": kn["stream"], "corr": kn["correlation"]})
-    _link_kernels(kernels, runtime, ops, steps)
+    launch, k_op, k_step = _link_kernels(kn["ts"], kn["correlation"], rt["correlation"], rt_op, rt_step, steps)
+    kernels = _frame({"ts": kn["ts"], "dur": kn["dur"], "name": _categorical(kn["name"], kn["name_values"]),
+                      "kind": _categorical(kind_codes, list(kind_index)), "device": kn["device"],
+                      "stream": kn["stream"], "corr": kn["correlation"], "launch": launch, "op": k_op,
+                      "step": k_step}, model.KERNEL_COLUMNS)
 
     keep_an = ~an_is_step
     an_names = np.asarray(an["name_values"], dtype=object)[an["name"][keep_an]] if an["n"] else np.zeros(0, object)
-    on_device = np.asarray([c == "gpu_user_annotation" for c in an["cat_values"]], dtype=bool)[an["cat"][keep_an]] \
-        if an["n"] else np.zeros(0, dtype=bool)
-    annotations = pd.DataFrame({"ts": an["ts"][keep_an], "dur": an["dur"][keep_an], "name": an_names,
-                                "tid": an["tid"][keep_an], "on_device": on_device})
-    annotations["step"] = model.assign_steps(annotations["ts"].to_numpy(), steps)
+    on_device = _per_value(an, "cat", lambda c: c == "gpu_user_annotation", bool)[keep_an]
+    an_ts = an["ts"][keep_an]
+    annotations = _frame({"ts": an_ts, "dur": an["dur"][keep_an], "name": an_names, "tid": an["tid"][keep_an],
+                          "step": model.assign_steps(an_ts, steps), "on_device": on_device},
+                         model.ANNOTATION_COLUMNS)
 
     trace = model.Trace(path=str(path), fmt="kineto", device_type=_device_type(header, runtime, kernels))
     trace.steps = model.conform(steps, model.STEP_COLUMNS)
@@ -260,57 +285,56 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
     trace.python = python
     trace.runtime = runtime
     trace.kernels = kernels
-    trace.annotations = model.conform(annotations, model.ANNOTATION_COLUMNS)
+    trace.annotations = annotations
     marker_names = np.asarray(op["name_values"], dtype=object)[op["name"][marker]] if marker.any() \
         else np.zeros(0, dtype=object)
     markers = pd.DataFrame({"ts": op["ts"][marker], "dur": op["dur"][marker], "tid": op["tid"][marker],
                             "name": marker_names})
     attach_locations(trace, markers=markers, call_stacks=op["call_stack"][keep_op])
-    trace.ops = model.conform(trace.ops, model.OPS_COLUMNS)
-    trace.runtime = model.conform(trace.runtime, model.RUNTIME_COLUMNS)
-    trace.kernels = model.conform(trace.kernels, model.KERNEL_COLUMNS)
-    trace.python = model.conform(trace.python, model.PYTHON_COLUMNS)
     _metadata(trace, header, meta_names)
     _limitations(trace)
     return trace
 
 
-def _python_frames(ts, dur, tid, names, py_id, parent_id) -> pd.DataFrame:
+_FRAME_NAME = re.compile(r"^(?P<file>.*)\((?P<line>\d+)\): (?P<function>.*)$")
+
+
+def _python_frames(py: dict) -> pd.DataFrame:
     # Names look like "path/to/file.py(123): func"; parse each distinct name once.
-    cats = pd.Series(names.categories.astype(str))
-    parsed = cats.str.extract(r"^(?P<file>.*)\((?P<line>\d+)\): (?P<function>.*)$")
-    codes = names.codes
-    file_ = parsed["file"].to_numpy(dtype=object)[codes]
-    line = pd.to_numeric(parsed["line"], errors="coerce").fillna(-1).astype(np.int64).to_numpy()[codes]
-    func = parsed["function"].fillna(cats).to_numpy(dtype=object)[codes]
     from .locations import is_user_file
-    user = np.array([is_user_file(f) for f in parsed["file"].fillna("").tolist()], dtype=bool)[codes] \
-        if len(cats) else np.zeros(0, dtype=bool)
-    return pd.DataFrame({"ts": ts, "dur": dur, "tid": tid, "py_id": py_id, "parent_id": parent_id,
-                         "file": file_, "line": line, "function": func, "is_user": user})
+    parsed = []
+    for name in py["name_values"]:
+        m = _FRAME_NAME.match(name)
+        parsed.append((m["file"], int(m["line"]), m["function"]) if m else (None, -1, name))
+    codes = py["name"]
+    file_ = np.asarray([p[0] for p in parsed] or [None], dtype=object)
+    line = np.asarray([p[1] for p in parsed] or [-1], dtype=np.int64)
+    func = np.asarray([p[2] for p in parsed] or [None], dtype=object)
+    user = np.asarray([is_user_file(p[0] or "") for p in parsed] or [False], dtype=bool)
+    return _frame({"ts": py["ts"], "dur": py["dur"], "tid": py["tid"], "py_id": py["python_id"],
+                   "parent_id": py["python_parent_id"], "file": file_[codes], "line": line[codes],
+                   "function": func[codes], "is_user": user[codes]}, model.PYTHON_COLUMNS)
 
 
-def _link_kernels(kernels: pd.DataFrame, runtime: pd.DataFrame, ops: pd.DataFrame, steps: pd.DataFrame):
-    """Join each device event to its launching runtime call by correlation id (vectorized)."""
-    launch = np.full(len(kernels), -1, dtype=np.int64)
-    if len(kernels) and len(runtime):
-        rt_corr = runtime["corr"].to_numpy()
-        valid = np.flatnonzero(rt_corr >= 0)
+def _link_kernels(k_ts, k_corr, rt_corr, rt_op, rt_step, steps) -> tuple:
+    """Join each device event to its launching runtime call by correlation id (sorted search).
+
+    Returns (launch row in runtime, launching host op, step): a kernel belongs to the step whose host
+    code launched it; unlinked ones by their own time."""
+    launch = np.full(len(k_ts), -1, dtype=np.int64)
+    valid = np.flatnonzero(rt_corr >= 0)
+    if len(k_ts) and len(valid):
         order = valid[np.argsort(rt_corr[valid], kind="stable")]
         sorted_corr = rt_corr[order]
-        k_corr = kernels["corr"].to_numpy()
-        pos = np.searchsorted(sorted_corr, k_corr)
-        pos_c = np.minimum(pos, max(len(sorted_corr) - 1, 0))
-        hit = (pos < len(sorted_corr)) & (k_corr >= 0) & (sorted_corr[pos_c] == k_corr) if len(sorted_corr) else np.zeros(len(k_corr), bool)
-        launch = np.where(hit, order[pos_c] if len(order) else -1, -1)
-    kernels["launch"] = launch
+        pos = np.minimum(np.searchsorted(sorted_corr, k_corr), len(sorted_corr) - 1)
+        hit = (k_corr >= 0) & (sorted_corr[pos] == k_corr)
+        launch[hit] = order[pos[hit]]
     has = launch >= 0
-    lc = np.where(has, launch, 0)
-    kernels["op"] = np.where(has, runtime["op"].to_numpy()[lc] if len(runtime) else -1, -1)
-    # A kernel belongs to the step whose host code launched it; unlinked ones by their own time.
-    by_launch = runtime["step"].to_numpy()[lc] if len(runtime) else np.full(len(kernels), -1)
-    by_time = model.assign_steps(kernels["ts"].to_numpy(), steps)
-    kernels["step"] = np.where(has, by_launch, by_time)
+    k_op = np.full(len(k_ts), -1, dtype=np.int64)
+    k_op[has] = rt_op[launch[has]]
+    k_step = model.assign_steps(k_ts, steps)
+    k_step[has] = rt_step[launch[has]]
+    return launch, k_op, k_step
 
 
 def _device_type(header: dict, runtime: pd.DataFrame, kernels: pd.DataFrame) -> str:
