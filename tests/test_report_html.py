@@ -175,6 +175,10 @@ def test_chart_data_block(gpu_report, gpu_html):
     # ms axis (the ResNet steps are tens of ms): values are the table's µs / 1000.
     assert "(ms)" in stacked["layout"]["yaxis"]["title"]["text"]
     assert stacked["data"][0]["y"] == pytest.approx((steps["busy_us"] / 1000).tolist())
+    tables = re.findall(r'<details class="op-table">.*?</details>', text, re.S)
+    assert len(tables) == 2
+    first_op = gpu_report.tables["op_ranking.host"]["name"].iloc[0]
+    assert f"<code>{escape(first_op)}</code>" in tables[0]
     host = specs[2]
     top_name = gpu_report.tables["op_ranking.host"]["name"].iloc[0]
     assert host["data"][0]["hovertext"][-1].startswith(f"<b>{top_name}</b>")   # largest drawn on top
@@ -306,6 +310,11 @@ def test_cpu_trace_report(cpu_report, tmp_path):
     assert steps["id"] == "chart-steps" and steps["data"][1]["yaxis"] == "y2"    # ops per step
     assert steps["data"][1]["y"] == [int(v) for v in cpu_report.tables["host_bound.steps"]["host_ops"]]
     assert "CPU only (no device timeline)" in text
+    top = next(s for s in specs if s["id"] == "chart-top-host")
+    assert top["wide"] is True                             # alone in its row without a device ranking
+    # the ranking's table under the chart names the operator (escaped) and the source line issuing it
+    row = re.search(r'<td class="opname"><code>&lt;script&gt;alert\(1\)&lt;/script&gt;</code></td>(.*?)</tr>', text)
+    assert row and "hostile.py:" in row.group(1)
     assert text.count("* plotly.js v") == 1
 
 

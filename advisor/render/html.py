@@ -107,6 +107,8 @@ def build_view(report, report_dir: Optional[Path] = None) -> dict:
         "limitations": [str(x) for x in (report.limitations or [])],
         "cards": _cards(report, findings, step_avg_us),
         "charts": _charts(trace, tables, report.ranks),
+        "chart_tables": {f"chart-top-{side}": _op_rows(tables.get(f"op_ranking.{side}"))
+                         for side in ("host", "device") if tables.get(f"op_ranking.{side}") is not None},
         "groups": groups,
         "ranked": findings,
         "n_findings": len(findings),
@@ -265,6 +267,24 @@ def _charts(trace, tables, ranks) -> list:
     for s in tops:
         s["wide"] = len(tops) == 1      # the two rankings sit side by side; one alone takes the row
     return specs + tops
+
+
+def _op_rows(table) -> list:
+    """The operator ranking's top rows as text, for the table under its chart."""
+    rows = []
+    if table is None:
+        return rows
+    for rec in table.head(charts.TOP_OPS_SHOWN).to_dict("records"):
+        share = rec.get("share_of_step")
+        rows.append({
+            "name": str(rec.get("name", "")),
+            "count": fmt_number(rec["count"]) if rec.get("count") is not None else "—",
+            "per_step": fmt_time(float(rec["per_step_us"])) if rec.get("per_step_us") is not None else "—",
+            "mean": fmt_time(float(rec["mean_us"])) if rec.get("mean_us") is not None else "—",
+            "share": f"{100.0 * float(share):.1f} %" if share is not None and share == share else "—",
+            "locations": str(rec.get("locations") or ""),
+        })
+    return rows
 
 
 def _groups(findings: list) -> list:
