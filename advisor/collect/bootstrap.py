@@ -85,11 +85,14 @@ def main(argv=None) -> int:
         _write_json(path, record)
         return 4
 
-    from .source_marks import MarkState, SourceMarkMode
+    from .source_marks import MarkState, SourceMarkMode, install, uninstall
     from .steps import Collector, CollectorStop
 
     marks = MarkState()
     collector = Collector(config, marks)
+    mode = SourceMarkMode(marks)
+    # Once the trace is written (--no-stop), the rest of the run should not pay for the mode.
+    collector.on_finished = lambda: uninstall(mode)
     owner = os.getpid()
 
     def save(**updates):
@@ -122,8 +125,8 @@ def main(argv=None) -> int:
     outcome, code, error = "completed", 0, None
     try:
         collector.start()
-        with SourceMarkMode(marks):
-            runpy.run_path(script, run_name="__main__")
+        install(mode)
+        runpy.run_path(script, run_name="__main__")
     except CollectorStop:
         outcome = "stopped"
     except SystemExit as exc:
@@ -137,6 +140,7 @@ def main(argv=None) -> int:
         _print_user_traceback(exc, script)
         outcome, code, error = "exception", 1, _last_error_line(exc)
     finally:
+        uninstall(mode)
         # Writes whatever was recorded if the script ended inside the active window.
         try:
             collector.stop_profiler()

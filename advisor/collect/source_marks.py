@@ -116,3 +116,17 @@ class SourceMarkMode(TorchFunctionMode):
             return func(*args, **kwargs)
         with self._record(name):
             return func(*args, **kwargs)
+
+
+def install(mode: SourceMarkMode):
+    mode.__enter__()
+
+
+def uninstall(mode: SourceMarkMode) -> bool:
+    """Take the mode off torch's function-mode stack if it is on top (it is, unless the script pushed
+    a mode of its own and left it there); afterwards torch calls pay nothing for it."""
+    n = torch._C._len_torch_function_stack()
+    if n and torch._C._get_function_stack_at(n - 1) is mode:
+        mode.__exit__(None, None, None)
+        return True
+    return False

@@ -87,6 +87,7 @@ class Collector:
         self._timer = None
         self.swallowed_stop = False
         self.before_hard_exit = None   # set by the bootstrap: writes the collection record
+        self.on_finished = None        # set by the bootstrap: called once the profiler has stopped
         self.started_at = time.time()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Collector:
         self._profiler_steps += 1
         self._sync_recording()
         if self.exported:
-            self._finish_profiling()
+            self.stop_profiler()    # the schedule is done; this closes the open ProfilerStep range
             if self.stop_after:
                 self._request_stop()
 
@@ -224,10 +225,14 @@ class Collector:
         raise CollectorStop()
 
     def _finish_profiling(self):
+        if self.finished:
+            return
         self.finished = True
         self.marks.recording = False
         if self._timer is not None:
             self._timer.cancel()
+        if self.on_finished is not None:
+            self.on_finished()
 
     # -- shutdown -------------------------------------------------------------------------------
     def stop_profiler(self):
