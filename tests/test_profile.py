@@ -194,3 +194,25 @@ def test_swallowed_stop_still_ends_the_script(tmp_path):
     assert "swallowed SystemExit" in proc.stdout
     assert "reached the end" not in proc.stdout
     assert read_json(out / "collection.json")["stopped_early"] is True
+
+
+def test_python_option_errors(tmp_path):
+    proc = run_cli("profile", "--out", tmp_path / "o1", "--python", tmp_path / "no-python", MODES, "ok")
+    assert proc.returncode == 2
+    assert "no-python: interpreter not found" in _one_line_error(proc)
+
+
+def test_python_option_runs_another_interpreter(tmp_path):
+    """The venv's base interpreter has neither npu-advise nor (usually) torch: the bootstrap still runs
+    there (npu-advise is made importable for it) and reports the missing torch in one line."""
+    import os
+    import subprocess
+
+    base = os.path.realpath(sys.executable)
+    if base == os.path.abspath(sys.executable):
+        pytest.skip("not running in a virtual environment: no second interpreter at hand")
+    if subprocess.run([base, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("the base interpreter has torch too")
+    proc = run_cli("profile", "--out", tmp_path / "o2", "--python", base, MODES, "ok")
+    assert proc.returncode == 2
+    assert f"{base} cannot import torch" in _one_line_error(proc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,8 @@ def build_command(req: ProfileRequest, config_path: Path) -> list:
 def _child_env(python: str) -> dict:
     """The user's environment; for another interpreter without npu-advise, make this package importable."""
     env = dict(os.environ)
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    # Not realpath: a venv's python is a symlink to the base interpreter, which lacks the venv's packages.
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         return env
     probe = subprocess.run([python, "-c", f"import {BOOTSTRAP_MODULE}"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,6 +99,8 @@ def run_collection(req: ProfileRequest, echo=print) -> CollectionResult:
         raise UserError("--active must be at least 1; --wait and --warmup at least 0")
     if req.window_seconds is not None and req.window_seconds <= 0:
         raise UserError("--window-seconds must be positive")
+    if shutil.which(req.python) is None:
+        raise UserError(f"{req.python}: interpreter not found or not executable")
     out_dir = Path(req.out_dir)
     trace_dir = out_dir / "trace"
     if trace_dir.exists() and any(trace_dir.iterdir()):
