@@ -12,6 +12,8 @@ import functools
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -370,3 +372,17 @@ def test_time_units_and_collection_line():
     assert html._collected(record) == ("npu-advise profile /p/train.py --epochs 1 'a b'; torch.profiler on cpu; "
                                        "3 steps recorded of 5 seen; 2 ranks via torchrun; outcome: stopped")
     assert html._collected({}) == "existing trace (not collected by npu-advise profile)"
+
+
+def test_cli_analyze_writes_the_report(tmp_path):
+    """`npu-advise analyze` (the real entry point, another process) writes this renderer's page."""
+    trace = DATA / "kineto" / "hta_amd_mi250_minitoy_train.json.gz"
+    proc = subprocess.run([sys.executable, "-m", "npu_advise.cli", "analyze", str(trace), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert f"report: {tmp_path / 'report.html'}" in proc.stdout
+    assert "ROCm GPU" in text and text.count("* plotly.js v") == 1
+    findings = json.loads((tmp_path / "findings.json").read_text())["findings"]
+    for f in findings:                                    # the same findings as findings.json
+        assert f'id="finding-{f["id"]}"' in text

@@ -38,7 +38,8 @@ COLORS = {
     "slowest": "#c0392b",
 }
 FONT = "-apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
-PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
+# Offline page: no "send to cloud" button, no plotly logo link.
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "showSendToCloud": False,
                  "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
 
 
@@ -213,9 +214,10 @@ def timeline(intervals, step_bounds_us: Optional[list] = None) -> Optional[dict]
     for b in step_bounds_us or []:
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": b / div, "x1": b / div,
                        "y0": 0, "y1": 1, "line": {"color": "#8c959f", "width": 1, "dash": "dot"}})
-    height = max(200, 60 * len(streams) + 120)
+    height = max(260, 60 * len(streams) + 190)
     layout = _layout("Device timeline: busy intervals per stream", height=height, shapes=shapes,
-                     xaxis=_axis(f"time since the first step started ({unit})", rangemode="tozero"),
+                     xaxis=_axis(f"time since the first step started ({unit})", rangemode="tozero",
+                                 rangeslider={"visible": True, "thickness": 0.12}),
                      yaxis=_axis("", type="category"))
     return {"id": "chart-timeline", "title": "Device timeline", "data": data, "layout": layout}
 
