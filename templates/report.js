@@ -3,6 +3,22 @@
    how many; a failure is recorded in data-charts-error and logged to the console. */
 (function () {
   "use strict";
+  // "copy" buttons next to the `npu-advise apply` commands
+  document.addEventListener("click", function (ev) {
+    var btn = ev.target.closest ? ev.target.closest("button.copy") : null;
+    if (!btn) { return; }
+    var text = btn.getAttribute("data-copy");
+    var done = function (label) { btn.textContent = label; setTimeout(function () { btn.textContent = "copy"; }, 1500); };
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(text).then(function () { done("copied"); }, function () { done("select it"); });
+    } else {
+      done("select it");
+    }
+  });
+})();
+
+(function () {
+  "use strict";
   var body = document.body;
   function fail(message) {
     body.dataset.chartsError = message;
