@@ -16,7 +16,7 @@ def ddp_run(tmp_path_factory):
     pytest.importorskip("torch.distributed")
     out = tmp_path_factory.mktemp("ddp") / "out"
     # rank 1 sleeps 40 ms per step before backward; rank 0 waits for it in the gradient all-reduce
-    proc = run_cli("profile", "--out", out, "--nproc-per-node", "2", "--standalone",
+    proc = run_cli("profile", "--out", out, "--nproc-per-node", "2",
                    DDP_SCRIPT, "--steps", "10", "--slow-ms", "40", timeout=300)
     return proc, out
 
@@ -26,6 +26,7 @@ def test_every_rank_writes_its_own_trace_and_stops_cleanly(ddp_run):
     assert proc.returncode == 0, proc.stderr[-4000:]
     collection = read_json(out / "collection.json")
     assert collection["launcher"] == "torchrun" and collection["world_size"] == 2
+    # single node, no rendezvous options: launched --standalone (a free port, no clash on 29500)
     assert collection["torchrun_args"] == ["--standalone", "--nproc-per-node", "2"]
     assert [r["rank"] for r in collection["ranks"]] == [0, 1]
     for r in collection["ranks"]:

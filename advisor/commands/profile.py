@@ -53,7 +53,11 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, rank
     torchrun_args = None
     if any(v is not None and v is not False for v in torchrun.values()) or torchrun_extra:
         torchrun_args = []
-        if torchrun.pop("standalone", None):
+        standalone = torchrun.pop("standalone", None)
+        rendezvous = ("nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend", "rdzv_endpoint", "rdzv_id")
+        # One node and no rendezvous given: --standalone picks a free port, so two runs cannot collide on
+        # torchrun's fixed default port 29500.
+        if standalone or not (any(torchrun.get(k) is not None for k in rendezvous) or torchrun_extra):
             torchrun_args.append("--standalone")
         for name in TORCHRUN_OPTIONS:
             value = torchrun.get(name)
