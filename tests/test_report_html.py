@@ -230,6 +230,9 @@ def test_summary_cards_and_header(gpu_report, gpu_html):
     assert html.fmt_time(float(steps["duration_us"].mean())) in text
     assert html.fmt_time(float(steps["free_us"].mean())) in text
     assert "CUDA GPU" in text and "5 (#101–#105)" in text
+    # findings counted by category, linking to their groups
+    n_sync = sum(1 for f in gpu_report.findings if f.category == "sync")
+    assert f'<a class="chip" href="#cat-sync">Synchronizations <span class="count">{n_sync}</span></a>' in text
     assert "TEST FIXTURE collection record" in text and "TASK_QUEUE_ENABLE" in text
     for item in gpu_report.limitations:
         assert str(escape(item)) in text

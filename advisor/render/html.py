@@ -216,8 +216,14 @@ def _cards(report, findings, step_avg_us) -> list:
                 note += f"; {fmt_time(float(steps['host_wait_us'].mean()))} waiting for the host"
             cards.append(_card("Device free", fmt_time(free), note, warn=total > 0 and free / total >= FREE_WARN_SHARE))
     by_sev = {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITY_ORDER}
-    cards.append(_card("Findings", f"{len(findings)}",
-                       ", ".join(f"{n} {s}" for s, n in by_sev.items() if n) or "nothing to report"))
+    found = _card("Findings", f"{len(findings)}",
+                  ", ".join(f"{n} {s}" for s, n in by_sev.items() if n) or "nothing to report")
+    by_cat: dict = {}
+    for f in findings:
+        by_cat[f["category"]] = by_cat.get(f["category"], 0) + 1
+    found["chips"] = [{"anchor": f"cat-{c}", "label": CATEGORY_LABELS.get(c, c), "count": n}
+                      for c, n in by_cat.items()]
+    cards.append(found)
     savings = [f["saving_us"] for f in findings if f["saving_us"] is not None]
     if savings:
         total_saving = sum(savings)
@@ -229,7 +235,7 @@ def _cards(report, findings, step_avg_us) -> list:
 
 
 def _card(label: str, value: str, note: str, warn: bool = False, good: bool = False) -> dict:
-    return {"label": label, "value": value, "note": note, "warn": warn, "good": good}
+    return {"label": label, "value": value, "note": note, "warn": warn, "good": good, "chips": []}
 
 
 def _steps_note(report) -> str:
