@@ -65,6 +65,9 @@ class Finding:
     # Free-form structured detail for the report (tables, per-step series). Must be JSON-serializable.
     details: dict = field(default_factory=dict)
     predicted: bool = False                    # True when inferred for the NPU from a CPU/GPU trace
+    # What the finding is about when one rule can fire several times at one place (an op name, an
+    # environment variable). Part of the id; must not contain measured numbers, so ids stay stable.
+    subject: Optional[str] = None
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
@@ -75,8 +78,9 @@ class Finding:
     @property
     def id(self) -> str:
         """Stable across runs of the same code: the rule plus where it points."""
-        where = ";".join(f"{l.file}:{l.line}" for l in self.locations) or self.title
-        return f"{self.rule}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+        where = ";".join(f"{l.file}:{l.line}" for l in self.locations)
+        key = f"{where}|{self.subject or ''}" if (where or self.subject) else self.title
+        return f"{self.rule}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -154,6 +154,7 @@ def _hotspots(table: pd.DataFrame, locmap: dict, stats, rule: str, side: str) ->
             ],
             locations=[l for l, _ in where],
             estimated_saving_us=None,
+            subject=row.name,
             details={"name": row.name, "side": side,
                      "location_time_us": [{"file": l.file, "line": l.line, "time_us": us(t)} for l, t in where],
                      "saving_how": "a ranking shows where time goes, not how much a change would save"},

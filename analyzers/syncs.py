@@ -371,7 +371,7 @@ def _finding(trace, g, stats, ctx):
                        severity=severity_for_share(max(share, blocked_ps / step_us if step_us > 0 else 0.0)),
                        evidence=ev, locations=[loc] if loc else [],
                        estimated_saving_us=bubble_ps if trace.has_device_timeline and bubble_ps > 0 else None,
-                       details=details)
+                       subject=None if loc else site, details=details)
     # predicted
     on_cpu = not trace.has_device_timeline
     ev = [Evidence("sync-prone calls per step", round(calls_ps, 2), "calls", f"{ops_txt} {steps_how}"),
@@ -383,4 +383,5 @@ def _finding(trace, g, stats, ctx):
     title = f"{calls_ps:.1f} sync-prone call{'s' if calls_ps != 1 else ''}/step at {site} ({', '.join(causes)})"
     severity = ("medium" if calls_ps >= PREDICTED_MEDIUM_PER_STEP else "low") if on_cpu else "info"
     return Finding(rule="NPA302", category="sync", title=title + where_note, severity=severity, evidence=ev,
-                   locations=[loc] if loc else [], estimated_saving_us=None, predicted=True, details=details)
+                   locations=[loc] if loc else [], estimated_saving_us=None, predicted=True,
+                   subject=None if loc else site, details=details)

@@ -498,3 +498,26 @@ def test_file_content_does_not_depend_on_the_order_fixes_were_applied(tmp_path, 
             assert run(["apply", tmp_path / f"out{len(contents)}", "--fix", fid], capsys)[0] == 0
         contents.append((root / "m.py").read_text())
     assert contents[0] == contents[1] == "import torch\nimport mx_driving\nimport torch_npu\n\n\ndef f(x):\n    return x\n"
+
+
+def test_fixes_needing_missing_npu_packages_are_skipped_unless_asked(tmp_path, capsys):
+    """A fix whose new code imports torch_npu would leave the script unable to run on this machine
+    (no torch_npu here): `apply` skips it, says why, and applies it only with --include-npu-fixes."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "train.py").write_text(ORIGINAL)
+    npu_fix = _code_fix("NPA601", "train.py", ORIGINAL, ADAMW_FIXED, 25, "train", "optimizer")
+    npu_fix.details["fix_requires"] = ["torch_npu"]
+    mask_fix = _code_fix("NPA501", "train.py", ORIGINAL, MASK_FIXED, 9, "build_mask", "small_op_loop")
+    report = tmp_path / "out"
+    _write_report(report, root, [mask_fix, npu_fix])
+
+    code, out, err = run(["apply", report], capsys)
+    assert code == 0, err
+    assert (root / "train.py").read_text() == MASK_FIXED
+    assert f"{npu_fix.id} train.py: skipped: needs torch_npu, not importable here" in out
+    assert "1 applied, 1 skipped" in out or "1 skipped, 1 applied" in out
+
+    code, out, err = run(["apply", report, "--include-npu-fixes"], capsys)
+    assert code == 0, err
+    assert (root / "train.py").read_text() == BOTH_FIXED

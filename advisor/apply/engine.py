@@ -21,8 +21,8 @@ from .patching import PatchError
 from .report import ReportFixes, load_report_fixes
 from .safety import UnsafePathError, atomic_write, contained_path, decode, encode, sha256_bytes
 
-APPLIED, ALREADY, WOULD, REFUSED, REVERTED, ALREADY_REVERTED = (
-    "applied", "already applied", "would apply", "refused", "reverted", "already reverted")
+APPLIED, ALREADY, WOULD, REFUSED, REVERTED, ALREADY_REVERTED, SKIPPED = (
+    "applied", "already applied", "would apply", "refused", "reverted", "already reverted", "skipped")
 
 
 @dataclass
@@ -53,12 +53,17 @@ def project_root_of(report: ReportFixes, override) -> Path:
     return root
 
 
-def select(report: ReportFixes, ids) -> list:
-    """The fixes to apply: the named ones (each must exist and be auto-applicable), else all
-    auto-applicable code edits, in report order."""
+def select(report: ReportFixes, ids, include_npu_fixes: bool = False):
+    """(fixes to apply, fixes skipped): the named ones (each must exist and be auto-applicable), else
+    all auto-applicable code edits in report order — minus, unless `include_npu_fixes`, those whose new
+    code imports packages this environment lacks (torch_npu / mx_driving on a CPU or CUDA machine), which
+    would leave the script unable to run here."""
     by_id = report.by_id()
     if not ids:
-        return [f for f in report.fixes if f.auto_applicable and f.is_code_edit]
+        auto = [f for f in report.fixes if f.auto_applicable and f.is_code_edit]
+        if include_npu_fixes:
+            return auto, []
+        return [f for f in auto if not f.missing_requirements()], [f for f in auto if f.missing_requirements()]
     unknown = [i for i in ids if i not in by_id]
     if unknown:
         known = ", ".join(f.fix_id for f in report.fixes) or "none"
@@ -71,7 +76,7 @@ def select(report: ReportFixes, ids) -> list:
                             f"{f.why_not_applicable()}. What to do: {f.description}")
         chosen.append(f)
     order = {f.fix_id: k for k, f in enumerate(report.fixes)}
-    return sorted(chosen, key=lambda f: order[f.fix_id])
+    return sorted(chosen, key=lambda f: order[f.fix_id]), []
 
 
 def _edits(fix, original_lines: list, rel: str) -> list:
@@ -157,12 +162,16 @@ def plan_file(rel: str, fixes: list, all_fixes_of_file: list, root: Path, journa
     return outcomes, FilePlan(rel, target, current, new, original, kept)
 
 
-def apply_fixes(report_dir, ids=None, dry_run: bool = False, project_root=None) -> list:
+def apply_fixes(report_dir, ids=None, dry_run: bool = False, project_root=None,
+                include_npu_fixes: bool = False) -> list:
     report = load_report_fixes(report_dir)
-    chosen = select(report, ids)
+    chosen, skipped = select(report, ids, include_npu_fixes)
     root = project_root_of(report, project_root)
     journal = load_journal(report.report_dir)
-    outcomes, plans = [], []
+    outcomes = [Outcome(f.fix_id, f.file, SKIPPED,
+                        f"needs {', '.join(f.missing_requirements())}, not importable here "
+                        f"(--include-npu-fixes applies it anyway)") for f in skipped]
+    plans = []
     for rel in dict.fromkeys(f.file for f in chosen):
         mine = [f for f in chosen if f.file == rel]
         of_file = [f for f in report.fixes if f.file == rel and f.is_code_edit]

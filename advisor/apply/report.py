@@ -24,6 +24,11 @@ class FixEntry:
     file: Optional[str]
     file_sha256: Optional[str]
     patched_sha256: Optional[str]
+    requires: tuple = ()      # packages the new code imports (torch_npu, mx_driving, ...)
+
+    def missing_requirements(self) -> list:
+        import importlib.util
+        return [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
 
     @property
     def is_code_edit(self) -> bool:
@@ -86,6 +91,7 @@ def load_report_fixes(report_dir) -> ReportFixes:
             description=fx.get("description", ""), auto_applicable=bool(fx.get("auto_applicable")),
             diff=fx.get("diff"), file=fx.get("file"), file_sha256=fx.get("file_sha256"),
             patched_sha256=fx.get("patched_sha256"),
+            requires=tuple(str(m) for m in ((fd.get("details") or {}).get("fix_requires") or [])),
         ))
     root = data.get("project_root")
     return ReportFixes(d, Path(root) if root else None, fixes)

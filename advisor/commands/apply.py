@@ -14,9 +14,12 @@ from ..errors import UserError
               help="Apply (or revert) only this fix; repeatable. Default: every auto-applicable fix.")
 @click.option("--dry-run", is_flag=True, help="Show the diffs that would be applied; change nothing.")
 @click.option("--revert", is_flag=True, help="Undo fixes applied from this report (files edited since are left alone).")
+@click.option("--include-npu-fixes", is_flag=True,
+              help="Also apply fixes whose new code needs packages missing here (torch_npu, mx_driving); "
+                   "by default they are skipped so the script keeps running on this machine.")
 @click.option("--project-root", type=click.Path(path_type=Path), default=None,
               help="Root of the training code (default: the one recorded in findings.json).")
-def apply(report_dir, fix_ids, dry_run, revert, project_root):
+def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, project_root):
     """Apply the fixes of a report folder written by `profile` or `analyze`.
 
     Refuses files changed since the report and paths outside the project root; writes atomically and
@@ -29,7 +32,8 @@ def apply(report_dir, fix_ids, dry_run, revert, project_root):
     if revert:
         outcomes = engine.revert_fixes(report_dir, fix_ids, project_root)
     else:
-        outcomes = engine.apply_fixes(report_dir, fix_ids, dry_run=dry_run, project_root=project_root)
+        outcomes = engine.apply_fixes(report_dir, fix_ids, dry_run=dry_run, project_root=project_root,
+                                       include_npu_fixes=include_npu_fixes)
     if not outcomes:
         click.echo("npu-advise: no auto-applicable fixes in this report "
                    "(advice-only fixes are described in report.html)")
