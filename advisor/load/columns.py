@@ -19,6 +19,9 @@ META_CAT = "npa:meta"     # the category metadata events (process names) report 
 
 _cat = attrgetter("cat")
 _args = attrgetter("args")
+_ts = attrgetter("ts")
+_dur = attrgetter("dur")
+_name = attrgetter("name")
 
 
 class Interner(dict):
@@ -29,8 +32,8 @@ class Interner(dict):
         code = self[key] = len(self)
         return code
 
-    def encode(self, values) -> np.ndarray:
-        return np.fromiter(map(self.__getitem__, values), dtype=np.int32, count=len(values))
+    def encode(self, values, n: int) -> np.ndarray:
+        return np.fromiter(map(self.__getitem__, values), dtype=np.int32, count=n)
 
 
 def ts_ns(values: list) -> np.ndarray:
@@ -56,16 +59,16 @@ def ts_ns(values: list) -> np.ndarray:
         return np.rint(np.asarray(values, dtype=np.float64) * 1000.0).astype(np.int64)
 
 
-def dur_ns(values: list) -> np.ndarray:
+def dur_ns(values, n: int) -> np.ndarray:
     # Durations are small: float64 is exact to well below 1 ns.
-    return np.rint(np.fromiter(values, dtype=np.float64, count=len(values)) * 1000.0).astype(np.int64)
+    return np.rint(np.fromiter(values, dtype=np.float64, count=n) * 1000.0).astype(np.int64)
 
 
-def _ints(values: list) -> np.ndarray:
+def _ints(get, objects, n: int) -> np.ndarray:
     try:
-        return np.fromiter(values, dtype=np.int64, count=len(values))
+        return np.fromiter(map(get, objects), dtype=np.int64, count=n)
     except TypeError:   # None among them (e.g. "Python parent id": null)
-        return np.fromiter((-1 if v is None else v for v in values), dtype=np.int64, count=len(values))
+        return np.fromiter((-1 if v is None else v for v in map(get, objects)), dtype=np.int64, count=n)
 
 
 class _Labels:
@@ -91,14 +94,95 @@ class _Texts:
     def __init__(self):
         self.seen: dict = {"": None}
 
-    def column(self, values: list) -> np.ndarray:
-        out = np.empty(len(values), dtype=object)
-        out[:] = list(map(self.seen.setdefault, values, values))
-        return out
+    def column(self, values: list) -> list:
+        return list(map(self.seen.setdefault, values, values))
 
     def raw_column(self, raws: list) -> np.ndarray:
         # One join + one decode + one split instead of a decode per event; JSON text never holds NUL.
         return self.column(b"\x00".join(raws).decode("utf-8", "replace").split("\x00"))
+
+
+_M_MMAP_THRESHOLD = -3
+_mmap_threshold_fixed = False
+
+
+def fix_mmap_threshold(nbytes: int = 256 << 10):
+    """Have glibc serve every allocation >= nbytes by mmap, and so return it to the OS when freed.
+
+    By default glibc raises this threshold to the size of each large block freed (up to 32 MB): after
+    the loader frees its 1-2 MB read buffers, the big column arrays and the numpy temporaries of the
+    joins land in the heap, where freed space stays resident. Fixing the threshold keeps peak RSS near
+    the live data. Process-wide and harmless elsewhere; a no-op off glibc.
+    """
+    global _mmap_threshold_fixed
+    if _mmap_threshold_fixed:
+        return
+    _mmap_threshold_fixed = True
+    try:
+        import ctypes
+        import ctypes.util
+        import sys
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes))
+    except (OSError, AttributeError):
+        pass
+
+
+class _Grow:
+    """A numeric column grown in place: `ndarray.resize` reallocs, which for large blocks is an mremap
+    (no copy, no second buffer), and untouched capacity costs no resident memory. Concatenating
+    per-piece arrays instead left the freed pieces in the malloc heap: twice the columns' size in RSS."""
+
+    __slots__ = ("buf", "n")
+
+    def __init__(self, dtype):
+        self.buf = np.empty(0, dtype=dtype)
+        self.n = 0
+
+    def append(self, chunk: np.ndarray):
+        end = self.n + len(chunk)
+        if end > len(self.buf):
+            self.buf.resize(max(end, 2 * len(self.buf), 1 << 16), refcheck=False)
+        self.buf[self.n:end] = chunk
+        self.n = end
+
+    def array(self) -> np.ndarray:
+        self.buf.resize(self.n, refcheck=False)
+        out, self.buf = self.buf, np.empty(0, dtype=self.buf.dtype)
+        return out
+
+
+class _Objects:
+    """An object column (shapes, call stacks): references collected in a list."""
+
+    __slots__ = ("items",)
+
+    def __init__(self):
+        self.items: list = []
+
+    def append(self, chunk):
+        self.items.extend(chunk)
+
+    def array(self) -> np.ndarray:
+        out = np.empty(len(self.items), dtype=object)
+        out[:] = self.items
+        self.items = []
+        return out
+
+
+_OBJECT_FIELDS = ("input_dims", "call_stack")
+_INT32_FIELDS = ("name", "cat")
+
+
+def _column(field: str):
+    if field in _OBJECT_FIELDS:
+        return _Objects()
+    return _Grow(np.int32 if field in _INT32_FIELDS else np.int64)
 
 
 class RoleTable:
@@ -109,41 +193,33 @@ class RoleTable:
         self.arg_fields = arg_fields
         self.names = Interner()
         self.cats = Interner()
-        self.parts: dict = {f: [] for f in ("ts", "dur", "name") + fields + arg_fields}
+        self.parts: dict = {f: _column(f) for f in ("ts", "dur", "name") + fields + arg_fields}
         self.n = 0
 
     def add(self, events, labels: dict, texts: dict):
         p = self.parts
-        p["ts"].append(ts_ns(list(map(attrgetter("ts"), events))))
-        p["dur"].append(dur_ns(list(map(attrgetter("dur"), events))))
-        p["name"].append(self.names.encode(list(map(attrgetter("name"), events))))
+        n = len(events)
+        p["ts"].append(ts_ns(list(map(_ts, events))))
+        p["dur"].append(dur_ns(map(_dur, events), n))
+        p["name"].append(self.names.encode(map(_name, events), n))
         for f in self.fields:
-            values = list(map(attrgetter(f), events))
             if f == "cat":
-                p[f].append(self.cats.encode(values))
+                p[f].append(self.cats.encode(map(_cat, events), n))
             else:
-                p[f].append(labels[f].column(values))
+                p[f].append(labels[f].column(list(map(attrgetter(f), events))))
         if self.arg_fields:
             args = list(map(_args, events))
             for f in self.arg_fields:
-                values = list(map(attrgetter(f), args))
                 if f == "input_dims":
-                    p[f].append(texts[f].raw_column(values))
+                    p[f].append(texts[f].raw_column(list(map(attrgetter(f), args))))
                 elif f == "call_stack":
-                    p[f].append(texts[f].column(values))
+                    p[f].append(texts[f].column(list(map(attrgetter(f), args))))
                 else:
-                    p[f].append(_ints(values))
-        self.n += len(events)
+                    p[f].append(_ints(attrgetter(f), args, n))
+        self.n += n
 
     def finish(self) -> dict:
-        out = {}
-        for f, chunks in self.parts.items():
-            if chunks:
-                out[f] = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-            else:
-                out[f] = np.zeros(0, dtype=object if f in ("input_dims", "call_stack") else
-                                  np.int32 if f in ("name", "cat") else np.int64)
-            chunks.clear()
+        out = {f: column.array() for f, column in self.parts.items()}
         out["name_values"] = list(self.names)
         out["cat_values"] = list(self.cats)
         out["n"] = self.n

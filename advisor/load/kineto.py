@@ -21,7 +21,7 @@ import pandas as pd
 
 from .. import model
 from ..errors import TraceFormatError
-from .columns import META_CAT, ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder
+from .columns import META_CAT, ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder, fix_mmap_threshold
 from .jsonstream import ChunkedArray
 from .locations import attach_locations
 
@@ -155,6 +155,7 @@ _ROLE_FIELDS = {
 def load_kineto(path: str) -> model.Trace:
     # The decoded structs are cycle-free; pausing the cyclic collector while millions of objects are
     # created and dropped halves the load time.
+    fix_mmap_threshold()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -242,6 +243,8 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
     marker = ~op_is_step & _per_value(op, "name", lambda n: n.startswith(SOURCE_MARKER), bool)
     keep_op, op_codes, op_names = _select(op["name"], op["name_values"],
                                           lambda n: not n.startswith(SOURCE_MARKER) and _step_number(n) < 0)
+    if keep_op.all():       # steps as user_annotations, no markers: the columns as they are, no copy
+        keep_op = slice(None)
     op_ts = op["ts"][keep_op]
     op_end = op_ts + op["dur"][keep_op]
     op_tid = op["tid"][keep_op]
@@ -256,6 +259,7 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
     python = _python_frames(py)
 
     rt_op = model.innermost_enclosing(op_ts, op_end, op_tid, rt["ts"], rt["tid"], outer_depth=op_depth)
+    del op_end
     rt_step = model.assign_steps(rt["ts"], steps)
     runtime = _frame({"ts": rt["ts"], "dur": rt["dur"], "name": _categorical(rt["name"], rt["name_values"]),
                       "tid": rt["tid"], "corr": rt["correlation"], "op": rt_op, "step": rt_step},
