@@ -216,3 +216,13 @@ def test_python_option_runs_another_interpreter(tmp_path):
     proc = run_cli("profile", "--out", tmp_path / "o2", "--python", base, MODES, "ok")
     assert proc.returncode == 2
     assert f"{base} cannot import torch" in _one_line_error(proc)
+
+
+def test_script_ending_inside_the_active_window_reports_the_steps_it_had(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("profile", "--out", out, MODES, "ok", "--steps", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished after 1 profiled step of the 3 requested" in proc.stderr
+    findings = read_json(out / "findings.json")
+    assert findings["collection"]["outcome"] == "completed" and findings["collection"]["steps_recorded"] == 1
+    assert any("1 profiled step of the 3 requested" in l for l in findings["limitations"])

@@ -57,7 +57,8 @@ class CollectionResult:
     collection: dict
     trace_dir: Path
     traces: list = field(default_factory=list)
-    problem: Optional[str] = None            # a failure after profiling started: report + warning
+    problem: Optional[str] = None            # what went differently from plan; goes into the report
+    failed: bool = False                     # the script itself failed (the tool then exits non-zero)
 
 
 def default_out_dir(script: Path) -> Path:
@@ -128,8 +129,10 @@ def run_collection(req: ProfileRequest, echo=print) -> CollectionResult:
     traces = sorted(p for p in trace_dir.glob("*") if not p.name.startswith(".")) if trace_dir.exists() else []
     if not traces:
         raise _no_trace_error(req, collection, returncode)
+    rec = _failing_record(collection)
+    failed = rec.get("outcome") not in ("stopped", "completed") or bool(rec.get("exit_code"))
     return CollectionResult(collection=collection, trace_dir=trace_dir, traces=traces,
-                            problem=_partial_problem(req, collection))
+                            problem=_partial_problem(req, collection), failed=failed)
 
 
 def _read_records(out_dir: Path) -> list:

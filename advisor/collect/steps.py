@@ -267,6 +267,7 @@ class Collector:
             "steps_recorded": self.steps_recorded,
             "trace": self.trace_path,
             "exported": self.exported,
+            "swallowed_stop": self.swallowed_stop,
         }
 
 

@@ -90,5 +90,7 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, rank
         saving = f" ~{f.estimated_saving_us:,.0f} us/step" if f.estimated_saving_us else ""
         click.echo(f"  {f.rule} [{f.severity}] {f.title}{saving}")
     click.echo(f"report: {paths['html']}")
-    if result.problem:
+    if result.failed:
         raise ScriptFailed(f"{result.problem} Report: {paths['html']}")
+    if result.problem:
+        click.echo(f"npu-advise: note: {result.problem}", err=True)
