@@ -13,8 +13,8 @@ import datetime as _dt
 import functools
 import json
 import math
-import secrets
 import numbers
+import secrets
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -70,7 +70,7 @@ def render_report(report, report_dir: Optional[Path] = None, plotly_placeholder:
         css=Markup(assets["css"]),
         report_js=Markup(assets["js"]),
         plotly_js=Markup(plotly_placeholder if plotly_placeholder is not None else charts.plotly_js()),
-        chart_json=Markup(_script_json([c for c in view["charts"]])),
+        chart_json=Markup(_script_json(view["charts"])),
         plotly_config=Markup(_script_json(charts.PLOTLY_CONFIG)),
     )
 
@@ -111,7 +111,6 @@ def build_view(report, report_dir: Optional[Path] = None) -> dict:
                          for side in ("host", "device") if tables.get(f"op_ranking.{side}") is not None},
         "groups": groups,
         "ranked": findings,
-        "n_findings": len(findings),
         "rules_cited": [_rule_view(rules[c]) for c in cited if c in rules],
         "rules_missing": [c for c in cited if c not in rules],
         "rules_other": [_rule_view(r) for c, r in rules.items() if c not in cited],
