@@ -212,7 +212,8 @@ def main(argv=None):
     if not args.skip_hta:
         hta_py = hta_python()
 
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "rows": []}
+    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                           "load_average_at_start": os.getloadavg()}, "rows": []}
     rows = results["rows"]
     with tempfile.TemporaryDirectory() as tmp:
         for label, path in traces:
@@ -243,7 +244,11 @@ def main(argv=None):
                 print(f"  HTA load {h['load_s']:.2f} s; end to end {h['wall_s']:.2f} s, peak {h['peak_mb']:.0f} MB",
                       flush=True)
 
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     _print_table(rows)
+    print(f"\nload average (1/5/15 min) at start {results['machine']['load_average_at_start']}, "
+          f"at end {results['machine']['load_average_at_end']} on {os.cpu_count()} CPUs: other work on the "
+          f"machine inflates wall times")
     (BENCH / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nwritten: {BENCH / 'results.json'}")
 

@@ -94,3 +94,30 @@ def test_truncated_in_every_region_is_an_error(tmp_path, monkeypatch):
         path.write_bytes(text[: int(len(text) * frac)])
         with pytest.raises(TraceFormatError):
             list(jsonstream.ChunkedArray(str(path), msgspec.json.Decoder().decode))
+
+
+def test_corrupt_byte_mid_file_fails_fast_instead_of_growing_the_piece(tmp_path, monkeypatch):
+    # A broken event is not a bad cut: the reader must not keep growing the piece to the end of file.
+    monkeypatch.setattr(jsonstream, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(jsonstream, "BLOCK_BYTES", 1024)
+    text = gzip.decompress(REAL.read_bytes())
+    mid = text.index(b'"ph"', len(text) // 3)
+    path = tmp_path / "corrupt.json"
+    path.write_bytes(text[:mid] + b"@" + text[mid:])
+    seen = []
+    with pytest.raises(TraceFormatError, match="corrupt JSON"):
+        for piece in jsonstream.ChunkedArray(str(path), msgspec.json.Decoder().decode):
+            seen.append(len(piece))
+    assert 0 < sum(seen) < len(json.loads(text)["traceEvents"])
+
+
+def test_values_the_columns_cannot_hold_are_a_format_error(tmp_path):
+    with gzip.open(REAL, "rt") as f:
+        doc = json.load(f)
+    doc["traceEvents"][5]["ts"] = "12:30"
+    doc["traceEvents"][5]["ph"] = "X"
+    doc["traceEvents"][5]["cat"] = "cpu_op"
+    path = tmp_path / "bad_ts.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TraceFormatError, match="unexpected event values"):
+        load_kineto(str(path))

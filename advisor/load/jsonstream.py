@@ -31,6 +31,7 @@ QUEUE_BLOCKS = 4                  # blocks buffered between the inflating thread
 _HEADER_LIMIT = 64 << 20          # the top-level keys before "traceEvents" are small in practice
 _CUT = re.compile(rb"\}\s*,\s*\{")
 _ARRAY_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_ERROR_AT = re.compile(r"\(byte (\d+)\)")
 _DONE = object()
 
 
@@ -169,14 +170,18 @@ class ChunkedArray:
             else:
                 piece_end = self._cut_before(buf, CHUNK_BYTES) or self._cut_after(buf, CHUNK_BYTES)
             while piece_end is not None:
+                piece = b"".join((b"[", memoryview(buf)[:piece_end], b"]"))
                 try:
-                    decoded = self.decode_piece(b"".join((b"[", memoryview(buf)[:piece_end], b"]")))
+                    decoded = self.decode_piece(piece)
                 except msgspec.ValidationError:
                     raise
-                except msgspec.DecodeError:
+                except msgspec.DecodeError as exc:
+                    self._check_cut_error(exc, len(piece))
                     retry_from = piece_end + 1
                     piece_end = self._cut_after(buf, retry_from)
                     continue
+                finally:
+                    del piece
                 buf = buf[buf.index(b"{", piece_end):]
                 want, retry_from = CHUNK_BYTES, 0
                 yield decoded
@@ -184,6 +189,13 @@ class ChunkedArray:
                 break
             else:
                 want = len(buf) + 1     # no boundary in the buffer ends an event: read more
+
+    def _check_cut_error(self, exc: Exception, size: int):
+        """A cut inside an event leaves the piece unterminated: the decoder fails at its very end. An
+        error earlier in the piece is corrupt JSON, which no later cut can mend."""
+        m = _ERROR_AT.search(str(exc))
+        if m and int(m.group(1)) < size - 2:
+            raise TraceFormatError(f"{self.path}: corrupt JSON in the event array ({exc})") from None
 
     @staticmethod
     def _cut_before(buf: bytes, limit: int):

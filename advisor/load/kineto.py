@@ -161,14 +161,15 @@ def load_kineto(path: str) -> model.Trace:
     try:
         reader = ChunkedArray(path, _decode_piece)
         cols = ColumnBuilder(_ROLE_OF_CAT, _ROLE_FIELDS)
-        for events in reader:
-            cols.add(events)
-            del events
-        tables = cols.finish()
         try:
+            for events in reader:
+                cols.add(events)
+                del events
+            tables = cols.finish()
             return _build_trace(path, tables, reader.header, cols.meta)
         except (ValueError, TypeError, OverflowError) as exc:
-            raise TraceFormatError(f"{path}: unexpected event values ({exc})") from None
+            # Values the typed decoder let through but the columns cannot hold (a ts of "abc", ...).
+            raise TraceFormatError(f"{path}: unexpected event values ({type(exc).__name__}: {exc})") from None
     finally:
         if gc_was_enabled:
             gc.enable()
