@@ -389,3 +389,15 @@ def test_cli_analyze_writes_the_report(tmp_path):
     findings = json.loads((tmp_path / "findings.json").read_text())["findings"]
     for f in findings:                                    # the same findings as findings.json
         assert f'id="finding-{f["id"]}"' in text
+
+
+def test_evidence_formatting():
+    import numpy as np
+    view = html._evidence_view
+    assert view(F.Evidence("calls", np.int64(12345), "calls", "h")) == \
+        {"label": "calls", "value": "12,345", "unit": "calls", "how": "h"}
+    assert view(F.Evidence("t", np.float64(23456.7), "us", "h"))["value"] == "23.46 ms"
+    assert view(F.Evidence("t", 2_500_000, "ns", "h"))["value"] == "2.50 ms"
+    assert view(F.Evidence("t", 1.5, "s", "h"))["value"] == "1.50 s"
+    assert view(F.Evidence("n", 7, "count", "h"))["unit"] == ""
+    assert view(F.Evidence("f", "AdamW", "name", "h"))["value"] == "AdamW"

@@ -336,10 +336,10 @@ def _finding_view(f, index: int, rules: dict, snippets: SnippetReader, report_di
 
 def _evidence_view(e) -> dict:
     value, unit = e.value, str(e.unit or "")
-    if unit in ("us", "µs") and isinstance(value, (int, float)) and not isinstance(value, bool):
-        text = fmt_time(float(value))
+    if unit in _TO_US and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        text = fmt_time(float(value) * _TO_US[unit])    # every duration in the page reads µs / ms / s
         unit = ""
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         text = fmt_number(value)
         if unit in ("fraction", "ratio") and 0 <= float(value) <= 1:
             text, unit = f"{100.0 * float(value):.1f}", "%"
@@ -348,6 +348,9 @@ def _evidence_view(e) -> dict:
     if unit == "count":     # a bare number already reads as a count
         unit = ""
     return {"label": str(e.label), "value": text, "unit": unit, "how": str(e.how)}
+
+
+_TO_US = {"ns": 1e-3, "us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
 
 
 def _fix_view(f, report_dir) -> Optional[dict]:
