@@ -205,7 +205,11 @@ def compare_ranks(traces: list) -> Analysis:
     table = df[["rank", "step_us", "computing_us", "communication_us", "free_us", "comm_wait_us"]].copy()
     for c in table.columns[1:]:
         table[c] = table[c].astype(float).round(3)
-    slowest = int(df.loc[df["step_us"].idxmax(), "rank"])
+    # In synchronous data-parallel training the collectives equalize step times: every rank waits for the
+    # last one to arrive. The rank that holds the others back is the one with the most time of its own
+    # per step (step minus waiting for others), not the one with the longest step.
+    df["own_us"] = df["step_us"] - df["comm_wait_us"]
+    slowest = int(df.loc[df["own_us"].idxmax(), "rank"])
     result = Analysis(tables={"ranks.table": table, "slowest_rank": slowest})
     if len(df) < 2:
         return result
@@ -239,9 +243,10 @@ def _slow_rank_finding(df: pd.DataFrame, slowest: int):
     step_spread, step_rel = spreads["step_us"]
     src = df["source"].iloc[0]
     srow = df[df["rank"] == slowest].iloc[0]
-    fastest = df.loc[df["step_us"].idxmin()]
-    title = (f"Rank {slowest} is the slowest ({srow['step_us'] / 1000:.1f} ms/step vs {fastest['step_us'] / 1000:.1f} ms "
-             f"on rank {int(fastest['rank'])}); {_LABEL[comp]} differs most: {comp_hi[comp] / 1000:.1f} ms on rank "
+    quickest = df.loc[df["own_us"].idxmin()]
+    title = (f"Rank {slowest} sets the pace: {srow['own_us'] / 1000:.1f} ms/step of its own time vs "
+             f"{quickest['own_us'] / 1000:.1f} ms on rank {int(quickest['rank'])}, which waits for it; "
+             f"{_LABEL[comp]} differs most: {comp_hi[comp] / 1000:.1f} ms on rank "
              f"{int(comp_hi['rank'])} vs {comp_lo[comp] / 1000:.1f} ms on rank {int(comp_lo['rank'])}")
     ev = [
         Evidence("step time spread between ranks", round(step_spread, 3), "µs",
@@ -249,15 +254,19 @@ def _slow_rank_finding(df: pd.DataFrame, slowest: int):
         Evidence(f"{_LABEL[comp]} spread between ranks", round(spreads[comp][0], 3), "µs",
                  f"max - min of the per-rank mean {_LABEL[comp]} per step ({src}); "
                  f"{spreads[comp][1] * 100:.1f} % of its mean"),
-        Evidence("slowest rank step time", round(float(srow["step_us"]), 3), "µs", f"mean per step ({src})"),
+        Evidence(f"rank {slowest} own time per step", round(float(srow["own_us"]), 3), "µs",
+                 "mean step time minus communication wait (time not spent waiting for other ranks)"),
+        Evidence(f"rank {slowest} step time", round(float(srow["step_us"]), 3), "µs", f"mean per step ({src})"),
     ]
     if comp == "communication_us":
         note = (" A rank with more communication than the others usually waits in collectives for a later "
                 f"rank: the rank with the least communication (rank {int(comp_lo['rank'])}) arrives last.")
     else:
         note = ""
-    # Balanced ranks would run at the fastest rank's pace: the step spread is what the job loses per step.
-    saving = round(step_spread, 3) if step_rel > SLOW_RANK_SPREAD else None
+    # With the work balanced, every rank would need the mean own time: the pace-setter's excess over
+    # that mean is what each step loses.
+    excess = float(srow["own_us"] - df["own_us"].mean())
+    saving = round(excess, 3) if excess > SLOW_RANK_SPREAD * mean_step else None
     return Finding(rule="NPA211", category="host_bound", title=title + "." + note,
                    severity=severity_for_share(max(step_rel, spreads[comp][0] / mean_step)), evidence=ev,
                    estimated_saving_us=saving,

@@ -7,10 +7,14 @@ from pathlib import Path
 from ..errors import TraceFormatError, UserError
 
 KINETO_SUFFIXES = (".json", ".json.gz", ".pt.trace.json", ".pt.trace.json.gz")
+# JSON files npu-advise itself writes next to traces (an output folder of `profile` / `analyze`).
+OWN_OUTPUTS = ("findings.json", "collection.json", "journal.json", "compare.json")
 
 
 def is_kineto_file(p: Path) -> bool:
-    return p.is_file() and p.name.endswith(KINETO_SUFFIXES) and p.name != "trace_view.json"
+    name = p.name
+    return (p.is_file() and name.endswith(KINETO_SUFFIXES) and name != "trace_view.json"
+            and name not in OWN_OUTPUTS and not name.startswith("collection.rank"))
 
 
 def load_kineto_file(path) -> "Trace":
@@ -31,6 +35,8 @@ def find_profiles(path) -> list:
         if p.name == "trace_view.json" or p.suffix == ".db" or ascend.is_ascend_trace_file(p):
             return [("ascend", p)]   # load_ascend_rank reads the rank folder when the file lies in one
         return [("kineto", p)]
+    if (p / "trace").is_dir() and (p / "collection.json").is_file():
+        p = p / "trace"     # an output folder of `npu-advise profile`: its traces are in trace/
     from . import ascend
     if ascend.is_ascend_dir(p):
         return [("ascend", d) for d in ascend.rank_dirs(p)]
