@@ -9,6 +9,7 @@ loader yields exact source lines.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -46,8 +47,9 @@ def import_script(path: Path):
     return module
 
 
-def profile_script(path: Path, func_name: str, out: Path, iterations: int = 4) -> Path:
-    """Profile `func_name()` of the script at `path`; returns the exported trace file (2 active steps)."""
+def profile_script(path: Path, func_name: str, out: Path, iterations: int = 4, markers: bool = True) -> Path:
+    """Profile `func_name()` of the script at `path`; returns the exported trace file (2 active steps).
+    `markers=False` records a plain torch.profiler trace (python_function frames only, def lines)."""
     path = Path(path).resolve()
     module = import_script(path)
     func = getattr(module, func_name)
@@ -61,7 +63,7 @@ def profile_script(path: Path, func_name: str, out: Path, iterations: int = 4) -
     schedule = torch.profiler.schedule(wait=1, warmup=1, active=2)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule,
                                 on_trace_ready=on_ready, record_shapes=True, with_stack=True) as prof:
-        with SourceMarkers([path]):
+        with SourceMarkers([path]) if markers else contextlib.nullcontext():
             for _ in range(iterations):
                 func()
                 prof.step()
@@ -115,6 +117,14 @@ def step():
     loss.backward()
     OPTIMIZER.step()
 '''
+
+
+def demo_trace_without_markers():
+    """(script path, trace path) of the demo script profiled with plain with_stack (no source markers)."""
+    if "plain" not in _DEMO:
+        script, _ = demo_trace()
+        _DEMO["plain"] = (script, profile_script(script, "step", script.parent / "plain.pt.trace.json", markers=False))
+    return _DEMO["plain"]
 
 
 def demo_line(tag: str, text: str = DEMO_SCRIPT) -> int:

@@ -108,3 +108,22 @@ def test_npu_trace_without_sources_says_so():
     assert trace.locations["exact"].all() and len(trace.locations)
     assert small_op_loops.analyze(trace, Context()).findings == []
     assert any("not readable here" in l and "main.py" in l for l in trace.limitations)
+
+
+def test_function_level_locations_cannot_pinpoint_the_loop():
+    # A plain torch.profiler trace (with_stack, no collector markers): only def lines are known.
+    from _tracing import demo_trace_without_markers
+    script, trace_path = demo_trace_without_markers()
+    trace = load_kineto(str(trace_path))
+    assert not trace.locations["exact"].any()
+    findings = small_op_loops.analyze(trace, Context(project_root=script.parent)).findings
+    by_function = {f.details["function"]: f for f in findings}
+    f = by_function["interpolate"]
+    assert f.details["pinpointed"] is False and f.details["loop_line"] is None
+    assert f.details["candidate_loop_lines"] == [demo_line("interpolate-for")]
+    assert f.locations[0].line == demo_line("interpolate-for") - 3          # the def line
+    assert f.estimated_saving_us is None
+    assert "cannot be pinpointed" in f.title
+    # valid_mask issues 60 ops per step (< MIN_FUNCTION_OPS_PER_STEP); step() has no loop
+    assert set(by_function) == {"interpolate"}
+    assert any("function-level only" in l for l in trace.limitations)
