@@ -98,6 +98,14 @@ def attach_locations(trace: model.Trace, markers: pd.DataFrame = None, call_stac
                 ids.append(table.id(f[0], f[1], f[2], True) if f else -1)
             loc[present] = np.asarray(ids, dtype=np.int64)[codes]
 
+    # Backward ops run from the autograd engine, outside any user frame. The forward op with the same
+    # sequence number carries the exact line; inherit it before the inexact python-frame fallback would
+    # pin the backward op on whatever user frame happened to be open (e.g. the `loss.backward()` line).
+    seq = ops["seq"].to_numpy()
+    _, parent = model.nesting(ops["ts"].to_numpy(), (ops["ts"] + ops["dur"]).to_numpy(), ops["tid"].to_numpy())
+    _inherit_by_sequence(loc, seq)
+    _inherit_from_parents(loc, parent)
+
     py = trace.python
     if len(py) and (loc < 0).any():
         user = py[py["is_user"]]
@@ -114,18 +122,9 @@ def attach_locations(trace: model.Trace, markers: pd.DataFrame = None, call_stac
                                   for r in uniq_rows], dtype=np.int64)
                 loc[need] = ids[inv]
 
-    # Backward ops run from the autograd engine, outside any user frame: they inherit the location of
-    # the forward op with the same sequence number.
-    seq = ops["seq"].to_numpy()
-    fwd = (loc >= 0) & (seq >= 0)
-    need = (loc < 0) & (seq >= 0)
-    if fwd.any() and need.any():
-        first = pd.Series(loc[fwd], index=seq[fwd])
-        first = first[~first.index.duplicated(keep="first")]
-        inherited = first.reindex(seq[need]).to_numpy()
-        ok = ~np.isnan(inherited)
-        idx = np.flatnonzero(need)[ok]
-        loc[idx] = inherited[ok].astype(np.int64)
+    # Inherit again: forward ops located only by python frames pass their location on too.
+    _inherit_by_sequence(loc, seq)
+    _inherit_from_parents(loc, parent)
 
     ops["loc"] = loc
     trace.locations = table.frame()
@@ -135,3 +134,31 @@ def attach_locations(trace: model.Trace, markers: pd.DataFrame = None, call_stac
             df["loc"] = op_loc[df["op"].to_numpy()]
         else:
             df["loc"] = np.zeros(0, dtype=np.int64)
+
+
+def _inherit_by_sequence(loc: np.ndarray, seq: np.ndarray) -> None:
+    """Give ops without a location the location of the first located op with the same autograd
+    sequence number (in place)."""
+    fwd = (loc >= 0) & (seq >= 0)
+    need = (loc < 0) & (seq >= 0)
+    if not (fwd.any() and need.any()):
+        return
+    first = pd.Series(loc[fwd], index=seq[fwd])
+    first = first[~first.index.duplicated(keep="first")]
+    inherited = first.reindex(seq[need]).to_numpy()
+    ok = ~np.isnan(inherited)
+    loc[np.flatnonzero(need)[ok]] = inherited[ok].astype(np.int64)
+
+
+def _inherit_from_parents(loc: np.ndarray, parent: np.ndarray) -> None:
+    """Ops nested in a located op (e.g. `aten::convolution_backward` inside the
+    `autograd::engine::evaluate_function` that carries the sequence number) take its location (in place).
+    Parents precede children in depth order, so one pass per nesting level suffices."""
+    need = np.flatnonzero((loc < 0) & (parent >= 0))
+    while len(need):
+        src = loc[parent[need]]
+        ok = src >= 0
+        if not ok.any():
+            return
+        loc[need[ok]] = src[ok]
+        need = need[~ok]
