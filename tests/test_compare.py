@@ -301,9 +301,10 @@ def test_bundled_example_profile_apply_compare(tmp_path):
     print(f"bundled example step time, before -> after: median {median['before']:.0f} -> {median['after']:.0f} us "
           f"({median['pct']:+.1f} %), min {best['before']:.0f} -> {best['after']:.0f} us ({best['pct']:+.1f} %); "
           f"fixes applied: {[f['rule'] for f in runnable]}")
-    # The least-disturbed step: other processes on a shared machine only ever add time to a step.
-    assert best["after"] < best["before"]
-    assert metric["host ops per step (all levels)"]["after"] < metric["host ops per step (all levels)"]["before"]
+    # Wall-clock step time on a shared 2-core CI machine is too noisy to assert on (it is printed above and
+    # reported in the README); the work per step is deterministic: the loop rewrites remove most small ops.
+    ops = metric["host ops per step (all levels)"]
+    assert ops["after"] < 0.8 * ops["before"], ops
     fate = {row["id"]: row["status"] for row in data["findings"]}
     for f in runnable:
         assert fate[f["id"]] == cmp.GONE, f"{f['id']} ({f['rule']}: {f['title']}) is {fate[f['id']]} after its fix"
