@@ -18,6 +18,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from .model import merge_intervals
+
 # How many operators with the largest change in time per step the comparison lists (plus half as
 # many with the largest change in count per step).
 TOP_CHANGED_OPS = 10
@@ -61,19 +63,6 @@ class Comparison:
 
 # --- one profile -> Side ----------------------------------------------------------------------------
 
-def _merge(starts: np.ndarray, ends: np.ndarray):
-    """Union of intervals: (merged starts, merged ends), sorted."""
-    if len(starts) == 0:
-        return starts, ends
-    order = np.argsort(starts, kind="stable")
-    s, e = starts[order], ends[order]
-    run_max = np.maximum.accumulate(e)
-    new = np.ones(len(s), dtype=bool)
-    new[1:] = s[1:] > run_max[:-1]
-    groups = np.cumsum(new) - 1
-    return s[new], np.maximum.reduceat(e, np.flatnonzero(new)) if len(groups) else e
-
-
 def _windows(trace) -> pd.DataFrame:
     """Step windows [step, ts, dur] in ns; the traced span as one window when there are no steps."""
     if len(trace.steps):
@@ -93,7 +82,7 @@ def steps_from_trace(trace) -> pd.DataFrame:
     top = ops[ops["depth"] == 0]
     rows = []
     if trace.has_device_timeline:
-        b_s, b_e = _merge(trace.kernels["ts"].to_numpy(), (trace.kernels["ts"] + trace.kernels["dur"]).to_numpy())
+        b_s, b_e, _ = merge_intervals(trace.kernels["ts"].to_numpy(), (trace.kernels["ts"] + trace.kernels["dur"]).to_numpy())
     for step, ts, dur in win[["step", "ts", "dur"]].itertuples(index=False):
         in_step = top["step"] == step if has_steps else np.ones(len(top), dtype=bool)
         row = {"step": int(step), "duration_us": dur / 1000.0, "host_ops": int(np.count_nonzero(in_step))}

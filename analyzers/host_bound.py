@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from npu_advise.findings import Evidence, Finding, severity_for_share
+from npu_advise.model import merge_intervals
 from npu_advise.rules import Rule
 
 from . import Analysis
@@ -74,26 +75,6 @@ RULE_DENSITY = Rule(
 def busy_events(trace) -> pd.DataFrame:
     k = trace.kernels
     return k[k["kind"].astype(str).isin(BUSY_KINDS) & (k["dur"] >= 0)]
-
-
-def merge_intervals(start: np.ndarray, end: np.ndarray):
-    """Union of intervals, vectorized (HTA's idiom): sorted by start, a running max of the ends; a new
-    group begins where a start exceeds the running max so far. Returns (starts, ends, first_row) with
-    `first_row` the index (into the inputs) of the interval that opens each group."""
-    if len(start) == 0:
-        e = np.zeros(0, dtype=np.int64)
-        return e, e, e
-    order = np.argsort(start, kind="stable")
-    s = start[order]
-    e = end[order]
-    run_max = np.maximum.accumulate(e)
-    new = np.ones(len(s), dtype=bool)
-    new[1:] = s[1:] > run_max[:-1]
-    gid = np.cumsum(new) - 1
-    g_start = s[new]
-    g_end = np.zeros(int(gid[-1]) + 1, dtype=np.int64)
-    np.maximum.at(g_end, gid, e)
-    return g_start, g_end, order[new]
 
 
 def clipped_total(starts: np.ndarray, ends: np.ndarray, lo: int, hi: int) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from npu_advise.findings import Evidence, Finding, severity_for_share
+from npu_advise.model import merge_intervals
 from npu_advise.rules import Rule
 
 from . import Analysis
@@ -66,17 +67,8 @@ RULE_WAIT = Rule(
 )
 
 
-def _merge(starts: np.ndarray, ends: np.ndarray):
-    """Union of intervals as sorted disjoint (starts, ends)."""
-    if len(starts) == 0:
-        return starts, ends
-    o = np.argsort(starts, kind="stable")
-    s, e = starts[o], ends[o]
-    run_end = np.maximum.accumulate(e)
-    new = np.ones(len(s), dtype=bool)
-    new[1:] = s[1:] > run_end[:-1]
-    idx = np.flatnonzero(new)
-    return s[idx], np.maximum.reduceat(e, idx)
+def _union(starts, ends):
+    return merge_intervals(starts, ends)[:2]
 
 
 def _length(s, e) -> int:
@@ -91,7 +83,7 @@ def _overlap(a, b) -> int:
     s = np.concatenate([s1, s2])
     e = np.concatenate([e1, e2])
     # intersection = |A| + |B| - |A ∪ B|
-    us_, ue = _merge(s, e)
+    us_, ue = _union(s, e)
     return _length(s1, e1) + _length(s2, e2) - _length(us_, ue)
 
 
@@ -116,8 +108,8 @@ def _windows(trace):
 def _split_intervals(trace, comm_ts, comm_end, work_ts, work_end) -> dict:
     rows = []
     for lo, hi in _windows(trace):
-        c = _merge(*_clip(comm_ts, comm_end, lo, hi))
-        w = _merge(*_clip(work_ts, work_end, lo, hi))
+        c = _union(*_clip(comm_ts, comm_end, lo, hi))
+        w = _union(*_clip(work_ts, work_end, lo, hi))
         comm = _length(*c)
         both = _overlap(c, w)
         busy = comm + _length(*w) - both
@@ -148,7 +140,7 @@ def rank_split(trace) -> dict:
             for label, col in (("Computing", "computing_us"), ("Communication(Not Overlapped)", "communication_us"),
                                ("Free", "free_us")):
                 m = kind == label
-                part[col] = _length(*_merge(*_clip(ts[m], end[m], lo, hi))) / 1000.0
+                part[col] = _length(*_union(*_clip(ts[m], end[m], lo, hi))) / 1000.0
             rows.append(part)
         if rows:
             out = pd.DataFrame(rows).mean().to_dict()

@@ -27,7 +27,9 @@ from npu_advise.rules import Rule
 
 from . import Analysis
 from .common import in_steps, location, step_stats, us
-from .host_bound import busy_events, merge_intervals
+from npu_advise.model import merge_intervals
+
+from .host_bound import busy_events
 
 SYNC_RUNTIME = re.compile(
     r"^(cuda(Stream|Device|Event)Synchronize|cudaMemcpy|cudaMemcpy2D|cudaMemcpy3D|"
