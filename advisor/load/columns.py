@@ -106,13 +106,15 @@ _M_MMAP_THRESHOLD = -3
 _mmap_threshold_fixed = False
 
 
-def fix_mmap_threshold(nbytes: int = 256 << 10):
+def fix_mmap_threshold(nbytes: int = 4 << 20):
     """Have glibc serve every allocation >= nbytes by mmap, and so return it to the OS when freed.
 
     By default glibc raises this threshold to the size of each large block freed (up to 32 MB): after
-    the loader frees its 1-2 MB read buffers, the big column arrays and the numpy temporaries of the
-    joins land in the heap, where freed space stays resident. Fixing the threshold keeps peak RSS near
-    the live data. Process-wide and harmless elsewhere; a no-op off glibc.
+    the loader frees its read buffers and pieces, the big column arrays and the numpy temporaries of
+    the joins land in the heap, where freed space stays resident. A fixed 4 MB keeps peak RSS near the
+    live data for big traces while the 1-2 MB read buffers and pieces are still recycled in the heap
+    (at 256 kB every piece was a fresh mmap: 17 % slower on 2.2M events for 6 MB less peak RSS).
+    Process-wide and harmless elsewhere; a no-op off glibc.
     """
     global _mmap_threshold_fixed
     if _mmap_threshold_fixed:
