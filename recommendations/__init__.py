@@ -24,6 +24,7 @@ from npu_advise.findings import Evidence, Finding, Fix, Location, severity_for_s
 from . import entry, matchers
 from .catalog import load
 from .codemods import fallbacks, fused_ops, loops, optimizer
+from .codemods.base import analysis_scope
 from .codemods.diffs import to_fix
 from .evidence import SourceIndex
 
@@ -92,6 +93,13 @@ def _project_root(trace, ctx) -> Optional[Path]:
 
 
 def recommend(trace, ctx) -> list:
+    # Every file is parsed and its metadata resolved at most once per call, whatever number of matchers and
+    # codemods look at it.
+    with analysis_scope():
+        return _recommend(trace, ctx)
+
+
+def _recommend(trace, ctx) -> list:
     root = _project_root(trace, ctx)
     sources = _Sources(root)
     index = SourceIndex(trace, root)

@@ -12,8 +12,8 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .codemods.base import analyzed, code, enclosing_function, names_in, qualified_names, resolve, start_line, wrap
-from .codemods.fused_ops import _add_relu_pairs, replacement_for
+from .codemods.base import analyzed, code, enclosing_function, names_in, node_index, qualified_names, start_line
+from .codemods.fused_ops import _add_relu_pairs, replacement_for, replacement_tokens
 
 DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d", "deform_conv2d": "deform_conv2d",
              "DeformConv2dFunction": "deform_conv2d", "ModulatedDeformConv2d": "modulated_deform_conv2d",
@@ -22,6 +22,14 @@ DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d
 SPARSE_NAMES = ("SparseConv3d", "SubMConv3d", "SparseInverseConv3d", "SparseConvTensor", "SparseSequential")
 CENTERPOINT_LOOP_CALLS = ("draw_heatmap_gaussian", "gaussian_radius", "draw_gaussian")
 HOST_COPY_METHODS = ("cpu", "numpy", "detach", "tolist")
+# Names the qualified-name checks in `scan` compare with (the first or last part of each).
+QUALIFIED_TOKENS = ("MaxPool2d", "mmcv", "spconv", "torch_scatter", "linear_sum_assignment")
+
+
+# Every match needs one of these written in the file: the callee names the catalog maps (MSDA, bev_pool_v2),
+# the names of the qualified-name checks, the CenterPoint target function.
+SCAN_TOKENS = tuple(replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
+    "get_targets_single",)
 
 
 @dataclass
@@ -77,8 +85,16 @@ def _host_copied(meta, function, arg) -> bool:
     return False
 
 
+def may_match(source: str) -> bool:
+    """False when `source` cannot contain anything `scan` finds (no parse needed): every match needs one
+    of these names written in the file."""
+    return any(token in source for token in SCAN_TOKENS) or ("+=" in source and "relu" in source.lower())
+
+
 def scan(source: str) -> list:
     """Every fused-op opportunity in one file's source; [] when it does not parse."""
+    if not may_match(source):
+        return []
     try:
         wrapper, meta = analyzed(source)
     except cst.ParserSyntaxError:
@@ -93,9 +109,12 @@ def scan(source: str) -> list:
     def add(kind, node, ref, text=None):
         out.append(SourceMatch(kind, start_line(meta, node), func_name(node), _one_line(text or code(node)), ref))
 
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            q = qualified_names(meta, node.func)
+    # Qualified names are resolved (scope analysis: the expensive step) only when the source mentions one of
+    # the names they are compared with; a qualified name's parts are always written in the file.
+    needs_names = any(token in source for token in QUALIFIED_TOKENS)
+    for node in node_index(module).of(cst.Call, cst.FunctionDef):
+        if isinstance(node, cst.Call):
+            q = qualified_names(meta, node.func) if needs_names else set()
             if replacement_for(node, {"multi_scale_deformable_attn"}):
                 add("msda", node, "fused_ops.multi_scale_deformable_attn")
             elif replacement_for(node, {"bev_pool_v3"}):
@@ -113,16 +132,13 @@ def scan(source: str) -> list:
             elif q & {"scipy.optimize.linear_sum_assignment", "scipy.optimize._lsap.linear_sum_assignment"} \
                     and node.args and _host_copied(meta, enclosing_function(meta, node), node.args[0].value):
                 add("hungarian_host", node, "fused_ops.hungarian_match")
+        elif node.name.value == "get_targets_single":
+            loops = m.findall(node, m.For())
+            if loops and names_in(node) & set(CENTERPOINT_LOOP_CALLS):
+                add("centerpoint_targets", node, "fused_ops.npu_gaussian",
+                    text=f"def get_targets_single(...): per-object loop with "
+                         f"{', '.join(sorted(names_in(node) & set(CENTERPOINT_LOOP_CALLS)))}")
 
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-            if node.name.value == "get_targets_single":
-                loops = m.findall(node, m.For())
-                if loops and names_in(node) & set(CENTERPOINT_LOOP_CALLS):
-                    add("centerpoint_targets", node, "fused_ops.npu_gaussian",
-                        text=f"def get_targets_single(...): per-object loop with "
-                             f"{', '.join(sorted(names_in(node) & set(CENTERPOINT_LOOP_CALLS)))}")
-
-    module.visit(_V())
     for block, k, var, other in _add_relu_pairs(meta, module):
         s1, s2 = block.body[k], block.body[k + 1]
         out.append(SourceMatch("add_relu", start_line(meta, s1), func_name(s1),

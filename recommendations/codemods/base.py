@@ -7,12 +7,15 @@ line. Codemods never do text substitution.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+import hashlib
+from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Optional
 
 import libcst as cst
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
+from libcst.codemod.visitors._add_imports import _skip_first
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider, QualifiedNameProvider
 
 
@@ -71,11 +74,32 @@ def names_in(node: cst.CSTNode) -> set:
 
 
 def add_imports(module: cst.Module, imports: list) -> cst.Module:
-    """Add `import X` (("X", None)) or `from X import Y` (("X", "Y")) unless already present."""
+    """Add `import X` (("X", None)) or `from X import Y` (("X", "Y")) unless already present.
+
+    Same result as running libcst's AddImportsVisitor over the module, without its two whole-tree passes:
+    the visitor only reads and changes the leading import block (module.body), so it is run on that."""
     context = CodemodContext()
     for mod, obj in imports:
         AddImportsVisitor.add_needed_import(context, mod, obj)
-    return AddImportsVisitor(context).transform_module(module)
+    visitor = AddImportsVisitor(context)
+    body = list(module.body)
+    start = end = 1 if _skip_first(module) else 0
+    while end < len(body) and _is_import_line(body[end]):
+        end += 1
+    # The gatherer stops at the first statement that is not an import: give it only the block before it.
+    visitor.visit_Module(module.with_changes(body=body[:end]))
+    for k in range(start, end):
+        stmt = body[k]
+        if isinstance(stmt.body[0], cst.ImportFrom):
+            merged = visitor.leave_ImportFrom(stmt.body[0], stmt.body[0])
+            if merged is not stmt.body[0]:
+                body[k] = stmt.with_changes(body=[merged])
+    return visitor.leave_Module(module, module.with_changes(body=body))
+
+
+def _is_import_line(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+            and isinstance(stmt.body[0], (cst.Import, cst.ImportFrom)))
 
 
 def enclosing_function(meta, node) -> Optional[cst.FunctionDef]:
@@ -92,31 +116,157 @@ METADATA = (PositionProvider, ParentNodeProvider, QualifiedNameProvider)
 
 
 def resolve(wrapper: MetadataWrapper):
-    """The metadata mapping codemods use (positions, parents, qualified names)."""
-    return wrapper.resolve_many(METADATA)
+    """The metadata mapping codemods use (positions, parents, qualified names), each resolved on first use."""
+    return LazyMetadata(wrapper)
+
+
+class LazyMetadata(dict):
+    """provider -> {node: value}, resolved when first asked for. Positions and parents are needed by every
+    codemod and are resolved together; qualified names (scope analysis, the most expensive provider) only
+    when a matcher asks for them -- most files never get that far."""
+
+    def __init__(self, wrapper: MetadataWrapper):
+        super().__init__()
+        self.wrapper = wrapper
+
+    def __missing__(self, provider):
+        wanted = (PositionProvider, ParentNodeProvider) if provider in (PositionProvider, ParentNodeProvider) \
+            else (provider,)
+        self.update(self.wrapper.resolve_many(wanted))
+        return dict.__getitem__(self, provider)
+
+
+class NodeIndex:
+    """Every node of a module in pre-order (the order a visitor meets them), and the same grouped by type:
+    one pass per file instead of one visitor pass per matcher and codemod."""
+
+    def __init__(self, module: cst.Module):
+        self.preorder = []
+        module.visit(_Collect(self.preorder))
+        self.by_type = {}
+        for node in self.preorder:
+            self.by_type.setdefault(type(node), []).append(node)
+
+    def of(self, *types) -> list:
+        """Nodes of these types, in pre-order."""
+        if len(types) == 1:
+            return self.by_type.get(types[0], [])
+        return [n for n in self.preorder if isinstance(n, types)]
+
+
+class _Collect(cst.CSTVisitor):
+    def __init__(self, out: list):
+        super().__init__()
+        self.out = out
+
+    def on_visit(self, node) -> bool:
+        self.out.append(node)
+        return True
+
+
+class _Analysis:
+    """One source text: its module, metadata (lazy) and node index (lazy)."""
+
+    def __init__(self, source: str):
+        self.module = cst.parse_module(source)
+        self.wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)   # just parsed: nobody else holds it
+        self.meta = LazyMetadata(self.wrapper)
+        self._index = None
+
+    @property
+    def index(self) -> NodeIndex:
+        if self._index is None:
+            self._index = NodeIndex(self.module)
+        return self._index
+
+
+# Analyses by SHA-256 of the source. Inside `analysis_scope()` (one recommend() call) every file is parsed
+# and resolved once and kept until the scope ends; outside, the last UNSCOPED_CACHE_SIZE are kept.
+UNSCOPED_CACHE_SIZE = 16
+_cache: "OrderedDict[str, _Analysis]" = OrderedDict()
+_by_module: dict = {}          # id(module) -> _Analysis, for helpers that get a module rather than its source
+_scopes = [0]
+
+
+@contextmanager
+def analysis_scope():
+    """Keep every analysis made inside the block, drop them all at its end."""
+    _scopes[0] += 1
+    try:
+        yield
+    finally:
+        _scopes[0] -= 1
+        if _scopes[0] == 0:
+            _cache.clear()
+            _by_module.clear()
+
+
+def analysis(source: str) -> _Analysis:
+    key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    found = _cache.get(key)
+    if found is not None:
+        _cache.move_to_end(key)
+        return found
+    found = _Analysis(source)
+    _cache[key] = found
+    _by_module[id(found.module)] = found
+    while not _scopes[0] and len(_cache) > UNSCOPED_CACHE_SIZE:
+        _, old = _cache.popitem(last=False)
+        _by_module.pop(id(old.module), None)
+    return found
+
+
+def analyzed(source: str):
+    """(MetadataWrapper, metadata) of `source`, cached: the recommender runs several matchers and codemods
+    over the same file, and metadata resolution dominates their cost. libcst trees are immutable."""
+    a = analysis(source)
+    return a.wrapper, a.meta
+
+
+def parsed(source: str) -> cst.Module:
+    return analysis(source).module
+
+
+def node_index(module: cst.Module) -> NodeIndex:
+    """The node index of a module parsed by `analysis()`, else a fresh one."""
+    a = _by_module.get(id(module))
+    if a is not None and a.module is module:
+        return a.index
+    return NodeIndex(module)
 
 
 class _ReplaceNodes(cst.CSTTransformer):
     """Replace nodes by identity in one pass (several deep_replace calls would lose the later targets,
-    which belong to the tree before the first replacement)."""
+    which belong to the tree before the first replacement). With `descend` (ids of the targets'
+    ancestors) only the path down to the targets is visited, not the whole tree."""
 
-    def __init__(self, mapping: dict):
+    def __init__(self, mapping: dict, descend: Optional[set] = None):
         super().__init__()
-        self.mapping = mapping
+        self.mapping = {id(k): v for k, v in mapping.items()}
+        self.descend = descend
+
+    def on_visit(self, node) -> bool:
+        return self.descend is None or id(node) in self.descend
 
     def on_leave(self, original_node, updated_node):
-        if original_node in self.mapping:
-            return self.mapping[original_node]
-        return updated_node
+        return self.mapping.get(id(original_node), updated_node)
 
 
-def replace_nodes(module: cst.Module, mapping: dict) -> cst.Module:
-    return module.visit(_ReplaceNodes(mapping)) if mapping else module
-
-
-@lru_cache(maxsize=16)
-def analyzed(source: str):
-    """(MetadataWrapper, metadata) of `source`, cached: the recommender runs several matchers and codemods
-    over the same file, and metadata resolution dominates their cost. libcst trees are immutable."""
-    wrapper = wrap(source)
-    return wrapper, resolve(wrapper)
+def replace_nodes(module: cst.Module, mapping: dict, meta=None) -> cst.Module:
+    """`module` with each key node of `mapping` replaced by its value. With `meta` (the module's metadata)
+    only the targets' ancestors are rebuilt."""
+    if not mapping:
+        return module
+    descend = None
+    if meta is not None:
+        parents = meta[ParentNodeProvider]
+        descend = set()
+        for node in mapping:
+            cur = node
+            while cur in parents:
+                cur = parents[cur]
+                if id(cur) in descend:
+                    break
+                descend.add(id(cur))
+        descend.add(id(module))
+    return module.visit(_ReplaceNodes(mapping, descend))

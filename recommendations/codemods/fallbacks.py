@@ -13,7 +13,8 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import analyzed, Rewrite, code, enclosing_function, expr, qualified_names, resolve, start_line, wrap
+from .base import (Rewrite, analyzed, code, enclosing_function, expr, node_index, qualified_names, replace_nodes,
+                   start_line)
 
 LOGDET_APIS = ("torch.logdet", "torch.linalg.logdet")
 SLOGDET_APIS = ("torch.slogdet", "torch.linalg.slogdet")
@@ -37,36 +38,31 @@ def rewrite_logdet(source: str, line: int) -> Optional[Rewrite]:
     wrapper, meta = analyzed(source)
     module = wrapper.module
     found = []
-
-    class _Find(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            if start_line(meta, node) != line:
-                return
+    # the nodes a visitor would meet, in its order, restricted to the line
+    for node in node_index(module).of(cst.Call, cst.Subscript, cst.Attribute):
+        if start_line(meta, node) != line:
+            continue
+        if isinstance(node, cst.Call):
             q = qualified_names(meta, node.func)
             arg = _single_arg(node)
             if q & set(LOGDET_APIS) and arg is not None:
                 found.append(("logdet", node, node, arg))
             elif m.matches(node, m.Call(func=m.Attribute(attr=m.Name("logdet")), args=[])) and not q & set(LOGDET_APIS):
                 found.append(("logdet", node, node, node.func.value))
-
-        def visit_Subscript(self, node: cst.Subscript) -> None:
-            if start_line(meta, node) != line or not isinstance(node.value, cst.Call):
-                return
+        elif isinstance(node, cst.Subscript):
+            if not isinstance(node.value, cst.Call):
+                continue
             call = node.value
             if (qualified_names(meta, call.func) & set(SLOGDET_APIS) and _single_arg(call) is not None
                     and len(node.slice) == 1 and m.matches(node.slice[0].slice, m.Index(m.Integer("1") | m.UnaryOperation(operator=m.Minus(), expression=m.Integer("1"))))):
                 found.append(("slogdet", node, call, _single_arg(call)))
-
-        def visit_Attribute(self, node: cst.Attribute) -> None:
-            if (start_line(meta, node) == line and node.attr.value == "logabsdet" and isinstance(node.value, cst.Call)
-                    and qualified_names(meta, node.value.func) & set(SLOGDET_APIS) and _single_arg(node.value) is not None):
-                found.append(("slogdet", node, node.value, _single_arg(node.value)))
-
-    module.visit(_Find())
+        elif (node.attr.value == "logabsdet" and isinstance(node.value, cst.Call)
+                and qualified_names(meta, node.value.func) & set(SLOGDET_APIS) and _single_arg(node.value) is not None):
+            found.append(("slogdet", node, node.value, _single_arg(node.value)))
     if not found:
         return None
     kind, outer, call, arg = found[0]
-    new_module = module.deep_replace(outer, _svd_logabsdet(arg))
+    new_module = replace_nodes(module, {outer: _svd_logabsdet(arg)}, meta)
     from .base import add_imports
     new_source = add_imports(new_module, [("torch", None)]).code
     arg_c = code(arg)

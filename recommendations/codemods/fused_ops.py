@@ -14,7 +14,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import FusedOp, Replaces, load
-from .base import analyzed, Rewrite, add_imports, code, expr, qualified_names, resolve, start_line, wrap
+from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, replace_nodes, start_line
 
 
 def callee_text(call: cst.Call) -> str:
@@ -49,6 +49,21 @@ def replacement_for(call: cst.Call, fused_keys=None) -> Optional[tuple]:
             if fnmatch.fnmatchcase(text, pattern) or (r.kind == "function" and text.rsplit(".", 1)[-1] == last):
                 return op, r
     return None
+
+
+def replacement_tokens(fused_keys) -> list:
+    """Names one of which a call must contain for `replacement_for(call, fused_keys)` to match it: the longest
+    literal piece of the last component of each catalog callee pattern."""
+    import re
+    out = []
+    for key in fused_keys:
+        for r in load().fused_ops[key].replaces:
+            if r.kind not in ("function", "autograd_apply") or not r.signature:
+                continue
+            last = r.callee.rsplit(".", 1)[-1] if r.kind == "function" else r.callee
+            pieces = [p for p in re.split(r"\[[^\]]*\]|[*?.]", last) if p]
+            out.append(max(pieces, key=len))
+    return out
 
 
 def bind_arguments(call: cst.Call, signature: tuple) -> Optional[dict]:
@@ -107,15 +122,11 @@ def _comma_separated(args: list) -> list:
 
 def _calls_on_line(meta, module, line: int, keys) -> list:
     out = []
-
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            if start_line(meta, node) == line:
-                r = replacement_for(node, keys)
-                if r is not None:
-                    out.append((node, r))
-
-    module.visit(_V())
+    for node in node_index(module).of(cst.Call):
+        if start_line(meta, node) == line:
+            r = replacement_for(node, keys)
+            if r is not None:
+                out.append((node, r))
     return out
 
 
@@ -132,7 +143,7 @@ def rewrite_fused_call(source: str, line: int, keys=None, shape_checks: Optional
         if remapped is None:
             continue
         new_call, mapping, derived = remapped
-        new_module = module.deep_replace(call, new_call)
+        new_module = replace_nodes(module, {call: new_call}, meta)
         new_source = add_imports(new_module, [(op.module, None)] + ([("torch", None)] if derived else [])).code
         dropped = [p for p in rep.drop if p in (bind_arguments(call, rep.signature) or {})]
         verified = [f"arguments mapped by the catalog: " + ", ".join(f"{k}={v}" for k, v in mapping.items())]
@@ -165,10 +176,11 @@ def _is_relu_of(meta, value, var: str) -> bool:
             and not m.matches(value, m.Call(args=[m.Arg(value=m.Name(var), keyword=None), m.Arg(keyword=m.Name("inplace"))])):
         return False
     f = value.func
-    if qualified_names(meta, f) & set(RELU_QUALIFIED):
+    # self.relu(out) / self.act_relu(out): a module attribute named as a ReLU (checked first: it needs no
+    # qualified names, whose resolution is the expensive part)
+    if m.matches(f, m.Attribute(value=m.Name("self"))) and "relu" in f.attr.value.lower():
         return True
-    # self.relu(out) / self.act_relu(out): a module attribute named as a ReLU
-    return m.matches(f, m.Attribute(value=m.Name("self"))) and "relu" in f.attr.value.lower()
+    return bool(qualified_names(meta, f) & set(RELU_QUALIFIED))
 
 
 def find_add_relu(source: str) -> list:
@@ -179,24 +191,20 @@ def find_add_relu(source: str) -> list:
 
 def _add_relu_pairs(meta, module) -> list:
     out = []
-
-    class _V(cst.CSTVisitor):
-        def visit_IndentedBlock(self, node: cst.IndentedBlock) -> None:
-            body = node.body
-            for k in range(len(body) - 1):
-                s1, s2 = body[k], body[k + 1]
-                if not (isinstance(s1, cst.SimpleStatementLine) and isinstance(s2, cst.SimpleStatementLine)
-                        and len(s1.body) == 1 and len(s2.body) == 1):
-                    continue
-                a1, a2 = s1.body[0], s2.body[0]
-                if not m.matches(a1, m.AugAssign(target=m.Name(), operator=m.AddAssign(), value=m.Name())):
-                    continue
-                var, other = a1.target.value, a1.value.value
-                if (m.matches(a2, m.Assign(targets=[m.AssignTarget(target=m.Name(var))]))
-                        and _is_relu_of(meta, a2.value, var)):
-                    out.append((node, k, var, other))
-
-    module.visit(_V())
+    for node in node_index(module).of(cst.IndentedBlock):
+        body = node.body
+        for k in range(len(body) - 1):
+            s1, s2 = body[k], body[k + 1]
+            if not (isinstance(s1, cst.SimpleStatementLine) and isinstance(s2, cst.SimpleStatementLine)
+                    and len(s1.body) == 1 and len(s2.body) == 1):
+                continue
+            a1, a2 = s1.body[0], s2.body[0]
+            if not m.matches(a1, m.AugAssign(target=m.Name(), operator=m.AddAssign(), value=m.Name())):
+                continue
+            var, other = a1.target.value, a1.value.value
+            if (m.matches(a2, m.Assign(targets=[m.AssignTarget(target=m.Name(var))]))
+                    and _is_relu_of(meta, a2.value, var)):
+                out.append((node, k, var, other))
     return out
 
 
@@ -214,7 +222,7 @@ def rewrite_add_relu(source: str, line: int, shapes_equal: Optional[str] = None)
         new_stmt = cst.parse_statement(f"{var} = {op.qualified}({var}, {other})\n").with_changes(
             leading_lines=block.body[k].leading_lines)
         new_block = block.with_changes(body=list(block.body[:k]) + [new_stmt] + list(block.body[k + 2:]))
-        new_source = add_imports(module.deep_replace(block, new_block), [(op.module, None)]).code
+        new_source = add_imports(replace_nodes(module, {block: new_block}, meta), [(op.module, None)]).code
         verified = [f"`{var} += {other}` is directly followed by `{var} = relu({var})`"]
         constraints = [f"needs {op.module} installed (import {op.module})"]
         if shapes_equal:

@@ -27,7 +27,8 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import analyzed, Rewrite, add_imports, code, enclosing_function, expr, names_in, resolve, start_line, end_line, wrap
+from .base import (Rewrite, add_imports, analyzed, code, end_line, enclosing_function, expr, names_in, node_index,
+                   replace_nodes, start_line)
 
 IDIOMS = ("affine_interpolation", "prefix_mask", "item_loop")
 
@@ -45,16 +46,8 @@ _TENSOR_METHODS = ("cpu", "detach", "flatten", "view", "reshape", "to", "float",
 def _loops_at(meta, module: cst.Module, line: int) -> list:
     """For-loops containing `line`, innermost first; if none, the loops of the function defined at `line`
     (Kineto python_function frames carry the def line only)."""
-    loops, functions = [], []
-
-    class _V(cst.CSTVisitor):
-        def visit_For(self, node: cst.For) -> None:
-            loops.append(node)
-
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-            functions.append(node)
-
-    module.visit(_V())
+    index = node_index(module)
+    loops, functions = index.of(cst.For), index.of(cst.FunctionDef)
     containing = [n for n in loops if start_line(meta, n) <= line <= end_line(meta, n)]
     if containing:
         return sorted(containing, key=lambda n: -start_line(meta, n))
@@ -149,9 +142,9 @@ def _fresh(taken: set, base: str) -> str:
     return name
 
 
-def _replace_loop(module: cst.Module, loop: cst.For, new_statements: list, imports=(("torch", None),)) -> str:
+def _replace_loop(meta, module: cst.Module, loop: cst.For, new_statements: list, imports=(("torch", None),)) -> str:
     first = new_statements[0].with_changes(leading_lines=loop.leading_lines)
-    new_module = module.deep_replace(loop, cst.FlattenSentinel([first] + list(new_statements[1:])))
+    new_module = replace_nodes(module, {loop: cst.FlattenSentinel([first] + list(new_statements[1:]))}, meta)
     return add_imports(new_module, list(imports)).code
 
 
@@ -255,7 +248,7 @@ def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
         f"{ratio} = (torch.arange({start_c}, {stop_c}, dtype={res}.dtype, device={res}.device)"
         f" / {code(denominator)}).unsqueeze(-1)\n")
     assign_stmt = cst.parse_statement(f"{res}[{lower}:{upper}] = {code(s2.value)}\n")
-    new_source = _replace_loop(module, loop, [ratio_stmt, assign_stmt])
+    new_source = _replace_loop(meta, module, loop, [ratio_stmt, assign_stmt])
 
     verified = [f"loop `for {i} in range({start_c}, {stop_c})` writes row `{res}[{code(target.slice[0].slice.value)}]`"
                 f" with `(1 - {ratio}) * A + {ratio} * B`, A and B loop-invariant",
@@ -339,7 +332,7 @@ def _match_prefix_mask(meta, module, loop: cst.For) -> Optional[Rewrite]:
             f"{mask_c}[:{lens_t}.shape[0]].masked_fill_({cols} < torch.where({lens_t} < 0, {lens_t} + {mask_c}.shape[1], "
             f"{lens_t}).unsqueeze(1), {value_c})\n"),
     ]
-    new_source = _replace_loop(module, loop, stmts)
+    new_source = _replace_loop(meta, module, loop, stmts)
     created = _creates_2d(_assigned_from(meta, function, code(mask), start_line(meta, loop))) \
         if isinstance(mask, cst.Name) else None
     verified = [f"loop `for {i}, {n} in enumerate({lens_c})` only sets the prefix `{mask_c}[{i}][:{n}]` to a "
@@ -433,7 +426,7 @@ def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
         new_iter = expr(f"({code(loop.iter)}).reshape(-1).tolist()" if not isinstance(
             loop.iter, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else f"{code(loop.iter)}.reshape(-1).tolist()")
         new_loop = loop.with_changes(iter=new_iter, body=new_body)
-        new_source = module.deep_replace(loop, new_loop).code
+        new_source = replace_nodes(module, {loop: new_loop}, meta).code
         why = _is_tensor_expr(meta, loop.iter, function, start_line(meta, loop))
         verified = [f"every use of `{var}` in the loop is `{var}.item()`", f"`{var}` is not read after the loop"]
         constraints = ["one device->host copy of the whole tensor replaces one sync per element"]

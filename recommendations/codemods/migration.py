@@ -14,7 +14,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import load
-from .base import analyzed, Rewrite, add_imports, code, qualified_names, replace_nodes, resolve, start_line, wrap
+from .base import Rewrite, add_imports, analyzed, code, node_index, parsed, qualified_names, replace_nodes
 
 _MAIN_GUARD = m.If(test=m.Comparison(left=m.Name("__name__"), comparisons=[
     m.ComparisonTarget(operator=m.Equal(), comparator=m.SimpleString())]))
@@ -29,13 +29,14 @@ def main_guard(module: cst.Module) -> Optional[cst.If]:
 
 def has_main_guard(source: str) -> bool:
     try:
-        return main_guard(cst.parse_module(source)) is not None
+        return main_guard(parsed(source)) is not None
     except cst.ParserSyntaxError:
         return False
 
 
 def rewrite_patcher(source: str) -> Optional[Rewrite]:
-    module = cst.parse_module(source)
+    wrapper, meta = analyzed(source)
+    module = wrapper.module
     guard = main_guard(module)
     if guard is None or not isinstance(guard.body, cst.IndentedBlock):
         return None
@@ -48,7 +49,7 @@ def rewrite_patcher(source: str) -> Optional[Rewrite]:
                 f"with default_patcher_builder.build() as patcher:\n    {code(stmt.body[0])}\n"
             ).with_changes(leading_lines=stmt.leading_lines)
             body[k] = with_stmt
-            new_module = module.deep_replace(guard.body, guard.body.with_changes(body=body))
+            new_module = replace_nodes(module, {guard.body: guard.body.with_changes(body=body)}, meta)
             new_source = add_imports(new_module, [("mx_driving.patcher", "default_patcher_builder")]).code
             return Rewrite(
                 new_source=new_source,
@@ -62,7 +63,7 @@ def rewrite_patcher(source: str) -> Optional[Rewrite]:
 
 
 def rewrite_transfer_to_npu(source: str) -> Optional[Rewrite]:
-    module = cst.parse_module(source)
+    module = parsed(source)
     new_source = add_imports(module, [("torch_npu", None), ("torch_npu.contrib", "transfer_to_npu")]).code
     if new_source == source:
         return None
@@ -80,19 +81,14 @@ def rewrite_npu_ddp(source: str) -> Optional[Rewrite]:
     wrapper, meta = analyzed(source)
     module = wrapper.module
     calls, imports = [], []
-
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
+    for node in node_index(module).of(cst.Call, cst.ImportFrom):
+        if isinstance(node, cst.Call):
             for q in qualified_names(meta, node.func):
                 name = q.rsplit(".", 1)[-1]
                 if q.startswith("mmcv.") and name in mapping and isinstance(node.func, cst.Name):
                     calls.append((node, mapping[name]))
-
-        def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-            if node.module is not None and code(node.module) == "mmcv.parallel" and not isinstance(node.names, cst.ImportStar):
-                imports.append(node)
-
-    module.visit(_V())
+        elif node.module is not None and code(node.module) == "mmcv.parallel" and not isinstance(node.names, cst.ImportStar):
+            imports.append(node)
     if not calls and not any(a.name.value in mapping for imp in imports for a in imp.names):
         return None
     replacements = {c: c.with_changes(func=cst.Name(new)) for c, new in calls}
@@ -106,7 +102,7 @@ def rewrite_npu_ddp(source: str) -> Optional[Rewrite]:
             replacements[imp] = imp.with_changes(names=keep)
         elif stmt_line is not None:
             replacements[stmt_line] = cst.RemoveFromParent()
-    new_module = replace_nodes(module, replacements)
+    new_module = replace_nodes(module, replacements, meta)
     needed |= {new for _, new in calls}
     new_module = add_imports(new_module, [("mmcv.device.npu", n) for n in sorted(needed)])
     return Rewrite(
@@ -118,20 +114,19 @@ def rewrite_npu_ddp(source: str) -> Optional[Rewrite]:
 
 
 def rewrite_local_rank(source: str) -> Optional[Rewrite]:
-    module = cst.parse_module(source)
+    if "--local_rank" not in source:    # nothing to add (and no need to look at the tree)
+        return None
+    wrapper, meta = analyzed(source)
+    module = wrapper.module
     found, present = [], []
-
-    class _V(cst.CSTVisitor):
-        def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
-            if len(node.body) == 1 and m.matches(node.body[0], m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("add_argument"))))):
-                strings = [a.value.evaluated_value for a in node.body[0].value.args
-                           if a.keyword is None and isinstance(a.value, cst.SimpleString)]
-                if "--local-rank" in strings:
-                    present.append(node)
-                elif "--local_rank" in strings:
-                    found.append(node)
-
-    module.visit(_V())
+    for node in node_index(module).of(cst.SimpleStatementLine):
+        if len(node.body) == 1 and m.matches(node.body[0], m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("add_argument"))))):
+            strings = [a.value.evaluated_value for a in node.body[0].value.args
+                       if a.keyword is None and isinstance(a.value, cst.SimpleString)]
+            if "--local-rank" in strings:
+                present.append(node)
+            elif "--local_rank" in strings:
+                found.append(node)
     if not found or present:
         return None
     stmt = found[0]
@@ -141,7 +136,7 @@ def rewrite_local_rank(source: str) -> Optional[Rewrite]:
                 else a for a in call.args]
     dashed = stmt.with_changes(body=[stmt.body[0].with_changes(value=call.with_changes(args=new_args))],
                                trailing_whitespace=cst.TrailingWhitespace())
-    new_module = module.deep_replace(stmt, cst.FlattenSentinel([dashed, stmt.with_changes(leading_lines=())]))
+    new_module = replace_nodes(module, {stmt: cst.FlattenSentinel([dashed, stmt.with_changes(leading_lines=())])}, meta)
     return Rewrite(
         new_source=new_module.code,
         description=("Accept `--local-rank` as well as `--local_rank`: torch >= 2.0 distributed launchers pass the "

@@ -13,7 +13,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import load
-from .base import analyzed, Rewrite, add_imports, code, expr, qualified_names, replace_nodes, resolve, start_line, wrap
+from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, replace_nodes, start_line, wrap
 
 TORCH_ONLY_KWARGS = ("foreach", "fused", "capturable", "differentiable", "maximize")
 
@@ -22,15 +22,11 @@ def _optimizer_calls(meta, module: cst.Module) -> list:
     """(call, catalog Optimizer) for every torch.optim constructor call the catalog can replace."""
     by_qname = {o.torch: o for o in load().optimizers.values()}
     out = []
-
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            for q in qualified_names(meta, node.func):
-                if q in by_qname:
-                    out.append((node, by_qname[q]))
-                    return
-
-    module.visit(_V())
+    for node in node_index(module).of(cst.Call):
+        for q in qualified_names(meta, node.func):
+            if q in by_qname:
+                out.append((node, by_qname[q]))
+                break
     return out
 
 
@@ -52,7 +48,7 @@ def rewrite_optimizer(source: str, line: Optional[int] = None, name: Optional[st
         return None
     call, opt = calls[0]
     new_call = call.with_changes(func=expr(opt.replacement))
-    new_module = wrapper.module.deep_replace(call, new_call)
+    new_module = replace_nodes(wrapper.module, {call: new_call}, meta)
     new_source = add_imports(new_module, [("torch_npu", None)]).code
     cat = load()
     positional = [a for a in call.args if a.keyword is None and not a.star]
