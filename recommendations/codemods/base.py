@@ -125,14 +125,16 @@ class LazyMetadata(dict):
     codemod and are resolved together; qualified names (scope analysis, the most expensive provider) only
     when a matcher asks for them -- most files never get that far."""
 
-    def __init__(self, wrapper: MetadataWrapper):
+    def __init__(self, wrapper: MetadataWrapper, index=None):
         super().__init__()
         self.wrapper = wrapper
+        self.index = index      # () -> NodeIndex of wrapper.module, whose one pass also records the parents
 
     def __missing__(self, provider):
-        wanted = (PositionProvider, ParentNodeProvider) if provider in (PositionProvider, ParentNodeProvider) \
-            else (provider,)
-        self.update(self.wrapper.resolve_many(wanted))
+        if provider is ParentNodeProvider and self.index is not None:
+            self[provider] = self.index().parents
+        else:
+            self.update(self.wrapper.resolve_many((provider,)))
         return dict.__getitem__(self, provider)
 
 
@@ -142,7 +144,8 @@ class NodeIndex:
 
     def __init__(self, module: cst.Module):
         self.preorder = []
-        module.visit(_Collect(self.preorder))
+        self.parents = {}       # node -> parent node, as libcst's ParentNodeProvider maps them
+        module.visit(_Collect(self.preorder, self.parents))
         self.by_type = {}
         for node in self.preorder:
             self.by_type.setdefault(type(node), []).append(node)
@@ -155,13 +158,19 @@ class NodeIndex:
 
 
 class _Collect(cst.CSTVisitor):
-    def __init__(self, out: list):
+    def __init__(self, out: list, parents: dict):
         super().__init__()
-        self.out = out
+        self.out, self.parents, self.stack = out, parents, []
 
     def on_visit(self, node) -> bool:
         self.out.append(node)
+        if self.stack:
+            self.parents[node] = self.stack[-1]
+        self.stack.append(node)
         return True
+
+    def on_leave(self, original_node) -> None:
+        self.stack.pop()
 
 
 class _Analysis:
@@ -170,7 +179,7 @@ class _Analysis:
     def __init__(self, source: str):
         self.module = cst.parse_module(source)
         self.wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)   # just parsed: nobody else holds it
-        self.meta = LazyMetadata(self.wrapper)
+        self.meta = LazyMetadata(self.wrapper, lambda: self.index)
         self._index = None
 
     @property
