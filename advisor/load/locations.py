@@ -88,8 +88,8 @@ def attach_locations(trace: model.Trace, markers: pd.DataFrame = None, call_stac
         loc = np.where(hit >= 0, marker_loc[np.where(hit >= 0, hit, 0)], -1)
 
     if call_stacks is not None and (loc < 0).any():
-        stacks = pd.Series(call_stacks, dtype=object)
-        present = stacks.notna().to_numpy() & (loc < 0)
+        stacks = np.asarray(call_stacks, dtype=object)
+        present = (stacks != None) & (loc < 0)  # noqa: E711  (elementwise; a C loop, unlike Series.notna)
         if present.any():
             codes, uniques = pd.factorize(stacks[present])
             ids = []
