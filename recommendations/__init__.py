@@ -34,6 +34,9 @@ SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", "site-package
 MAX_SCANNED_FILES = 2000
 MAX_FILE_BYTES = 2_000_000
 CONFIG_DIR_NAMES = ("configs", "config", "projects")
+SYNC_RULES = ("NPA301", "NPA302")
+# Loop rewrites that remove per-element device->host reads (the affine interpolation loop has none).
+SYNC_LOOP_IDIOMS = ("prefix_mask", "item_loop")
 
 
 class _Sources:
@@ -111,7 +114,22 @@ def _recommend(trace, ctx) -> list:
     scanned = index.files() or [p for p in sources.project_files()]
     new = _fused_op_findings(scanned, sources, index)
     new += _migration_findings(trace, scanned, sources, index, root)
+    for finding in list(ctx.findings) + new:
+        _state_requirements(finding)
     return new
+
+
+def _state_requirements(finding: Finding) -> None:
+    """Say in the fix's constraints (which the report shows) which NPU-only packages its new code imports."""
+    needs = [p for p in finding.details.get("fix_requires") or [] if p]
+    fix = finding.fix
+    if not needs or fix is None:
+        return
+    missing = [p for p in needs if not any(f"needs {p} " in c or c.startswith(f"requires {p}") for c in fix.constraints)]
+    if missing:
+        fix.constraints = list(fix.constraints) + [
+            f"requires {', '.join(missing)}: the new code imports {'them' if len(missing) > 1 else 'it'}, and "
+            f"{'they exist' if len(missing) > 1 else 'it exists'} only on an Ascend NPU machine"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +140,8 @@ def _attach_fix(finding: Finding, sources: _Sources, index: SourceIndex) -> None
         return
     if finding.rule.startswith("NPA5"):
         _fix_loop(finding, sources)
+    elif finding.rule in SYNC_RULES:
+        _fix_sync_in_loop(finding, sources)
     elif finding.rule.startswith("NPA40"):
         _fix_fallback(finding, sources)
     elif finding.rule.startswith("NPA6"):
@@ -162,6 +182,23 @@ def _fix_loop(finding: Finding, sources: _Sources) -> None:
     idiom, rewrite = found
     d["idiom_matched"] = idiom
     _set_fix(finding, sources, path, text, rewrite, f"loops.{idiom}")
+
+
+def _fix_sync_in_loop(finding: Finding, sources: _Sources) -> None:
+    """A sync (NPA301/302) at a line inside a loop that reads device values one element at a time (a
+    prefix-mask or `.item()` loop) gets that loop's vectorized rewrite -- the same diff an NPA501 finding
+    on the loop gets, so `apply` makes the change once."""
+    path, text, loc = _located(finding, sources)
+    if text is None or "for" not in text:
+        return
+    for idiom in SYNC_LOOP_IDIOMS:
+        found = loops.rewrite_loop(text, loc.line, idiom, only=True)
+        if found is not None:
+            finding.details["idiom_matched"] = idiom
+            _set_fix(finding, sources, path, text, found[1], f"loops.{idiom}")
+            finding.fix.description = (f"This sync repeats for every element of the loop around line {loc.line}. "
+                                       + found[1].description)
+            return
 
 
 def _fix_fallback(finding: Finding, sources: _Sources) -> None:
@@ -340,7 +377,7 @@ def _migration_findings(trace, files: list, sources: _Sources, index: SourceInde
         rel = sources.rel(script)
         for kind, rewrite in entry.entry_rewrites(text or ""):
             rule = entry.RULES[kind]
-            line = _first_changed_line(text, rewrite.new_source)
+            line = rewrite.line or _first_changed_line(text, rewrite.new_source)
             f = Finding(rule=rule.code, category="migration", title=f"{rule.name}: {rule.detects}",
                         severity="info", locations=[Location(rel, line, "<module>")],
                         details={"kind": kind, "entry_point": rel,

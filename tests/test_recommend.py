@@ -66,3 +66,37 @@ def test_fused_and_migration_findings_from_source(tmp_path):
     assert "default_patcher_builder.build()" in by_rule["NPA901"].fix.diff
     assert "transfer_to_npu" in by_rule["NPA902"].fix.diff
     assert all(f.category in ("fused_op", "migration") for f in new)
+
+
+def _sync(tag, function):
+    line = marker_line(EXAMPLE, tag)
+    return Finding("NPA302", "sync", f"sync at {line}", "low", details={"causes": [".item()"]},
+                   locations=[Location("train.py", line, function)])
+
+
+def test_sync_inside_a_mask_loop_gets_the_loop_fix(tmp_path):
+    root, src, ctx, new = _run(tmp_path)
+    mask_loop = ctx.findings[1]
+    sync_in_loop, sync_outside = _sync("valid-len-mask", "lane_loss"), _sync("item-sync", "main")
+    ctx2 = Context(project_root=root)
+    ctx2.findings = [sync_in_loop, sync_outside]
+    recommend(Trace(path=str(root), fmt="kineto", device_type="cpu"), ctx2)
+    # the same change as the NPA501 finding on that loop (apply dedupes identical changes)
+    assert sync_in_loop.fix is not None and sync_in_loop.fix.diff == mask_loop.fix.diff
+    assert sync_in_loop.fix.catalog_ref == "loops.prefix_mask" and sync_in_loop.fix.fix_id == sync_in_loop.id
+    assert "masked_fill_" in sync_in_loop.fix.diff and sync_in_loop.fix.auto_applicable
+    # `loss.item()` once per step in the training loop is no per-element loop: no rewrite
+    assert sync_outside.fix is None
+
+
+def test_patcher_points_at_main_call_and_requirements_are_constraints(tmp_path):
+    root, src, ctx, new = _run(tmp_path)
+    patcher = next(f for f in new if f.rule == "NPA901")
+    lines = src.split("\n")
+    assert lines[patcher.locations[0].line - 1].strip() == "main()"
+    assert lines[patcher.locations[0].line - 2].startswith("if __name__ ==")
+    with_requires = [f for f in ctx.findings + new if f.details.get("fix_requires")]
+    assert {f.rule for f in with_requires} >= {"NPA601", "NPA801", "NPA803", "NPA804", "NPA901", "NPA902"}
+    for f in with_requires:
+        for pkg in f.details["fix_requires"]:
+            assert any(pkg in c and ("needs" in c or "requires" in c) for c in f.fix.constraints), (f.rule, f.fix.constraints)

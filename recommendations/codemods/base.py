@@ -29,6 +29,7 @@ class Rewrite:
     constraints: list = field(default_factory=list)      # what the user must check (advice-only when not verified)
     verified: list = field(default_factory=list)         # preconditions checked syntactically / from shapes
     requires: list = field(default_factory=list)         # packages the new code imports (torch_npu, mx_driving)
+    line: Optional[int] = None                           # where the finding should point, when not the first changed line
 
 
 def wrap(source: str) -> MetadataWrapper:

@@ -449,9 +449,10 @@ REWRITERS = {
 }
 
 
-def rewrite_loop(source: str, line: int, idiom: Optional[str] = None) -> Optional[tuple]:
-    """(idiom, Rewrite) for the first idiom that matches the loop at `line` (the given one first)."""
-    order = ([idiom] if idiom in REWRITERS else []) + [k for k in IDIOMS if k != idiom]
+def rewrite_loop(source: str, line: int, idiom: Optional[str] = None, only: bool = False) -> Optional[tuple]:
+    """(idiom, Rewrite) for the first idiom that matches the loop at `line` (the given one first; with
+    `only`, just that one)."""
+    order = ([idiom] if idiom in REWRITERS else []) + ([] if only else [k for k in IDIOMS if k != idiom])
     for name in order:
         r = REWRITERS[name](source, line)
         if r is not None:

@@ -12,6 +12,7 @@ from typing import Optional
 
 import libcst as cst
 import libcst.matchers as m
+from libcst.metadata import PositionProvider
 
 from ..catalog import load
 from .base import Rewrite, add_imports, analyzed, code, node_index, parsed, qualified_names, replace_nodes
@@ -58,7 +59,7 @@ def rewrite_patcher(source: str) -> Optional[Rewrite]:
                              "bool-mask indexing, small batched matmul) for NPU fused versions at run time."),
                 auto_applicable=True, constraints=list(load().migration["patcher"]["constraints"]),
                 verified=["`main()` is called directly under `if __name__ == \"__main__\":`"],
-                requires=["mx_driving"])
+                requires=["mx_driving"], line=meta[PositionProvider][stmt].start.line)
     return None
 
 
