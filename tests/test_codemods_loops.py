@@ -192,3 +192,49 @@ def test_rewrite_loop_picks_the_idiom_from_source():
     idiom, r = loops.rewrite_loop(MASKS, line_of(MASKS, "for i, ll in"), idiom=None)
     assert idiom == "prefix_mask"
     assert loops.rewrite_loop("def f(x):\n    for a in x:\n        print(a)\n", 2) is None
+
+
+INDEXED_ITEM_LOOPS = '''import torch
+
+
+def scaled_sum(scores):
+    scores = scores.detach()
+    acc = 0.0
+    for k in range(len(scores)):
+        acc += scores[k].item() * 2
+    return acc
+
+
+def copy_with_index(t, out):
+    for j in range(len(t)):
+        out[j] = t[j].item() + j
+    return out
+
+
+def changes_t(t):
+    for j in range(len(t)):
+        t = t * 2
+        print(t[j].item())
+'''
+
+
+def test_indexed_item_loop_rewrite_equal_and_idempotent(tmp_path):
+    src = INDEXED_ITEM_LOOPS
+    r = loops.rewrite_item_loop(src, line_of(src, "acc += scores[k]"))
+    assert r is not None and r.auto_applicable                     # `scores` comes from `.detach()`
+    assert "for scores_k in scores.reshape(-1).tolist():" in r.new_source
+    assert "acc += scores_k * 2" in r.new_source and "copy_with_index" in r.new_source
+    # `j` is used besides the index: enumerate keeps it; `t` is a parameter, so the fix is advice only
+    r2 = loops.rewrite_item_loop(src, line_of(src, "out[j] = t[j]"))
+    assert "for j, t_j in enumerate(t.reshape(-1).tolist()):" in r2.new_source and not r2.auto_applicable
+    assert any("must be a tensor" in c for c in r2.constraints)
+    # `t` rebound in the body: the values read change mid-loop, no rewrite
+    assert loops.rewrite_item_loop(src, line_of(src, "print(t[j]")) is None
+    for shape in ((7,), (3, 1), (0,)):
+        x = torch.rand(shape, dtype=torch.float64)
+        assert load_function(src, "scaled_sum")(x) == load_function(r.new_source, "scaled_sum")(x)
+        assert load_function(src, "copy_with_index")(x, [0.0] * len(x)) == \
+            load_function(r2.new_source, "copy_with_index")(x, [0.0] * len(x))
+    line = line_of(r.new_source, "for scores_k in")
+    assert loops.rewrite_loop(r.new_source, line) is None          # applied: nothing left to rewrite
+    git_apply_check(tmp_path, "a.py", src, to_fix("a.py", src, r, "x", "loops.item_loop").diff)

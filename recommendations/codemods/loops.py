@@ -413,6 +413,9 @@ def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
         if not isinstance(loop.target, cst.Name) or loop.orelse is not None:
             continue
         if m.matches(loop.iter, m.Call(func=m.Name("range") | m.Name("enumerate") | m.Name("zip"))):
+            r = _indexed_item_loop(meta, module, loop)
+            if r is not None:
+                return r
             continue
         var = loop.target.value
         uses = _ItemUses(var)
@@ -440,6 +443,102 @@ def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
                          f"`.item()` (a blocking device sync) for every element."),
             auto_applicable=bool(why), constraints=constraints, verified=verified)
     return None
+
+
+def _indexed_item(node, seq: cst.BaseExpression, var: str) -> bool:
+    """`seq[var].item()`"""
+    return (m.matches(node, m.Call(func=m.Attribute(value=m.Subscript(), attr=m.Name("item")), args=[]))
+            and len(node.func.value.slice) == 1 and isinstance(node.func.value.slice[0].slice, cst.Index)
+            and m.matches(node.func.value.slice[0].slice.value, m.Name(var))
+            and node.func.value.value.deep_equals(seq))
+
+
+class _IndexedItemUses(cst.CSTVisitor):
+    """Counts `seq[i].item()` and every other read of `seq` / `i` in a loop body."""
+
+    def __init__(self, seq, var: str, seq_names: set):
+        self.seq, self.var, self.seq_names = seq, var, seq_names
+        self.items, self.other_seq, self.other_var, self.assigned = 0, 0, 0, False
+
+    def visit_Call(self, node: cst.Call) -> bool:
+        if _indexed_item(node, self.seq, self.var):
+            self.items += 1
+            return False        # its names are this use, not others
+        return True
+
+    def visit_Name(self, node: cst.Name) -> None:
+        if node.value in self.seq_names:
+            self.other_seq += 1
+        if node.value == self.var:
+            self.other_var += 1
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self._rebinds(node.target)
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self._rebinds(node.target)
+
+    def visit_For(self, node: cst.For) -> None:
+        self._rebinds(node.target)
+
+    def _rebinds(self, target) -> None:
+        """`i = ...` / `i, x = ...` (not `out[i] = ...`) rebinds the index; so does assigning to `T` itself."""
+        targets = [e.value for e in target.elements] if isinstance(target, (cst.Tuple, cst.List)) else [target]
+        if any(isinstance(t, cst.Name) and (t.value == self.var or t.value in self.seq_names) for t in targets):
+            self.assigned = True
+
+
+class _ReplaceIndexedItem(cst.CSTTransformer):
+    def __init__(self, seq, var: str, value: str):
+        self.seq, self.var, self.value = seq, var, value
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call):
+        return cst.Name(self.value) if _indexed_item(original, self.seq, self.var) else updated
+
+
+def _indexed_item_loop(meta, module, loop: cst.For) -> Optional[Rewrite]:
+    """`for i in range(len(T)): ... T[i].item() ...` -> `for v in T.reshape(-1).tolist(): ... v ...`
+    (or `for i, v in enumerate(...)` when `i` is read for something else too)."""
+    if not m.matches(loop.target, m.Name()) or not m.matches(
+            loop.iter, m.Call(func=m.Name("range"), args=[m.Arg(value=m.Call(func=m.Name("len"), args=[m.Arg(keyword=None, star="")]), keyword=None, star="")])):
+        return None
+    seq = loop.iter.args[0].value.args[0].value
+    if not isinstance(seq, (cst.Name, cst.Attribute)):
+        return None             # only plain names / attributes: evaluating them once or per iteration is the same
+    i = loop.target.value
+    seq_names = names_in(seq)
+    uses = _IndexedItemUses(seq, i, seq_names)
+    loop.body.visit(uses)
+    if uses.items == 0 or uses.other_seq or uses.assigned:
+        return None             # `T` read or changed otherwise in the body: its values may change mid-loop
+    function = enclosing_function(meta, loop)
+    if _used_after(meta, function, loop, {i}):
+        return None
+    taken = names_in(function) if function is not None else names_in(module)
+    value = _fresh(taken, f"{i}_value" if len(i) > 1 else f"{code(seq).split('.')[-1]}_{i}")
+    new_body = loop.body.visit(_ReplaceIndexedItem(seq, i, value))
+    listed = f"{code(seq)}.reshape(-1).tolist()"
+    if uses.other_var:
+        new_loop = loop.with_changes(target=expr(f"({i}, {value})").with_changes(lpar=[], rpar=[]),
+                                     iter=expr(f"enumerate({listed})"), body=new_body)
+    else:
+        new_loop = loop.with_changes(target=cst.Name(value), iter=expr(listed), body=new_body)
+    new_source = replace_nodes(module, {loop: new_loop}, meta).code
+    why = _is_tensor_expr(meta, seq, function, start_line(meta, loop))
+    verified = [f"`{code(seq)}` is read in the loop only as `{code(seq)}[{i}].item()`, and not assigned",
+                f"`{i}` is not read after the loop"]
+    constraints = ["one device->host copy of the whole tensor replaces one sync per element",
+                   f"each `{code(seq)}[{i}]` holds one element (as `.item()` requires), so `{code(seq)}` flattens to "
+                   f"`len({code(seq)})` values"]
+    if why:
+        verified.append(f"the indexed value is a tensor: {why}")
+    else:
+        constraints.insert(0, f"`{code(seq)}` must be a tensor (not a list of tensors)")
+    return Rewrite(
+        new_source=new_source,
+        description=(f"Copy `{code(seq)}` to the host once with `.tolist()` instead of calling `{code(seq)}[{i}].item()` "
+                     f"(a blocking device sync) for every index."),
+        auto_applicable=bool(why), constraints=constraints, verified=verified)
 
 
 REWRITERS = {
