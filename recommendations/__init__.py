@@ -226,8 +226,11 @@ def _fix_optimizer(finding: Finding, sources: _Sources, index: SourceIndex) -> N
     name = name if name in load().optimizers else None
     path, text, loc = _located(finding, sources)
     candidates = ([(path, text)] if text is not None else []) + [(p, sources.text(p)) for p in index.files() if p != path]
+    # an optimizer's qualified name ends with its class name, which the file then spells somewhere (call or
+    # import): files without any of them are not parsed
+    names = tuple(o.torch.rsplit(".", 1)[-1] for o in load().optimizers.values())
     for p, t in candidates:
-        if t is None:
+        if t is None or not any(n in t for n in names):
             continue
         try:
             calls = optimizer.find_optimizer_calls(t)
