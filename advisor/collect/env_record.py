@@ -21,9 +21,11 @@ ENV_PREFIXES = ("HCCL_",)
 
 
 def relevant_env(environ=None) -> dict:
-    """The performance-relevant variables that are set (unset ones are absent, not empty)."""
+    """The performance-relevant variables: each watched one (None when unset) and any HCCL_* that is set."""
     environ = os.environ if environ is None else environ
-    env = {k: environ[k] for k in ENV_VARS if k in environ}
+    # Every watched variable is listed, None when unset: "recorded as unset" must stay distinguishable
+    # from "not recorded" (the environment analyzer judges the former, and only reports the latter).
+    env = {k: environ.get(k) for k in ENV_VARS}
     env.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIXES)})
     return dict(sorted(env.items()))
 

@@ -19,7 +19,10 @@ def analyze(path, out_dir, project_root, rank):
     from ..pipeline import analyze_profile, write_outputs
 
     started = time.perf_counter()
-    report = analyze_profile(path, project_root=project_root, rank=rank)
+    collection = _collection_of(path)
+    if project_root is None and collection.get("script"):
+        project_root = Path(collection["script"]).parent   # as `profile` itself analyzed it
+    report = analyze_profile(path, project_root=project_root, rank=rank, collection=collection)
     if out_dir is None:
         stem = Path(path).name.split(".")[0] or "profile"
         out_dir = Path("npu_advise_out") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -31,3 +34,19 @@ def analyze(path, out_dir, project_root, rank):
         saving = f" ~{f.estimated_saving_us:,.0f} us/step" if f.estimated_saving_us else ""
         click.echo(f"  {f.rule} [{f.severity}] {f.title}{saving}")
     click.echo(f"report: {paths['html']}")
+
+
+def _collection_of(path) -> dict:
+    """The collector's record when PATH is (or is the trace folder of) a `profile` output folder."""
+    import json
+
+    p = Path(path)
+    for folder in (p, p.parent):
+        record = folder / "collection.json"
+        if p.is_dir() and record.is_file():
+            try:
+                data = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
