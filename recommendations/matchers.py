@@ -24,6 +24,8 @@ CENTERPOINT_LOOP_CALLS = ("draw_heatmap_gaussian", "gaussian_radius", "draw_gaus
 HOST_COPY_METHODS = ("cpu", "numpy", "detach", "tolist")
 # Names the qualified-name checks in `scan` compare with (the first or last part of each).
 QUALIFIED_TOKENS = ("MaxPool2d", "mmcv", "spconv", "torch_scatter", "linear_sum_assignment")
+# The last parts of the qualified names compared with (spconv / torch_scatter accept any callee).
+QUALIFIED_LAST_NAMES = {"MaxPool2d", "linear_sum_assignment"} | set(DCN_NAMES) | set(SPARSE_NAMES)
 
 
 # Every match needs one of these written in the file: the callee names the catalog maps (MSDA, bev_pool_v2),
@@ -85,6 +87,25 @@ def _host_copied(meta, function, arg) -> bool:
     return False
 
 
+def _import_aliases(module: cst.Module) -> dict:
+    """`as` name -> imported name (last part) of every `import ... as` / `from ... import ... as` in the file."""
+    out = {}
+    for alias in node_index(module).of(cst.ImportAlias):
+        if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+            out.setdefault(alias.asname.name.value, set()).add(code(alias.name).rsplit(".", 1)[-1])
+    return out
+
+
+def _called_names(call: cst.Call, aliases: dict) -> set:
+    """The names the last part of the callee's qualified name can be: the name as written, or what an
+    `as` import bound it to."""
+    f = call.func
+    written = f.attr.value if isinstance(f, cst.Attribute) else (f.value if isinstance(f, cst.Name) else None)
+    if written is None:
+        return set()
+    return {written} | aliases.get(written, set())
+
+
 def may_match(source: str) -> bool:
     """False when `source` cannot contain anything `scan` finds (no parse needed): every match needs one
     of these names written in the file."""
@@ -112,9 +133,12 @@ def scan(source: str) -> list:
     # Qualified names are resolved (scope analysis: the expensive step) only when the source mentions one of
     # the names they are compared with; a qualified name's parts are always written in the file.
     needs_names = any(token in source for token in QUALIFIED_TOKENS)
+    any_callee = "spconv" in source or "torch_scatter" in source     # every callee of those modules matches
+    aliases = _import_aliases(module) if needs_names else {}
     for node in node_index(module).of(cst.Call, cst.FunctionDef):
         if isinstance(node, cst.Call):
-            q = qualified_names(meta, node.func) if needs_names else set()
+            q = qualified_names(meta, node.func) if needs_names and (
+                any_callee or _called_names(node, aliases) & QUALIFIED_LAST_NAMES) else set()
             if replacement_for(node, {"multi_scale_deformable_attn"}):
                 add("msda", node, "fused_ops.multi_scale_deformable_attn")
             elif replacement_for(node, {"bev_pool_v3"}):
