@@ -27,6 +27,7 @@ OPS_COLUMNS = {  # host operators: Kineto `cpu_op`/`Operator`, torch_npu `cpu_op
     "seq": "int64",           # autograd `Sequence number` (forward/backward pairing), -1 if absent
     "input_dims": "object",   # recorded input shapes as text (e.g. "[[32, 3, 224, 224], []]"), None if absent
     "depth": "int32",         # nesting depth among host ops on the same thread (0 = top level)
+    "parent": "int64",        # row index of the innermost enclosing host op on the same thread, -1 at top level
     "step": "int64", "loc": "int64",
 }
 PYTHON_COLUMNS = {  # python_function frames (with_stack=True); empty when the trace has none
@@ -194,6 +195,31 @@ def nesting(ts: np.ndarray, end: np.ndarray, key: np.ndarray):
             ok = j >= 0
             parent[grp[here[ok]]] = grp[up[j[ok]]]
     return depth, parent
+
+
+def thread_key(pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
+    """One int64 per (pid, tid) pair, equal exactly for equal pairs: the grouping key of host-op nesting."""
+    pid = np.asarray(pid, dtype=np.int64)
+    tid = np.asarray(tid, dtype=np.int64)
+    if len(pid) == 0 or pid.min() == pid.max():
+        return tid
+    # Few distinct pids: combine their dense codes with the tid offset (no string or MultiIndex work).
+    pids, pid_code = np.unique(pid, return_inverse=True)
+    lo, hi = int(tid.min()), int(tid.max())
+    span = hi - lo + 1
+    if span * len(pids) < (1 << 62):
+        return pid_code.astype(np.int64) * span + (tid - lo)
+    pairs = np.unique(np.stack([pid, tid], axis=1), axis=0, return_inverse=True)[1]
+    return pairs.reshape(-1).astype(np.int64)
+
+
+def op_tree(ops: pd.DataFrame):
+    """(depth, parent) of the host ops: the loader's columns when present (computed once per trace),
+    else by `nesting` per (pid, tid)."""
+    if "parent" in ops.columns and "depth" in ops.columns:
+        return ops["depth"].to_numpy(), ops["parent"].to_numpy()
+    ts = ops["ts"].to_numpy()
+    return nesting(ts, ts + ops["dur"].to_numpy(), thread_key(ops["pid"].to_numpy(), ops["tid"].to_numpy()))
 
 
 def innermost_enclosing(outer_ts: np.ndarray, outer_end: np.ndarray, outer_key: np.ndarray,

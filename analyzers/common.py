@@ -66,3 +66,33 @@ def resolve_source(file: str, project_root: Optional[Path]) -> Optional[Path]:
 
 def us(ns) -> float:
     return float(np.round(float(ns) / 1000.0, 3))
+
+
+def category_codes(col):
+    """(codes, categories as an object array) of a categorical column; a plain column is encoded first.
+    Code -1 (missing) indexes the extra None appended to the categories."""
+    import pandas as pd
+
+    if not isinstance(col.dtype, pd.CategoricalDtype):
+        col = col.astype("category")
+    cats = np.empty(len(col.cat.categories) + 1, dtype=object)
+    cats[:-1] = col.cat.categories.to_numpy(dtype=object)
+    codes = col.cat.codes.to_numpy()
+    if len(codes) and codes.min() < 0:
+        codes = np.where(codes < 0, len(cats) - 1, codes)
+    return codes, cats
+
+
+def category_mask(col, predicate) -> np.ndarray:
+    """Row mask of a categorical column with `predicate` evaluated once per category, not per row
+    (a regex over a million repeated names costs as many calls as there are distinct names)."""
+    codes, cats = category_codes(col)
+    hit = np.fromiter((c is not None and bool(predicate(c)) for c in cats), dtype=bool, count=len(cats))
+    return hit[codes]
+
+
+def row_names(col) -> np.ndarray:
+    """The values of a categorical column as an object array of str, by indexing the categories (no
+    per-row string conversion)."""
+    codes, cats = category_codes(col)
+    return cats[codes]

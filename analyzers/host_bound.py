@@ -24,7 +24,7 @@ from npu_advise.model import merge_intervals
 from npu_advise.rules import Rule
 
 from . import Analysis
-from .common import step_stats, us
+from .common import category_mask, step_stats, us
 
 # A finding when the device is idle for at least this share of the average step.
 FREE_SHARE_THRESHOLD = 0.10
@@ -74,7 +74,7 @@ RULE_DENSITY = Rule(
 
 def busy_events(trace) -> pd.DataFrame:
     k = trace.kernels
-    return k[k["kind"].astype(str).isin(BUSY_KINDS) & (k["dur"] >= 0)]
+    return k[category_mask(k["kind"], lambda c: c in BUSY_KINDS) & (k["dur"].to_numpy() >= 0)]
 
 
 def clipped_total(starts: np.ndarray, ends: np.ndarray, lo: int, hi: int) -> int:

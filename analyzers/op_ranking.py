@@ -17,7 +17,7 @@ from npu_advise.findings import Evidence, Finding, severity_for_share
 from npu_advise.rules import Rule
 
 from . import Analysis
-from .common import in_steps, location, step_stats, us
+from .common import category_codes, category_mask, location, step_stats, us
 
 # A hotspot finding for each operator / kernel that takes at least this share of the average step.
 HOTSPOT_SHARE = 0.05
@@ -57,23 +57,24 @@ def host_self_time(ops: pd.DataFrame) -> np.ndarray:
     """Self time (ns) of each host op: its duration minus the durations of its direct children."""
     if len(ops) == 0:
         return np.zeros(0, dtype=np.int64)
-    ts = ops["ts"].to_numpy()
-    end = ts + ops["dur"].to_numpy()
-    key = pd.factorize(pd.MultiIndex.from_arrays([ops["pid"].to_numpy(), ops["tid"].to_numpy()]))[0]
-    _, parent = model.nesting(ts, end, key.astype(np.int64))
-    child_sum = np.zeros(len(ops), dtype=np.int64)
+    _, parent = model.op_tree(ops)
+    dur = ops["dur"].to_numpy()
     has = parent >= 0
-    np.add.at(child_sum, parent[has], ops["dur"].to_numpy()[has])
-    return np.maximum(ops["dur"].to_numpy() - child_sum, 0)
+    # float64 sums of integer ns are exact below 2**53 ns (104 days of children under one op)
+    child_sum = np.bincount(parent[has], weights=dur[has], minlength=len(ops)).astype(np.int64)
+    return np.maximum(dur - child_sum, 0)
 
 
-def _locations_text(trace, names: np.ndarray, locs: np.ndarray, times: np.ndarray, project_root) -> dict:
+def _locations_text(trace, codes: np.ndarray, cats: np.ndarray, locs: np.ndarray, times: np.ndarray,
+                    project_root) -> dict:
     """name -> [(Location, time_ns), ...] top locations by time."""
-    df = pd.DataFrame({"name": names, "loc": locs, "t": times})
-    df = df[df["loc"] >= 0]
-    if not len(df):
+    located = locs >= 0
+    if not located.any():
         return {}
-    g = df.groupby(["name", "loc"], observed=True)["t"].sum().reset_index()
+    # Grouped on the integer name codes; names are looked up per group, not per row.
+    df = pd.DataFrame({"code": codes[located], "loc": locs[located], "t": times[located]})
+    g = df.groupby(["code", "loc"])["t"].sum().reset_index()
+    g = pd.DataFrame({"name": cats[g["code"].to_numpy()], "loc": g["loc"].to_numpy(), "t": g["t"].to_numpy()})
     g = g.sort_values(["name", "t"], ascending=[True, False])
     out = {}
     for name, loc, t in g.itertuples(index=False):
@@ -85,14 +86,19 @@ def _locations_text(trace, names: np.ndarray, locs: np.ndarray, times: np.ndarra
     return out
 
 
-def _rank(trace, names, times, locs, stats, project_root) -> tuple:
-    """(table, {name: top locations}) ranked by total time."""
-    df = pd.DataFrame({"name": names, "t": times})
-    g = df.groupby("name", observed=True)["t"].agg(["count", "sum"]).sort_values("sum", ascending=False)
-    g = g[g["count"] > 0]
+def _rank(trace, codes, cats, times, locs, stats, project_root) -> tuple:
+    """(table, {name: top locations}) ranked by total time. `codes` index `cats` (the name of each row)."""
+    counts = np.bincount(codes, minlength=len(cats))
+    # float64 sums of integer ns are exact below 2**53 ns
+    totals = np.bincount(codes, weights=times, minlength=len(cats)).astype(np.int64)
+    present = np.flatnonzero(counts)
+    # Same order as a groupby on the names (sorted names), then the same sort by total.
+    g = pd.DataFrame({"count": counts[present].astype(np.int64), "sum": totals[present]},
+                     index=pd.Index(cats[present], dtype=object, name="name")).sort_index()
+    g = g.sort_values("sum", ascending=False)
     mean_step = stats.mean_ns
     top = g.head(TABLE_ROWS)
-    locmap = _locations_text(trace, names, locs, times, project_root)
+    locmap = _locations_text(trace, codes, cats, locs, times, project_root)
     rows = []
     for name, (count, total) in top.iterrows():
         per_step = total / stats.count
@@ -111,20 +117,23 @@ def analyze(trace, ctx) -> Analysis:
     out = Analysis()
     ops = trace.ops
     self_ns = host_self_time(ops)
-    names = ops["name"].astype(str).to_numpy()
-    keep = ~pd.Series(names).str.match(WRAPPER_NAME).to_numpy()
+    codes, cats = category_codes(ops["name"])
+    keep = ~category_mask(ops["name"], WRAPPER_NAME.match)
     if stats.from_ranges:
         keep &= ops["step"].to_numpy() >= 0
-    host_table, host_locs = _rank(trace, names[keep], self_ns[keep], ops["loc"].to_numpy()[keep], stats,
+    host_table, host_locs = _rank(trace, codes[keep], cats, self_ns[keep], ops["loc"].to_numpy()[keep], stats,
                                   ctx.project_root)
     out.tables["op_ranking.host"] = host_table
     out.findings += _hotspots(host_table, host_locs, stats, "NPA101", "host")
 
     if trace.has_device_timeline:
-        k = in_steps(trace.kernels, stats)
-        k = k[k["kind"].astype(str).isin(DEVICE_KINDS)]
-        dev_table, dev_locs = _rank(trace, k["name"].astype(str).to_numpy(), k["dur"].to_numpy(),
-                                    k["loc"].to_numpy(), stats, ctx.project_root)
+        k = trace.kernels
+        keep_k = category_mask(k["kind"], lambda c: c in DEVICE_KINDS)
+        if stats.from_ranges:
+            keep_k &= k["step"].to_numpy() >= 0
+        k_codes, k_cats = category_codes(k["name"])
+        dev_table, dev_locs = _rank(trace, k_codes[keep_k], k_cats, k["dur"].to_numpy()[keep_k],
+                                    k["loc"].to_numpy()[keep_k], stats, ctx.project_root)
         out.tables["op_ranking.device"] = dev_table
         out.findings += _hotspots(dev_table, dev_locs, stats, "NPA102", "device")
     return out

@@ -26,7 +26,7 @@ from npu_advise.findings import Evidence, Finding, severity_for_share
 from npu_advise.rules import Rule
 
 from . import Analysis
-from .common import in_steps, location, step_stats, us
+from .common import category_codes, category_mask, location, step_stats, us
 from npu_advise.model import merge_intervals
 
 from .host_bound import busy_events
@@ -84,9 +84,7 @@ RULE_PREDICTED = Rule(
 
 
 def _op_tree(ops: pd.DataFrame):
-    ts = ops["ts"].to_numpy()
-    key = pd.factorize(pd.MultiIndex.from_arrays([ops["pid"].to_numpy(), ops["tid"].to_numpy()]))[0]
-    return model.nesting(ts, ts + ops["dur"].to_numpy(), key.astype(np.int64))
+    return model.op_tree(ops)      # the loader's depth/parent columns (nesting per pid/tid)
 
 
 def sync_causing_ops(trace, depth: np.ndarray, parent: np.ndarray):
@@ -94,25 +92,26 @@ def sync_causing_ops(trace, depth: np.ndarray, parent: np.ndarray):
     the outermost sync-causing op enclosing it (itself included), -1 if none."""
     ops = trace.ops
     n = len(ops)
-    names = ops["name"].astype(str).to_numpy()
-    label = np.full(n, None, dtype=object)
-    flagged = np.zeros(n, dtype=bool)
-    for name, what in SYNC_OPS.items():
-        hit = names == name
-        flagged |= hit
-        label[hit] = what
-    nz = np.flatnonzero(names == "aten::nonzero")
+    # Everything by name is decided once per distinct name (category), then spread by the codes.
+    codes, cats = category_codes(ops["name"])
+    names = cats[codes]
+    cat_label = np.asarray([SYNC_OPS.get(c) for c in cats], dtype=object)
+    label = cat_label[codes]
+    flagged = np.asarray([c in SYNC_OPS for c in cats], dtype=bool)[codes]
+    nz = np.flatnonzero(codes == _code_of(cats, "aten::nonzero"))
     par = parent[nz]
     idx_rows = par[(par >= 0)]
-    idx_rows = idx_rows[names[idx_rows] == INDEX_OP]
+    idx_rows = idx_rows[codes[idx_rows] == _code_of(cats, INDEX_OP)]
     flagged[idx_rows] = True
     label[idx_rows] = "x[mask] boolean-mask indexing"
     # Device-to-host copies: copy ops whose device activity is a DtoH memcpy.
     k = trace.kernels
+    is_copy = _copy_rows(codes, cats)
     if len(k):
-        d2h = k[(k["kind"].astype(str) == "memcpy") & k["name"].astype(str).str.contains(D2H_KERNEL) & (k["op"] >= 0)]
-        rows = np.unique(d2h["op"].to_numpy())
-        rows = _copy_chain_top(rows, names, parent)
+        d2h = (category_mask(k["kind"], lambda c: c == "memcpy") & category_mask(k["name"], D2H_KERNEL.search)
+               & (k["op"].to_numpy() >= 0))
+        rows = np.unique(k["op"].to_numpy()[d2h])
+        rows = _copy_chain_top(rows, is_copy, parent)
         flagged[rows] = True
         label[rows] = ".cpu() / .tolist() / .numpy() device-to-host copy"
     root = np.where(flagged, np.arange(n), -1)
@@ -171,13 +170,24 @@ def _join_zero_length_children(ops: pd.DataFrame, names: np.ndarray, root: np.nd
         order = np.lexsort((level, ts, thread))
 
 
-def _copy_chain_top(rows: np.ndarray, names: np.ndarray, parent: np.ndarray) -> np.ndarray:
+def _code_of(cats: np.ndarray, name: str) -> int:
+    """The category code of `name`, or -2 (matches no row) when the trace has no such op."""
+    hit = np.flatnonzero(cats == name)
+    return int(hit[0]) if len(hit) else -2
+
+
+def _copy_rows(codes: np.ndarray, cats: np.ndarray) -> np.ndarray:
+    """Per op: is it one of the copy ops (to / _to_copy / copy_)."""
+    return np.asarray([c in COPY_OPS for c in cats], dtype=bool)[codes]
+
+
+def _copy_chain_top(rows: np.ndarray, is_copy: np.ndarray, parent: np.ndarray) -> np.ndarray:
     """Walk each op up through enclosing to/_to_copy/copy_ ops (a .cpu() is aten::to > _to_copy > copy_)."""
     rows = rows.astype(np.int64)
     for _ in range(4):
         p = parent[rows]
         ok = p >= 0
-        ok[ok] = np.isin(names[p[ok]], COPY_OPS)
+        ok[ok] = is_copy[p[ok]]
         if not ok.any():
             break
         rows = np.where(ok, p, rows)
@@ -193,7 +203,9 @@ def analyze(trace, ctx) -> Analysis:
     depth, parent = _op_tree(ops) if len(ops) else (np.zeros(0, np.int32), np.zeros(0, np.int64))
     flagged, label, root = sync_causing_ops(trace, depth, parent) if len(ops) else \
         (np.zeros(0, bool), np.zeros(0, object), np.zeros(0, np.int64))
-    names = ops["name"].astype(str).to_numpy()
+    codes, cats = category_codes(ops["name"])
+    names = cats[codes]
+    is_copy = _copy_rows(codes, cats)
     op_loc = ops["loc"].to_numpy()
     in_step_op = (ops["step"].to_numpy() >= 0) if stats.from_ranges else np.ones(len(ops), bool)
 
@@ -213,17 +225,21 @@ def analyze(trace, ctx) -> Analysis:
 
     # 1. Sync-causing host ops, counted once per chain (at the outermost).
     is_root = flagged & (root == np.arange(len(ops))) & in_step_op
-    nested_events = pd.Series(root[flagged & in_step_op]).value_counts()
+    nested = root[flagged & in_step_op]
+    nested_events = np.bincount(nested[nested >= 0], minlength=len(ops))
     for r in np.flatnonzero(is_root):
         g = group_for(int(r), names[r])
         g["calls"] += 1
-        g["events"] += int(nested_events.get(r, 1))
+        g["events"] += int(nested_events[r]) or 1
         g["ops"][names[r]] = g["ops"].get(names[r], 0) + 1
         g["causes"].add(label[r])
 
     # 2. Runtime sync calls, attributed to the outermost sync-causing op (or copy chain) around them.
-    rt = in_steps(trace.runtime, stats)
-    rt = rt[rt["name"].astype(str).str.match(SYNC_RUNTIME)]
+    rt_all = trace.runtime
+    is_sync_rt = category_mask(rt_all["name"], SYNC_RUNTIME.match)
+    if stats.from_ranges:
+        is_sync_rt &= rt_all["step"].to_numpy() >= 0
+    rt = rt_all[is_sync_rt]
     bubbles = _bubbles(trace, rt)
     if len(rt):
         inner = rt["op"].to_numpy()
@@ -231,9 +247,9 @@ def analyze(trace, ctx) -> Analysis:
         attrib = inner.copy()
         if len(ops):
             r = np.where(has, root[np.where(has, inner, 0)], -1)
-            chain = _copy_chain_top(np.where(has, inner, 0), names, parent)
+            chain = _copy_chain_top(np.where(has, inner, 0), is_copy, parent)
             attrib = np.where(r >= 0, r, np.where(has, chain, -1))
-        rt_names = rt["name"].astype(str).to_numpy()
+        rt_names = rt["name"].to_numpy(dtype=object)
         for i, (a, dur, rname, bub) in enumerate(zip(attrib, rt["dur"].to_numpy(), rt_names, bubbles)):
             g = group_for(int(a), rname)
             g["sync_calls"] += 1
@@ -241,24 +257,26 @@ def analyze(trace, ctx) -> Analysis:
             g["blocked_ns"] += int(dur)
             g["max_blocked_ns"] = max(g["max_blocked_ns"], int(dur))
             g["bubble_ns"] += int(bub)
-            if a >= 0 and not flagged[a] and names[a] in COPY_OPS:
+            if a >= 0 and not flagged[a] and is_copy[a]:
                 g["causes"].add("tensor copy (.to()/.cpu()) that waits for the device")
             elif a < 0 or not flagged[a]:
                 g["causes"].add(f"explicit {rname}")
 
     # 3. cuda_sync device events: the device-side wait of a runtime sync (joined by correlation), or
     #    a sync of its own when unlinked.
-    k = in_steps(trace.kernels, stats)
-    k = k[k["kind"].astype(str) == "sync"]
+    k_all = trace.kernels
+    is_sync_k = category_mask(k_all["kind"], lambda c: c == "sync")
+    if stats.from_ranges:
+        is_sync_k &= k_all["step"].to_numpy() >= 0
+    k = k_all[is_sync_k]
     if len(k):
-        rt_all = trace.runtime
         sync_rt = set(rt.index.tolist())
-        for launch, dur, kname in zip(k["launch"].to_numpy(), k["dur"].to_numpy(), k["name"].astype(str).to_numpy()):
+        for launch, dur, kname in zip(k["launch"].to_numpy(), k["dur"].to_numpy(), k["name"].to_numpy(dtype=object)):
             if launch >= 0 and launch in sync_rt:
                 inner = int(rt_all["op"].iat[launch])
                 a = -1
                 if inner >= 0:
-                    a = int(root[inner]) if root[inner] >= 0 else int(_copy_chain_top(np.array([inner]), names, parent)[0])
+                    a = int(root[inner]) if root[inner] >= 0 else int(_copy_chain_top(np.array([inner]), is_copy, parent)[0])
                 g = group_for(a, str(rt_all["name"].iat[launch]))
                 g["device_sync_ns"] += int(dur)
             elif HOST_SYNC_EVENT.search(kname):

@@ -56,7 +56,7 @@ def build_trace(raw: R.RawProfile, path: str, fmt: str, kernel_details: pd.DataF
     o_ts = ops["ts"].to_numpy()
     o_end = o_ts + ops["dur"].to_numpy()
     o_tid = ops["tid"].to_numpy()
-    ops["depth"], _ = model.nesting(o_ts, o_end, o_tid)
+    ops["depth"], ops["parent"] = model.nesting(o_ts, o_end, o_tid)   # pid is 0 for every op: tid is the thread
     ops["step"] = model.assign_steps(o_ts, steps)
 
     def op_at(ts, tid):

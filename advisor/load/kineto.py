@@ -249,17 +249,22 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
     op_ts = op["ts"][keep_op]
     op_end = op_ts + op["dur"][keep_op]
     op_tid = op["tid"][keep_op]
-    op_depth, _ = model.nesting(op_ts, op_end, op_tid)
+    op_pid = op["pid"][keep_op]
+    # The op tree, once per trace: analyzers and attach_locations read `depth` / `parent`.
+    op_key = model.thread_key(op_pid, op_tid)
+    op_depth, op_parent = model.nesting(op_ts, op_end, op_key)
     ops = _frame({
         "ts": op_ts, "dur": op["dur"][keep_op], "name": _categorical(op_codes, op_names),
-        "pid": op["pid"][keep_op], "tid": op_tid, "ext_id": op["external_id"][keep_op],
+        "pid": op_pid, "tid": op_tid, "ext_id": op["external_id"][keep_op],
         "seq": op["seq"][keep_op], "input_dims": op["input_dims"][keep_op],
-        "depth": op_depth, "step": model.assign_steps(op_ts, steps),
+        "depth": op_depth, "parent": op_parent, "step": model.assign_steps(op_ts, steps),
     }, model.OPS_COLUMNS)
 
     python = _python_frames(py)
 
-    rt_op = model.innermost_enclosing(op_ts, op_end, op_tid, rt["ts"], rt["tid"], outer_depth=op_depth)
+    # Runtime calls carry no pid: they are matched by thread (the depth is reusable when tid alone is the key).
+    rt_op = model.innermost_enclosing(op_ts, op_end, op_tid, rt["ts"], rt["tid"],
+                                      outer_depth=op_depth if op_key is op_tid else None)
     del op_end
     rt_step = model.assign_steps(rt["ts"], steps)
     runtime = _frame({"ts": rt["ts"], "dur": rt["dur"], "name": _categorical(rt["name"], rt["name_values"]),

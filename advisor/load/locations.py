@@ -102,7 +102,7 @@ def attach_locations(trace: model.Trace, markers: pd.DataFrame = None, call_stac
     # sequence number carries the exact line; inherit it before the inexact python-frame fallback would
     # pin the backward op on whatever user frame happened to be open (e.g. the `loss.backward()` line).
     seq = ops["seq"].to_numpy()
-    _, parent = model.nesting(ops["ts"].to_numpy(), (ops["ts"] + ops["dur"]).to_numpy(), ops["tid"].to_numpy())
+    _, parent = model.op_tree(ops)
     _inherit_by_sequence(loc, seq)
     _inherit_from_parents(loc, parent)
 
