@@ -84,6 +84,13 @@ def clipped_total(starts: np.ndarray, ends: np.ndarray, lo: int, hi: int) -> int
     return int(np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None).sum())
 
 
+def _overlapping(starts: np.ndarray, ends: np.ndarray, lo: int, hi: int):
+    """The slice of sorted, disjoint intervals that can overlap [lo, hi) (the rest clip to 0)."""
+    i = int(np.searchsorted(ends, lo, side="right"))
+    j = int(np.searchsorted(starts, hi, side="left"))
+    return starts[i:j], ends[i:j]
+
+
 def device_gaps(trace, window_lo: int, window_hi: int):
     """Merged busy intervals and the idle gaps between them within [window_lo, window_hi).
 
@@ -121,10 +128,11 @@ def step_breakdown(trace) -> pd.DataFrame:
         hi = int((steps["ts"] + steps["dur"]).max())
         b_s, b_e, g_s, g_e, hw = device_gaps(trace, lo, hi)
         rows = []
+        w_s, w_e = g_s[hw], g_e[hw]
         for step, ts, dur in steps[["step", "ts", "dur"]].itertuples(index=False):  # a handful of steps
             s_lo, s_hi = int(ts), int(ts + dur)
-            busy = clipped_total(b_s, b_e, s_lo, s_hi)
-            wait = clipped_total(g_s[hw], g_e[hw], s_lo, s_hi)
+            busy = clipped_total(*_overlapping(b_s, b_e, s_lo, s_hi), s_lo, s_hi)
+            wait = clipped_total(*_overlapping(w_s, w_e, s_lo, s_hi), s_lo, s_hi)
             free = int(dur) - busy
             rows.append((int(step), us(dur), us(busy), us(free), us(wait), us(free - wait)))
         return pd.DataFrame(rows, columns=["step", "duration_us", "busy_us", "free_us", "host_wait_us",

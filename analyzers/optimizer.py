@@ -29,7 +29,7 @@ from npu_advise.load.locations import is_user_file
 from npu_advise.rules import Rule
 
 from . import Analysis, source
-from .common import relative_path, step_stats
+from .common import category_mask, relative_path, row_names, step_stats
 
 # An optimizer step is "unfused" when it issues at least this many top-level ops per step.
 MIN_OPS_PER_STEP = 20
@@ -107,12 +107,20 @@ def _ops_inside(trace, ranges: pd.DataFrame) -> np.ndarray:
     end = ts + ops["dur"].to_numpy()
     tid = ops["tid"].to_numpy()
     inside = np.zeros(len(ops), dtype=bool)
+    # Ops sorted by start: each range only looks at the ops starting within it, not at every op.
+    order = np.argsort(ts, kind="stable")
+    ts_sorted = ts[order]
+    no_negative = not (end < ts).any()
     for r in ranges.itertuples(index=False):
         lo, hi = int(r.ts), int(r.ts) + int(r.dur)
-        inside |= (tid == r.tid) & (ts >= lo) & (end <= hi) & ~((ts == lo) & (end == hi))
-    names = ops["name"].astype(str).to_numpy()
+        # (an op with a negative duration could end inside a range it starts after: no upper cut then)
+        cand = order[np.searchsorted(ts_sorted, lo, side="left"):
+                     np.searchsorted(ts_sorted, hi, side="right") if no_negative else len(order)]
+        c_ts, c_end = ts[cand], end[cand]
+        inside[cand[(tid[cand] == r.tid) & (c_end <= hi) & ~((c_ts == lo) & (c_end == hi))]] = True
     rows = np.flatnonzero(inside)
-    return rows[~np.char.startswith(names[rows].astype(str), "Optimizer.")] if len(rows) else rows
+    wrapper = category_mask(ops["name"], lambda n: str(n).startswith("Optimizer."))
+    return rows[~wrapper[rows]] if len(rows) else rows
 
 
 def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Finding]:
@@ -127,7 +135,7 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
     end = ts + ops["dur"].to_numpy()[rows]
     depth, _ = model.nesting(ts, end, ops["tid"].to_numpy()[rows])
     top = rows[depth == 0]
-    names = ops["name"].astype(str).to_numpy()
+    names = row_names(ops["name"])
     inner_names = pd.Series(names[rows])
     if inner_names.str.contains(r"_fused_(?:adam|adamw|sgd|adagrad)", regex=True).any() \
             or inner_names.str.contains("npu_apply_adam|NpuFused", regex=True).any():
