@@ -21,12 +21,15 @@ from typing import Optional
 
 from npu_advise.findings import Evidence, Finding, Fix, Location, severity_for_share
 
-from . import entry, matchers
+# No libcst here: the matchers and codemods (recommendations/codemods, matchers.py) are imported where a
+# source text is about to be parsed, so a trace without source locations is analyzed without the parser
+# (~0.4 s of imports). entry.py and rule_docs.py document the NPA8xx/NPA9xx rules without it.
+from . import entry
 from .catalog import load
-from .codemods import fallbacks, fused_ops, loops, optimizer
-from .codemods.base import analysis_scope
 from .codemods.diffs import to_fix
+from .codemods.scope import analysis_scope
 from .evidence import SourceIndex
+from .rule_docs import FUSED_OP_RULES
 
 # Directories never scanned for user code.
 SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", "site-packages", "dist-packages", "build",
@@ -166,6 +169,8 @@ def _fix_loop(finding: Finding, sources: _Sources) -> None:
     path, text, loc = _located(finding, sources)
     if text is None:
         return
+    from .codemods import loops
+
     d = finding.details
     line = int(d.get("loop_line") or loc.line)
     found = loops.rewrite_loop(text, line, d.get("idiom"))
@@ -191,6 +196,8 @@ def _fix_sync_in_loop(finding: Finding, sources: _Sources) -> None:
     path, text, loc = _located(finding, sources)
     if text is None or "for" not in text:
         return
+    from .codemods import loops
+
     for idiom in SYNC_LOOP_IDIOMS:
         found = loops.rewrite_loop(text, loc.line, idiom, only=True)
         if found is not None:
@@ -206,14 +213,18 @@ def _fix_fallback(finding: Finding, sources: _Sources) -> None:
     cat = load()
     fb = cat.fallback_for(str(d.get("op") or d.get("public_api") or ""))
     path, text, loc = _located(finding, sources)
-    if fb is not None and fb.rewrite in fallbacks.REWRITES and text is not None:
-        rewrite = fallbacks.REWRITES[fb.rewrite](text, int(d.get("line") or loc.line))
+    if fb is None:
+        return
+    if text is not None:
+        from .codemods import fallbacks
+
+        make = fallbacks.REWRITES.get(fb.rewrite)
+        rewrite = make(text, int(d.get("line") or loc.line)) if make is not None else None
         if rewrite is not None:
             rewrite.constraints += [c for c in fb.constraints if c not in rewrite.constraints]
             _set_fix(finding, sources, path, text, rewrite, f"cpu_fallbacks.{fb.op}")
             return
-    if fb is None:
-        return
+    # advice only: no source to rewrite, or no codemod for this op
     finding.fix = Fix(
         description=f"Replace {' / '.join(fb.public_api)} with {fb.replacement}.",
         auto_applicable=False, fix_id=finding.id, constraints=list(fb.constraints),
@@ -232,6 +243,8 @@ def _fix_optimizer(finding: Finding, sources: _Sources, index: SourceIndex) -> N
     for p, t in candidates:
         if t is None or not any(n in t for n in names):
             continue
+        from .codemods import optimizer
+
         try:
             calls = optimizer.find_optimizer_calls(t)
         except Exception:
@@ -247,6 +260,8 @@ def _fix_optimizer(finding: Finding, sources: _Sources, index: SourceIndex) -> N
         t = sources.text(p)
         if t is None or "optimizer" not in t:
             continue
+        from .codemods import optimizer
+
         try:
             rewrite = optimizer.rewrite_config_optimizer(t)
         except Exception:
@@ -272,13 +287,17 @@ def _fused_op_findings(files: list, sources: _Sources, index: SourceIndex) -> li
         text = sources.text(path)
         if text is None:
             continue
+        from . import matchers
+
         for match in matchers.scan(text):
             out.append(_fused_finding(match, path, text, sources, index))
     return out
 
 
 def _fused_finding(match, path: Path, text: str, sources: _Sources, index: SourceIndex) -> Finding:
-    rule = matchers.RULES[match.kind]
+    from .codemods import fused_ops
+
+    rule = FUSED_OP_RULES[match.kind]
     rel = sources.rel(path)
     cat = load()
     entry_ = cat.ref(match.catalog_ref)
@@ -367,7 +386,11 @@ def _entry_script(trace, files: list, sources: _Sources) -> Optional[Path]:
             return p
     for p in files:
         t = sources.text(p)
-        if t is not None and "__main__" in t and entry.migration.has_main_guard(t):
+        if t is None or "__main__" not in t:
+            continue
+        from .codemods import migration
+
+        if migration.has_main_guard(t):
             return p
     return None
 
@@ -378,7 +401,8 @@ def _migration_findings(trace, files: list, sources: _Sources, index: SourceInde
     if script is not None:
         text = sources.text(script)
         rel = sources.rel(script)
-        for kind, rewrite in entry.entry_rewrites(text or ""):
+        # an unreadable entry point (not UTF-8, too large) has no text to rewrite or diff against
+        for kind, rewrite in entry.entry_rewrites(text) if text is not None else []:
             rule = entry.RULES[kind]
             line = rewrite.line or _first_changed_line(text, rewrite.new_source)
             f = Finding(rule=rule.code, category="migration", title=f"{rule.name}: {rule.detects}",
@@ -394,7 +418,9 @@ def _migration_findings(trace, files: list, sources: _Sources, index: SourceInde
         text = sources.text(path)
         if text is None or "MMDataParallel" not in text and "MMDistributedDataParallel" not in text:
             continue
-        rewrite = entry.migration.rewrite_npu_ddp(text)
+        from .codemods import migration
+
+        rewrite = migration.rewrite_npu_ddp(text)
         if rewrite is not None:
             rule = entry.RULES["npu_ddp"]
             rel = sources.rel(path)

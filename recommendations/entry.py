@@ -1,5 +1,8 @@
 """Migration findings (rules NPA901-NPA906): one-time setup at the training entry point, launch scripts,
-and > 6-D matmuls seen in the recorded shapes."""
+and > 6-D matmuls seen in the recorded shapes.
+
+This module imports no libcst (`all_rules()` imports it to register the rules): the entry-point codemods
+(codemods/migration.py) are imported when a source text is rewritten."""
 from __future__ import annotations
 
 import re
@@ -9,7 +12,6 @@ from typing import Optional
 from npu_advise.rules import Rule
 
 from .catalog import load
-from .codemods import migration
 from .evidence import parse_dims
 
 MATMUL_MAX_DIMS = 6          # NPU matmul supports at most this many dimensions (seed 3.2.3 step 8)
@@ -50,18 +52,21 @@ RULES = {
                        {"LAUNCH_SCRIPT_GLOBS": LAUNCH_SCRIPT_GLOBS}),
 }
 
+# (kind, function of codemods/migration.py) in the order the findings are reported.
 ENTRY_REWRITES = (
-    ("transfer_to_npu", migration.rewrite_transfer_to_npu),
-    ("patcher", migration.rewrite_patcher),
-    ("local_rank", migration.rewrite_local_rank),
+    ("transfer_to_npu", "rewrite_transfer_to_npu"),
+    ("patcher", "rewrite_patcher"),
+    ("local_rank", "rewrite_local_rank"),
 )
 
 
 def entry_rewrites(source: str) -> list:
     """(kind, Rewrite) for every one-time setup step the entry-point source still lacks."""
+    from .codemods import migration
+
     out = []
     for kind, fn in ENTRY_REWRITES:
-        r = fn(source)
+        r = getattr(migration, fn)(source)
         if r is not None:
             out.append((kind, r))
     return out

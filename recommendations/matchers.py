@@ -14,6 +14,7 @@ import libcst.matchers as m
 
 from .codemods.base import analyzed, code, enclosing_function, names_in, node_index, qualified_names, start_line
 from .codemods.fused_ops import _add_relu_pairs, replacement_for, replacement_tokens
+from .rule_docs import FUSED_OP_RULES as RULES  # noqa: F401  (documented there, keyed by SourceMatch.kind)
 
 DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d", "deform_conv2d": "deform_conv2d",
              "DeformConv2dFunction": "deform_conv2d", "ModulatedDeformConv2d": "modulated_deform_conv2d",
@@ -194,60 +195,3 @@ def find_matmul_calls(source: str) -> list:
 def optional_line(source: str, line: int) -> Optional[str]:
     lines = source.split("\n")
     return lines[line - 1].strip() if 0 < line <= len(lines) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Rules (documented once, here, where they are detected)
-# ---------------------------------------------------------------------------------------------
-from npu_advise.rules import Rule  # noqa: E402
-
-_WHY_LAUNCH = ("every small op is one host dispatch and one kernel launch; on the NPU the host usually cannot "
-               "issue them as fast as the device runs them, so the device idles (host-bound)")
-RULES = {
-    "msda": Rule("NPA801", "msda-fused-op", "fused_op",
-                 "A call of multi_scale_deformable_attn_pytorch / MultiScaleDeformableAttnFunction*.apply / "
-                 "MSDeformAttnFunction.apply (BEVFormer, Deformable-DETR, mmcv).",
-                 "The pytorch reference runs one grid_sample per level plus stacks, transposes and a weighted "
-                 "sum (forward and backward); " + _WHY_LAUNCH + ".",
-                 "Call mx_driving.multi_scale_deformable_attn(value, spatial_shapes, level_start_index, "
-                 "sampling_locations, attention_weights): drop im2col_step, derive level_start_index from "
-                 "spatial_shapes when absent. Valid for heads <= 8, dims <= 256 and % 8, levels*points <= 64, fp32."),
-    "bev_pool_v2": Rule("NPA802", "bev-pool-v3", "fused_op",
-                        "A call of BEVDet's bev_pool_v2(...).",
-                        "bev_pool_v2 is a CUDA extension; on the NPU it needs the sorted interval tensors and a "
-                        "slower kernel.",
-                        "Call mx_driving.bev_pool_v3(depth, feat, ranks_depth, ranks_feat, ranks_bev, "
-                        "bev_feat_shape) without interval_starts/interval_lengths (fp32, C % 8 == 0, C <= 360)."),
-    "add_relu": Rule("NPA803", "resnet-add-relu", "fused_op",
-                     "`out += identity` directly followed by `out = relu(out)` (ResNet BasicBlock/Bottleneck).",
-                     "Two element-wise kernels per residual block, each a launch and a full read/write of the tensor.",
-                     "out = mx_driving.npu_add_relu(out, identity) (same shapes, fp16/fp32)."),
-    "maxpool": Rule("NPA804", "maxpool-forward-only", "fused_op",
-                    "nn.MaxPool2d(3, 2, 1) (the ResNet stem).",
-                    "The generic max-pool kernel is slower than mx_driving's specialised one.",
-                    "On inference/eval paths only: mx_driving.npu_max_pool2d(x, 3, 2, 1). It has NO backward, so "
-                    "it must not replace a pooling layer that training backpropagates through; never auto-applied."),
-    "deform_conv": Rule("NPA805", "mmcv-deform-conv", "fused_op",
-                        "mmcv.ops deformable convolution (DeformConv2d, ModulatedDeformConv2d, their functions).",
-                        "mmcv's DCN falls back to slow generic paths on the NPU.",
-                        "mx_driving.deform_conv2d / modulated_deform_conv2d (or the patcher's DCN patch); fp32, "
-                        "C_in % 64 == 0, 3x3 kernel for the modulated version."),
-    "sparse_conv": Rule("NPA806", "spconv-sparse-conv", "fused_op",
-                        "spconv / mmcv.ops sparse convolution modules.",
-                        "spconv is CUDA-only.",
-                        "mx_driving.SparseConv3d / SubMConv3d / SparseConvTensor (kernel 1-3, dilation = groups = 1)."),
-    "centerpoint_targets": Rule("NPA807", "centerpoint-gaussian-targets", "fused_op",
-                                "CenterPoint-style get_targets_single with a per-object Python loop drawing gaussians.",
-                                "Each object costs several tiny ops and `.item()` syncs; " + _WHY_LAUNCH + ".",
-                                "mx_driving.npu_gaussian(...) computes center_int, radius, mask, ind and anno_box for "
-                                "all objects at once (see the seed's BEVDet rewrite)."),
-    "torch_scatter": Rule("NPA808", "torch-scatter", "fused_op",
-                          "torch_scatter.scatter_* calls.",
-                          "torch_scatter is a CUDA extension without NPU kernels.",
-                          "mx_driving.scatter_max / scatter_mean / scatter_add (fp32 src, int32 index; scatter_max "
-                          "reduces dim 0 only and takes (updates, indices, out))."),
-    "hungarian_host": Rule("NPA809", "host-hungarian-match", "fused_op",
-                           "scipy.optimize.linear_sum_assignment on a cost matrix copied from the device (.cpu()/.numpy()).",
-                           "The device->host copy blocks the stream (a sync) and the assignment runs on the host.",
-                           "mx_driving.hungarian_match(cost_matrix) on the device (fp32); the results stay on the device."),
-}

@@ -1,8 +1,11 @@
 """recommend() on the bundled example: fixes attached at the marked lines, fused-op and migration findings."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
+import textwrap
 
 from conftest import EXAMPLE, marker_line
 from npu_advise.analyzers import Context
@@ -100,3 +103,55 @@ def test_patcher_points_at_main_call_and_requirements_are_constraints(tmp_path):
     for f in with_requires:
         for pkg in f.details["fix_requires"]:
             assert any(pkg in c and ("needs" in c or "requires" in c) for c in f.fix.constraints), (f.rule, f.fix.constraints)
+
+
+# Run in a fresh interpreter: whether libcst was imported is only observable before anything else imports it.
+_NO_SOURCE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from npu_advise.cli import main
+    from npu_advise.analyzers import Context
+    from npu_advise.findings import Finding, Location
+    from npu_advise.model import Trace
+    from npu_advise.recommendations import recommend
+    from npu_advise.rules import all_rules
+
+    trace, out, example = sys.argv[1:4]
+    def parser_loaded():
+        return any(m == "libcst" or m.startswith("libcst.") for m in sys.modules)
+    seen = {}
+    main(["analyze", trace, "--out", out])
+    seen["after_analyze"] = parser_loaded()
+    seen["codes"] = sorted(c for c in all_rules() if c.startswith(("NPA8", "NPA9")))
+    seen["after_rules"] = parser_loaded()
+    # a CPU-fallback finding whose file is not on disk: advice from the catalog, no source to parse
+    ctx = Context(project_root=None)
+    ctx.findings = [Finding("NPA401", "cpu_fallback", "logdet", "medium", details={"op": "aten::_linalg_slogdet"},
+                            locations=[Location("gone/model.py", 12, "f")])]
+    recommend(Trace(path="x", fmt="kineto", device_type="cpu"), ctx)
+    fix = ctx.findings[0].fix
+    seen["advice"] = [fix.catalog_ref, fix.file, fix.auto_applicable, fix.diff]
+    seen["after_advice"] = parser_loaded()
+    # control: the same finding at a source line that exists is parsed
+    ctx.findings = [Finding("NPA401", "cpu_fallback", "logdet", "medium", details={"op": "aten::_linalg_slogdet"},
+                            locations=[Location(example, int(sys.argv[4]), "nll_with_covariances")])]
+    recommend(Trace(path="x", fmt="kineto", device_type="cpu"), ctx)
+    seen["control_diff"] = bool(ctx.findings[0].fix.diff)
+    seen["after_source"] = parser_loaded()
+    print(json.dumps(seen))
+""")
+
+
+def test_trace_without_source_locations_never_imports_libcst(tmp_path, shared_data):
+    """The foreign trace carries no source locations and no project root is given: nothing is parsed, so
+    the parser (libcst, ~0.4 s of imports) must not be loaded; rules and catalog advice are still there."""
+    trace = shared_data / "kineto" / "hta_df_index_resolver_v100_rank1.json.gz"
+    r = subprocess.run([sys.executable, "-c", _NO_SOURCE_SCRIPT, str(trace), str(tmp_path / "out"), str(EXAMPLE),
+                        str(marker_line(EXAMPLE, "logdet"))], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (tmp_path / "out" / "findings.json").is_file()
+    assert seen["after_analyze"] is False and seen["after_rules"] is False and seen["after_advice"] is False
+    assert seen["codes"] == [f"NPA80{i}" for i in range(1, 10)] + [f"NPA90{i}" for i in range(1, 7)]
+    assert seen["advice"] == ["cpu_fallbacks._linalg_slogdet", "gone/model.py", False, None]
+    assert seen["control_diff"] is True and seen["after_source"] is True

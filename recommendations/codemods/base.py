@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import hashlib
 from collections import OrderedDict
-from contextlib import contextmanager
 from typing import Optional
 
 import libcst as cst
@@ -17,6 +16,8 @@ from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
 from libcst.codemod.visitors._add_imports import _skip_first
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider, QualifiedNameProvider
+
+from .scope import active as scope_active, analysis_scope, on_scope_end  # noqa: F401  (analysis_scope re-exported)
 
 
 @dataclass
@@ -195,20 +196,14 @@ class _Analysis:
 UNSCOPED_CACHE_SIZE = 16
 _cache: "OrderedDict[str, _Analysis]" = OrderedDict()
 _by_module: dict = {}          # id(module) -> _Analysis, for helpers that get a module rather than its source
-_scopes = [0]
 
 
-@contextmanager
-def analysis_scope():
-    """Keep every analysis made inside the block, drop them all at its end."""
-    _scopes[0] += 1
-    try:
-        yield
-    finally:
-        _scopes[0] -= 1
-        if _scopes[0] == 0:
-            _cache.clear()
-            _by_module.clear()
+def _clear() -> None:
+    _cache.clear()
+    _by_module.clear()
+
+
+on_scope_end(_clear)
 
 
 def analysis(source: str) -> _Analysis:
@@ -220,7 +215,7 @@ def analysis(source: str) -> _Analysis:
     found = _Analysis(source)
     _cache[key] = found
     _by_module[id(found.module)] = found
-    while not _scopes[0] and len(_cache) > UNSCOPED_CACHE_SIZE:
+    while not scope_active() and len(_cache) > UNSCOPED_CACHE_SIZE:
         _, old = _cache.popitem(last=False)
         _by_module.pop(id(old.module), None)
     return found
