@@ -31,6 +31,8 @@ def find_profiles(path) -> list:
     if not p.exists():
         raise UserError(f"{path}: no such file or directory")
     if p.is_file():
+        if p.name.endswith(".gz"):
+            return [("kineto", p)]    # torch_npu writes no compressed traces: no need to import its reader
         from . import ascend
         if p.name == "trace_view.json" or p.suffix == ".db" or ascend.is_ascend_trace_file(p):
             return [("ascend", p)]   # load_ascend_rank reads the rank folder when the file lies in one
