@@ -258,3 +258,65 @@ class ColumnBuilder:
 
     def finish(self) -> dict:
         return {r: t.finish() for r, t in self.tables.items()}
+
+
+# ---- two builders, one table: merging the columns of pieces decoded in another process ------------------
+
+def counts(builder: "ColumnBuilder") -> tuple:
+    """Rows per role table and metadata events so far: taken around each piece to know its rows."""
+    return tuple(t.n for t in builder.tables.values()) + (len(builder.meta),)
+
+
+def has_labels(builder: "ColumnBuilder") -> bool:
+    """Whether any pid/tid was a text label (ids are given in first-seen order per builder: not mergeable)."""
+    return any(lab.ids for lab in builder.labels.values())
+
+
+def piece_rows(order: list, other_spans: list, n_main: int, k: int) -> np.ndarray:
+    """Row order of the merged table `k` (role index; len(roles) = metadata): the pieces in file order,
+    `order[i]` the (before, after) counts of a piece this builder took, or None for the other builder's
+    next piece (`other_spans`, in its order). Rows of the other builder come after `n_main` rows."""
+    spans = []
+    it = iter(other_spans)
+    for entry in order:
+        if entry is None:
+            before, after = next(it)
+            spans.append((n_main + before[k], n_main + after[k]))
+        else:
+            spans.append((entry[0][k], entry[1][k]))
+    parts = [np.arange(a, b) for a, b in spans if b > a]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def first_seen(codes: np.ndarray, values: list) -> tuple:
+    """Re-number interned codes in order of first appearance (what one Interner over the whole file
+    gives): (codes, values)."""
+    if not len(codes):
+        return codes.astype(np.int32), []
+    first = np.full(len(values), len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))     # first row of each code (no sort)
+    seen = np.argsort(first, kind="stable")[:int((first < len(codes)).sum())]
+    rank = np.zeros(len(values), dtype=np.int32)
+    rank[seen] = np.arange(len(seen), dtype=np.int32)
+    return rank[codes], [values[i] for i in seen]
+
+
+def merge_role(main: dict, other: dict, rows: np.ndarray) -> dict:
+    """One role's columns from both builders, gathered into file order by `rows`."""
+    out = {"n": main["n"] + other["n"]}
+    for key in ("name", "cat"):
+        if key not in main:
+            out[key + "_values"] = []
+            continue
+        values = list(main[key + "_values"])
+        index = {v: i for i, v in enumerate(values)}
+        remap = np.asarray([index.setdefault(v, len(index)) for v in other[key + "_values"]] or [0], dtype=np.int32)
+        values = list(index)
+        both = np.concatenate([main[key], remap[other[key]] if other["n"] else other[key]])[rows]
+        out[key], out[key + "_values"] = first_seen(both, values)
+    for f, col in main.items():
+        if f in out or f.endswith("_values") or f == "n":
+            continue
+        out[f] = np.concatenate([col, other[f]])[rows]
+        main[f] = other[f] = None
+    return out

@@ -21,7 +21,8 @@ import pandas as pd
 
 from .. import model
 from ..errors import TraceFormatError
-from .columns import META_CAT, ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder, fix_mmap_threshold
+from .columns import (META_CAT, ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder, counts,
+                      fix_mmap_threshold, has_labels, merge_role, piece_rows)
 from .jsonstream import ChunkedArray
 from .locations import attach_locations
 
@@ -152,27 +153,210 @@ _ROLE_FIELDS = {
 }
 
 
-def load_kineto(path: str) -> model.Trace:
+def load_kineto(path: str, parallel: Optional[bool] = None) -> model.Trace:
+    """`parallel`: decode every other piece in a forked worker process (None: when the trace is big
+    enough and a second CPU exists; see `_worth_a_worker`). Both ways give the same trace."""
     # The decoded structs are cycle-free; pausing the cyclic collector while millions of objects are
     # created and dropped halves the load time.
     fix_mmap_threshold()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        reader = ChunkedArray(path, _decode_piece)
-        cols = ColumnBuilder(_ROLE_OF_CAT, _ROLE_FIELDS)
         try:
-            for events in reader:
-                cols.add(events)
-                del events
-            tables = cols.finish()
-            return _build_trace(path, tables, reader.header, cols.meta)
+            if parallel or (parallel is None and _worth_a_worker(path)):
+                try:
+                    tables, header, meta = _read_with_worker(path)
+                except _Sequential:
+                    tables, header, meta = _read(path)
+            else:
+                tables, header, meta = _read(path)
+            return _build_trace(path, tables, header, meta)
         except (ValueError, TypeError, OverflowError) as exc:
             # Values the typed decoder let through but the columns cannot hold (a ts of "abc", ...).
             raise TraceFormatError(f"{path}: unexpected event values ({type(exc).__name__}: {exc})") from None
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def _read(path: str) -> tuple:
+    """(tables, header, metadata events) of the whole trace, decoded here."""
+    reader = ChunkedArray(path, _decode_piece)
+    cols = ColumnBuilder(_ROLE_OF_CAT, _ROLE_FIELDS)
+    for events in reader:
+        cols.add(events)
+        del events
+    return cols.finish(), reader.header, cols.meta
+
+
+# ---- decoding in two processes ---------------------------------------------------------------------------
+# Decoding (msgspec) and sorting events into columns hold the GIL and take ~80 % of a big trace's load;
+# the inflating thread leaves most of a second core idle. A worker process forked before any thread
+# starts decodes every other piece into columns of its own; the main process cuts the pieces, checks
+# that each piece it hands over is complete JSON (so the reader's cut protocol is unchanged), decodes the
+# rest, and finally merges both builders' columns into file order, re-numbering the interned names in
+# order of first appearance: the result is the very table a single process builds.
+
+# Below this many bytes of JSON (estimated from the file size) the fork and the merge cost more than
+# they save.
+WORKER_MIN_JSON_BYTES = 96 << 20
+_GZIP_RATIO = 10                  # typical Kineto JSON : gzip size
+_HANDOFF_QUEUE = 4                # pieces (2 MB each) waiting to be written to the worker
+_REMOTE = object()                # what the reader yields for a piece the worker decodes
+# The worker decodes pieces i with i % _SHARE[1] < _SHARE[0]: the main thread also cuts every piece and
+# checks the worker's pieces, so the worker takes a bit more than half.
+_SHARE = (3, 5)
+_Empty = msgspec.defstruct("_Empty", [], gc=False)
+_check_json = msgspec.json.Decoder(list[_Empty])     # parses every byte, builds no event
+
+
+class _Sequential(Exception):
+    """The two-process result cannot be merged (text pid/tid labels): read in one process."""
+
+
+def _worth_a_worker(path: str) -> bool:
+    import os
+    import sys
+    import threading
+    if not sys.platform.startswith("linux") or threading.active_count() > 1:
+        return False              # fork is only safe to rely on there, and with no other thread running
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        size = os.path.getsize(path)
+    except (OSError, AttributeError):
+        return False
+    return cpus >= 2 and size * (_GZIP_RATIO if str(path).endswith(".gz") else 1) >= WORKER_MIN_JSON_BYTES
+
+
+def _worker(pieces, results):
+    """Forked child: decode the pieces it is sent into its own columns, then send them back."""
+    try:
+        cols = ColumnBuilder(_ROLE_OF_CAT, _ROLE_FIELDS)
+        spans = []
+        while True:
+            piece = pieces.recv_bytes()
+            if not piece:
+                break
+            events = _decode_piece(piece)
+            del piece
+            before = counts(cols)
+            cols.add(events)
+            del events
+            spans.append((before, counts(cols)))
+        labels = has_labels(cols)
+        tables = cols.finish()
+        results.send(("ok", spans, cols.meta, labels,
+                      {r: {k: v for k, v in t.items() if not isinstance(v, np.ndarray)} for r, t in tables.items()}))
+        for r, t in tables.items():        # one column at a time: the parent merges as they come
+            for f in [f for f, v in t.items() if isinstance(v, np.ndarray)]:
+                results.send((r, f, t.pop(f)))
+        results.send(None)
+    except BaseException as exc:  # handed to the parent, which raises it
+        try:
+            results.send(("error", type(exc).__name__, str(exc)))
+        except BaseException:
+            pass
+
+
+def _read_with_worker(path: str) -> tuple:
+    import multiprocessing
+    import queue
+    import threading
+
+    mp = multiprocessing.get_context("fork")
+    piece_in, piece_out = mp.Pipe(duplex=False)
+    result_in, result_out = mp.Pipe(duplex=False)
+    proc = mp.Process(target=_worker, args=(piece_in, result_out), name="npa-decode", daemon=True)
+    proc.start()                  # before the reader starts its inflating thread: fork no threads
+    piece_in.close()
+    result_out.close()
+    # Writing a piece blocks until the worker reads it; a thread does the writing (the write releases
+    # the GIL) so the main thread goes on decoding.
+    handoff: queue.Queue = queue.Queue(_HANDOFF_QUEUE)
+    failed: list = []
+
+    def send():
+        try:
+            while True:
+                piece = handoff.get()
+                piece_out.send_bytes(piece)
+                if not piece:
+                    return
+        except OSError as exc:    # the worker died: its error (if any) arrives on the result pipe
+            failed.append(exc)
+
+    sender = threading.Thread(target=send, name="npa-handoff", daemon=True)
+    sender.start()
+    position = [0]
+
+    def decode(piece: bytes):
+        if position[0] % _SHARE[1] >= _SHARE[0]:
+            return _decode_piece(piece)
+        try:
+            _check_json.decode(piece)   # a DecodeError here makes the reader grow the piece, as usual
+        except msgspec.ValidationError:
+            return _decode_piece(piece)  # not a list of objects: the loose path, here
+        handoff.put(piece)
+        return _REMOTE
+
+    try:
+        reader = ChunkedArray(path, decode)
+        cols = ColumnBuilder(_ROLE_OF_CAT, _ROLE_FIELDS)
+        order = []
+        for events in reader:
+            if events is _REMOTE:
+                order.append(None)
+            else:
+                before = counts(cols)
+                cols.add(events)
+                order.append((before, counts(cols)))
+            del events
+            position[0] += 1
+        handoff.put(b"")
+        sender.join()
+        tables, meta = _merge_worker(path, cols, order, result_in)
+        return tables, reader.header, meta
+    finally:
+        if sender.is_alive():
+            try:
+                handoff.put_nowait(b"")
+            except queue.Full:
+                pass
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        piece_out.close()
+        result_in.close()
+
+
+def _merge_worker(path: str, cols, order: list, results) -> tuple:
+    try:
+        head = results.recv()
+    except EOFError:
+        raise TraceFormatError(f"{path}: the decoding worker process died") from None
+    if head[0] == "error":
+        _, kind, message = head
+        if kind in ("ValueError", "TypeError", "OverflowError"):
+            raise TraceFormatError(f"{path}: unexpected event values ({kind}: {message})")
+        raise TraceFormatError(f"{path}: {message}")
+    _, spans, other_meta, other_labels, other = head
+    if other_labels or has_labels(cols):
+        raise _Sequential()
+    roles = list(cols.tables)
+    n_main = counts(cols)
+    mine = cols.finish()
+    while True:
+        msg = results.recv()
+        if msg is None:
+            break
+        r, f, arr = msg
+        other[r][f] = arr
+    tables = {r: merge_role(mine.pop(r), other.pop(r), piece_rows(order, spans, n_main[k], k))
+              for k, r in enumerate(roles)}
+    k = len(roles)
+    both_meta = cols.meta + other_meta
+    meta = [both_meta[i] for i in piece_rows(order, spans, n_main[k], k)]
+    return tables, meta
 
 
 def _categorical(codes: np.ndarray, values: list) -> pd.Categorical:
