@@ -267,7 +267,12 @@ def _read_with_worker(path: str) -> tuple:
     piece_in, piece_out = mp.Pipe(duplex=False)
     result_in, result_out = mp.Pipe(duplex=False)
     proc = mp.Process(target=_worker, args=(piece_in, result_out), name="npa-decode", daemon=True)
-    proc.start()                  # before the reader starts its inflating thread: fork no threads
+    try:
+        proc.start()              # before the reader starts its inflating thread: fork no threads
+    except (AssertionError, OSError):   # inside a daemonic process (no children allowed), or no fork
+        for end in (piece_in, piece_out, result_in, result_out):
+            end.close()
+        raise _Sequential() from None
     piece_in.close()
     result_out.close()
     # Writing a piece blocks until the worker reads it; a thread does the writing (the write releases
