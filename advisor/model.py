@@ -215,8 +215,11 @@ def thread_key(pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
 
 def op_tree(ops: pd.DataFrame):
     """(depth, parent) of the host ops: the loader's columns when present (computed once per trace),
-    else by `nesting` per (pid, tid)."""
-    if "parent" in ops.columns and "depth" in ops.columns:
+    else by `nesting` per (pid, tid). `parent` holds row positions in the whole `trace.ops`: a row subset
+    (its index no longer 0..n-1) gets its own tree computed."""
+    idx = ops.index
+    whole = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
+    if whole and "parent" in ops.columns and "depth" in ops.columns:
         return ops["depth"].to_numpy(), ops["parent"].to_numpy()
     ts = ops["ts"].to_numpy()
     return nesting(ts, ts + ops["dur"].to_numpy(), thread_key(ops["pid"].to_numpy(), ops["tid"].to_numpy()))
