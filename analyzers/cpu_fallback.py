@@ -170,7 +170,7 @@ def _fallback_findings(trace, ctx) -> list:
     # One call = the top-most listed op of its chain: drop listed ops nested in another listed op.
     depth, _ = model.nesting(ts[matched], end[matched], tid[matched])
     top = matched[depth == 0]
-    _, parent = model.nesting(ts, end, tid)
+    _, parent = model.op_tree(ops)      # the loader's tree, computed once per trace
     seq = ops["seq"].to_numpy()
     loc = ops["loc"].to_numpy()
     forward_by_seq = _forward_ops_by_seq(cats, codes, seq, ts)

@@ -107,7 +107,7 @@ def _top_level_ops(trace, stats) -> pd.DataFrame:
     end = ts + ops["dur"].to_numpy()
     tid = ops["tid"].to_numpy()
     loc = ops["loc"].to_numpy()
-    _, parent = model.nesting(ts, end, tid)
+    _, parent = model.op_tree(ops)      # the loader's tree, computed once per trace
     names = ops["name"]
     cats = [str(c) for c in names.cat.categories]
     codes = names.cat.codes.to_numpy()
