@@ -29,7 +29,7 @@ from npu_advise.load.locations import is_user_file
 from npu_advise.rules import Rule
 
 from . import Analysis, source
-from .common import category_mask, relative_path, row_names, step_stats
+from .common import category_codes, category_mask, relative_path, step_stats
 
 # An optimizer step is "unfused" when it issues at least this many top-level ops per step.
 MIN_OPS_PER_STEP = 20
@@ -59,6 +59,10 @@ RULE = Rule(
 # Not reported: classes named *Fused* (apex/DeepSpeed FusedAdam, torch_npu NpuFused*), steps that run
 # aten::_fused_* kernels (fused=True), and foreach steps below MIN_OPS_PER_STEP top-level ops (their
 # per-parameter work is inside a handful of _foreach_* ops).
+
+
+_FUSED_KERNEL = re.compile(r"_fused_(?:adam|adamw|sgd|adagrad)")
+_FUSED_NPU = re.compile("npu_apply_adam|NpuFused")
 
 
 def analyze(trace, ctx) -> Analysis:
@@ -135,12 +139,11 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
     end = ts + ops["dur"].to_numpy()[rows]
     depth, _ = model.nesting(ts, end, ops["tid"].to_numpy()[rows])
     top = rows[depth == 0]
-    names = row_names(ops["name"])
-    inner_names = pd.Series(names[rows])
-    if inner_names.str.contains(r"_fused_(?:adam|adamw|sgd|adagrad)", regex=True).any() \
-            or inner_names.str.contains("npu_apply_adam|NpuFused", regex=True).any():
+    codes, cats = category_codes(ops["name"])
+    inner_names = [cats[c] for c in np.unique(codes[rows])]     # each distinct name once
+    if any(_FUSED_KERNEL.search(n) or _FUSED_NPU.search(n) for n in inner_names):
         return None   # already fused
-    foreach = bool(inner_names.str.startswith("aten::_foreach_").any())
+    foreach = any(n.startswith("aten::_foreach_") for n in inner_names)
     top_per_step = len(top) / n
     if top_per_step < MIN_OPS_PER_STEP:
         return None
@@ -155,7 +158,7 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
         Evidence("aten ops per step incl. nested", round(len(rows) / n, 3), "ops", "all host ops inside the range / steps"),
         Evidence("optimizer time per step", round(step_us_per_step, 3), "us", "sum of the step ranges' durations / steps"),
     ]
-    top_names = pd.Series(names[top]).value_counts().head(8)
+    top_names = pd.Series(cats[codes[top]]).value_counts().head(8)
     saving, saving_note = None, None
     kernels_ns = _kernel_time(trace, ranges, rows)
     kernels_us = kernels_ns / 1000.0 if kernels_ns is not None else None
