@@ -44,10 +44,20 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
+# Commands whose process may end without tearing the interpreter down once they succeed: `analyze` has
+# written and closed every output by then, and freeing its trace tables object by object at exit took
+# 0.1-0.3 s (10 % of a run). Only for the console script itself (argv None), never for in-process callers.
+FAST_EXIT = {"analyze"}
+
+
 def main(argv=None):
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args
     try:
         cli.main(args=argv, prog_name="npu-advise", standalone_mode=False)
+        command = next((a for a in args if not a.startswith("-")), None)
+        if argv is None and command in FAST_EXIT:
+            _exit_now(0)
     except click.exceptions.Abort:
         click.echo("npu-advise: aborted", err=True)
         sys.exit(130)
@@ -68,6 +78,16 @@ def main(argv=None):
         click.echo(f"npu-advise: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                    err=True)
         sys.exit(3)
+
+
+def _exit_now(code: int):
+    import os
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
