@@ -53,9 +53,14 @@ FAST_EXIT = {"analyze"}
 def main(argv=None):
     args = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in args
+    command = next((a for a in args if not a.startswith("-")), None)
+    if argv is None and command in FAST_EXIT:
+        # A short run that keeps its data to the end: the cyclic collector would only rescan the
+        # imported modules and the trace tables, ~160 times (50 ms).
+        import gc
+        gc.disable()
     try:
         cli.main(args=argv, prog_name="npu-advise", standalone_mode=False)
-        command = next((a for a in args if not a.startswith("-")), None)
         if argv is None and command in FAST_EXIT:
             _exit_now(0)
     except click.exceptions.Abort:
