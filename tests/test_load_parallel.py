@@ -72,3 +72,25 @@ def test_worker_reports_values_the_columns_cannot_hold(tmp_path, monkeypatch):
 def test_big_traces_only_take_a_worker(tmp_path):
     small = KINETO / "hta_df_index_resolver_v100_rank1.json.gz"
     assert not kineto._worth_a_worker(str(small))        # ~40 MB of JSON: the fork does not pay
+
+
+def _failing_in_the_worker(how: str):
+    import os
+    parent = os.getpid()
+    decode = kineto._decode_piece
+
+    def decode_piece(data):
+        if os.getpid() != parent:          # only in the forked worker
+            if how == "exit":
+                os._exit(7)                # dies without a word
+            raise RuntimeError("boom in the worker")
+        return decode(data)
+    return decode_piece
+
+
+@pytest.mark.parametrize("how,message", [("raise", "boom in the worker"), ("exit", "worker process died")])
+def test_a_failing_worker_is_a_format_error_not_a_hang(how, message, monkeypatch):
+    monkeypatch.setattr(jsonstream, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(kineto, "_decode_piece", _failing_in_the_worker(how))
+    with pytest.raises(TraceFormatError, match=message):
+        load_kineto(str(KINETO / "hta_ns_resolution_resnet_v100_rank0.pt.trace.json.gz"), parallel=True)
