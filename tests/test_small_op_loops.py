@@ -99,6 +99,10 @@ def test_bundled_example_loops_via_cli():
     assert interp["iterations_per_step"] == 180.0 and interp["ops_per_iteration"] == 5.0
     mask = loops[src.enclosing_loops(example, example_marker_line("valid-len-mask"))[0].line]["details"]
     assert mask["iterations_per_step"] == 12.0 and mask["item_calls_per_step"] == 12.0
+    # The training loop runs once per step: the per-parameter ops of its one optimizer.step() call are the
+    # optimizer's (NPA601), not iterations of a loop of small ops.
+    training_loop = src.enclosing_loops(example, example_marker_line("item-sync"))[0].line
+    assert training_loop not in loops, loops[training_loop]["title"]
 
 
 def test_npu_trace_without_sources_says_so():
