@@ -14,7 +14,6 @@ import libcst.matchers as m
 
 from .codemods.base import analyzed, code, enclosing_function, names_in, node_index, qualified_names, start_line
 from .codemods.fused_ops import _add_relu_pairs, replacement_for, replacement_tokens
-from .rule_docs import FUSED_OP_RULES as RULES  # noqa: F401  (documented there, keyed by SourceMatch.kind)
 
 DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d", "deform_conv2d": "deform_conv2d",
              "DeformConv2dFunction": "deform_conv2d", "ModulatedDeformConv2d": "modulated_deform_conv2d",

@@ -7,7 +7,6 @@ line. Codemods never do text substitution.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import hashlib
 from collections import OrderedDict
 from typing import Optional
 
@@ -17,7 +16,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 from libcst.codemod.visitors._add_imports import _skip_first
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider, QualifiedNameProvider
 
-from .scope import active as scope_active, analysis_scope, on_scope_end  # noqa: F401  (analysis_scope re-exported)
+from .scope import active as scope_active, on_scope_end
 
 
 @dataclass
@@ -191,7 +190,7 @@ class _Analysis:
         return self._index
 
 
-# Analyses by SHA-256 of the source. Inside `analysis_scope()` (one recommend() call) every file is parsed
+# Analyses keyed by the source text. Inside `analysis_scope()` (one recommend() call) every file is parsed
 # and resolved once and kept until the scope ends; outside, the last UNSCOPED_CACHE_SIZE are kept.
 UNSCOPED_CACHE_SIZE = 16
 _cache: "OrderedDict[str, _Analysis]" = OrderedDict()
@@ -207,13 +206,12 @@ on_scope_end(_clear)
 
 
 def analysis(source: str) -> _Analysis:
-    key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
-    found = _cache.get(key)
+    found = _cache.get(source)
     if found is not None:
-        _cache.move_to_end(key)
+        _cache.move_to_end(source)
         return found
     found = _Analysis(source)
-    _cache[key] = found
+    _cache[source] = found
     _by_module[id(found.module)] = found
     while not scope_active() and len(_cache) > UNSCOPED_CACHE_SIZE:
         _, old = _cache.popitem(last=False)

@@ -18,10 +18,9 @@ def to_fix(rel: str, old: str, rewrite, fix_id: str, catalog_ref: str):
     """The `Fix` for a rewrite of the file `rel` (relative to the project root) whose content was `old`."""
     from npu_advise.findings import Fix
 
-    constraints = list(rewrite.constraints)
-    if rewrite.verified:
-        constraints = constraints + [f"verified: {v}" for v in rewrite.verified]
+    rel = rel.replace("\\", "/")
+    constraints = list(rewrite.constraints) + [f"verified: {v}" for v in rewrite.verified]
     return Fix(description=rewrite.description, auto_applicable=bool(rewrite.auto_applicable),
-               diff=unified_diff(rel.replace("\\", "/"), old, rewrite.new_source), fix_id=fix_id, constraints=constraints,
-               catalog_ref=catalog_ref, file=rel.replace("\\", "/"), file_sha256=sha256_text(old),
+               diff=unified_diff(rel, old, rewrite.new_source), fix_id=fix_id, constraints=constraints,
+               catalog_ref=catalog_ref, file=rel, file_sha256=sha256_text(old),
                patched_sha256=sha256_text(rewrite.new_source))

@@ -146,7 +146,7 @@ def rewrite_fused_call(source: str, line: int, keys=None, shape_checks: Optional
         new_module = replace_nodes(module, {call: new_call}, meta)
         new_source = add_imports(new_module, [(op.module, None)] + ([("torch", None)] if derived else [])).code
         dropped = [p for p in rep.drop if p in (bind_arguments(call, rep.signature) or {})]
-        verified = [f"arguments mapped by the catalog: " + ", ".join(f"{k}={v}" for k, v in mapping.items())]
+        verified = ["arguments mapped by the catalog: " + ", ".join(f"{k}={v}" for k, v in mapping.items())]
         constraints = [f"needs {op.module} installed (import {op.module})"]
         if dropped:
             verified.append("dropped: " + ", ".join(dropped))

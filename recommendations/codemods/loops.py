@@ -430,19 +430,27 @@ def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
             loop.iter, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else f"{code(loop.iter)}.reshape(-1).tolist()")
         new_loop = loop.with_changes(iter=new_iter, body=new_body)
         new_source = replace_nodes(module, {loop: new_loop}, meta).code
-        why = _is_tensor_expr(meta, loop.iter, function, start_line(meta, loop))
-        verified = [f"every use of `{var}` in the loop is `{var}.item()`", f"`{var}` is not read after the loop"]
-        constraints = ["one device->host copy of the whole tensor replaces one sync per element"]
-        if why:
-            verified.append(f"the iterated value is a tensor: {why}")
-        else:
-            constraints.insert(0, f"`{code(loop.iter)}` must be a tensor (not a list of tensors)")
-        return Rewrite(
-            new_source=new_source,
+        return _tolist_rewrite(
+            meta, loop, function, loop.iter, "iterated", new_source,
             description=(f"Copy `{code(loop.iter)}` to the host once with `.tolist()` instead of calling "
                          f"`.item()` (a blocking device sync) for every element."),
-            auto_applicable=bool(why), constraints=constraints, verified=verified)
+            verified=[f"every use of `{var}` in the loop is `{var}.item()`", f"`{var}` is not read after the loop"],
+            constraints=[])
     return None
+
+
+def _tolist_rewrite(meta, loop: cst.For, function, tensor: cst.BaseExpression, role: str, new_source: str,
+                    description: str, verified: list, constraints: list) -> Rewrite:
+    """The Rewrite of an `.item()` loop turned into one `.tolist()`: auto-applicable only when `tensor` is
+    shown to be a tensor; otherwise that becomes the first thing the user must check."""
+    why = _is_tensor_expr(meta, tensor, function, start_line(meta, loop))
+    constraints = ["one device->host copy of the whole tensor replaces one sync per element"] + constraints
+    if why:
+        verified = verified + [f"the {role} value is a tensor: {why}"]
+    else:
+        constraints.insert(0, f"`{code(tensor)}` must be a tensor (not a list of tensors)")
+    return Rewrite(new_source=new_source, description=description, auto_applicable=bool(why),
+                   constraints=constraints, verified=verified)
 
 
 def _indexed_item(node, seq: cst.BaseExpression, var: str) -> bool:
@@ -524,21 +532,14 @@ def _indexed_item_loop(meta, module, loop: cst.For) -> Optional[Rewrite]:
     else:
         new_loop = loop.with_changes(target=cst.Name(value), iter=expr(listed), body=new_body)
     new_source = replace_nodes(module, {loop: new_loop}, meta).code
-    why = _is_tensor_expr(meta, seq, function, start_line(meta, loop))
-    verified = [f"`{code(seq)}` is read in the loop only as `{code(seq)}[{i}].item()`, and not assigned",
-                f"`{i}` is not read after the loop"]
-    constraints = ["one device->host copy of the whole tensor replaces one sync per element",
-                   f"each `{code(seq)}[{i}]` holds one element (as `.item()` requires), so `{code(seq)}` flattens to "
-                   f"`len({code(seq)})` values"]
-    if why:
-        verified.append(f"the indexed value is a tensor: {why}")
-    else:
-        constraints.insert(0, f"`{code(seq)}` must be a tensor (not a list of tensors)")
-    return Rewrite(
-        new_source=new_source,
+    return _tolist_rewrite(
+        meta, loop, function, seq, "indexed", new_source,
         description=(f"Copy `{code(seq)}` to the host once with `.tolist()` instead of calling `{code(seq)}[{i}].item()` "
                      f"(a blocking device sync) for every index."),
-        auto_applicable=bool(why), constraints=constraints, verified=verified)
+        verified=[f"`{code(seq)}` is read in the loop only as `{code(seq)}[{i}].item()`, and not assigned",
+                  f"`{i}` is not read after the loop"],
+        constraints=[f"each `{code(seq)}[{i}]` holds one element (as `.item()` requires), so `{code(seq)}` flattens "
+                     f"to `len({code(seq)})` values"])
 
 
 REWRITERS = {
