@@ -1,0 +1,12 @@
+"""Subcommands of the CLI, imported lazily by npu_advise.cli."""
+from __future__ import annotations
+
+import click
+
+
+def echo_top_findings(report, paths: dict, shown: int = 5):
+    """The first findings, one line each, then where the report is: the tail of `profile` and `analyze`."""
+    for f in report.findings[:shown]:
+        saving = f" ~{f.estimated_saving_us:,.0f} us/step" if f.estimated_saving_us else ""
+        click.echo(f"  {f.rule} [{f.severity}] {f.title}{saving}")
+    click.echo(f"report: {paths['html']}")

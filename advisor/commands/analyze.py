@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import echo_top_findings
+
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
@@ -30,10 +32,7 @@ def analyze(path, out_dir, project_root, rank):
     n = len(report.findings)
     click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} from {path} "
                f"(rank {report.trace.rank}, {report.trace.device_type}) in {time.perf_counter() - started:.2f} s")
-    for f in report.findings[:5]:
-        saving = f" ~{f.estimated_saving_us:,.0f} us/step" if f.estimated_saving_us else ""
-        click.echo(f"  {f.rule} [{f.severity}] {f.title}{saving}")
-    click.echo(f"report: {paths['html']}")
+    echo_top_findings(report, paths)
 
 
 def _collection_of(path) -> dict:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from . import echo_top_findings
+
 # torchrun options we pass through as `--name value` (the script's own options follow SCRIPT).
 TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend",
                     "rdzv_endpoint", "rdzv_id", "max_restarts")
@@ -86,10 +88,7 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, rank
     n = len(report.findings)
     click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} in {time.perf_counter() - started:.2f} s "
                f"({result.collection.get('steps_recorded', 0)} steps recorded on {report.trace.device_type})")
-    for f in report.findings[:5]:
-        saving = f" ~{f.estimated_saving_us:,.0f} us/step" if f.estimated_saving_us else ""
-        click.echo(f"  {f.rule} [{f.severity}] {f.title}{saving}")
-    click.echo(f"report: {paths['html']}")
+    echo_top_findings(report, paths)
     if result.failed:
         raise ScriptFailed(f"{result.problem} Report: {paths['html']}")
     if result.problem:

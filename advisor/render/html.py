@@ -22,7 +22,9 @@ from typing import Optional
 from markupsafe import Markup
 
 from .. import __version__
+from ..findings import SEVERITIES
 from . import charts
+from .json_out import json_default
 from .snippets import SnippetReader
 
 CATEGORY_LABELS = {
@@ -38,7 +40,6 @@ CATEGORY_LABELS = {
 }
 # Each finding shows source for at most this many of its locations (the rest are listed).
 SNIPPETS_PER_FINDING = 3
-SEVERITY_ORDER = ("high", "medium", "low", "info")
 # The "device free" card is drawn as a warning from this share of the step (display only; the
 # host-bound rule has its own threshold).
 FREE_WARN_SHARE = 0.10
@@ -214,7 +215,7 @@ def _cards(report, findings, step_avg_us) -> list:
             if "host_wait_us" in steps.columns:
                 note += f"; {fmt_time(float(steps['host_wait_us'].mean()))} waiting for the host"
             cards.append(_card("Device free", fmt_time(free), note, warn=total > 0 and free / total >= FREE_WARN_SHARE))
-    by_sev = {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITY_ORDER}
+    by_sev = {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITIES}
     found = _card("Findings", f"{len(findings)}",
                   ", ".join(f"{n} {s}" for s, n in by_sev.items() if n) or "nothing to report")
     by_cat: dict = {}
@@ -464,7 +465,7 @@ def _pct(part: float, whole: Optional[float]) -> str:
 
 def _script_json(obj) -> str:
     """JSON for an inline <script> block: `<` escaped so no `</script>` or `<!--` can end it early."""
-    dump = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=_json_default,
+    dump = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=json_default,
                              allow_nan=False)
     try:
         text = dump(obj)
@@ -482,14 +483,6 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
 
 
 # ---------------------------------------------------------------------------------------------

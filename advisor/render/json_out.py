@@ -29,11 +29,11 @@ def to_json(report) -> dict:
 
 
 def write_findings(report, path: Path):
-    Path(path).write_text(json.dumps(to_json(report), indent=2, default=_default), encoding="utf-8")
+    Path(path).write_text(json.dumps(to_json(report), indent=2, default=json_default), encoding="utf-8")
 
 
-def _default(o):
-    # numpy scalars and arrays that slipped into details
+def json_default(o):
+    """numpy scalars and arrays that slipped into details become plain JSON values."""
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):
