@@ -23,7 +23,10 @@ def analyze(path, out_dir, project_root, rank):
     started = time.perf_counter()
     collection = _collection_of(path)
     if project_root is None and collection.get("script"):
-        project_root = Path(collection["script"]).parent   # as `profile` itself analyzed it
+        script = Path(collection["script"])
+        if not script.is_absolute():          # recorded as given on the command line of `profile`
+            script = Path(collection.get("cwd") or ".") / script
+        project_root = script.parent          # as `profile` itself analyzed it
     report = analyze_profile(path, project_root=project_root, rank=rank, collection=collection)
     if out_dir is None:
         stem = Path(path).name.split(".")[0] or "profile"
