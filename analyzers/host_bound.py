@@ -24,7 +24,7 @@ from npu_advise.model import merge_intervals
 from npu_advise.rules import Rule
 
 from . import Analysis
-from .common import category_mask, step_stats, us
+from .common import category_mask, us
 
 # A finding when the device is idle for at least this share of the average step.
 FREE_SHARE_THRESHOLD = 0.10

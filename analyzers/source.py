@@ -143,12 +143,6 @@ def enclosing_function(path, line: int) -> Optional[FunctionInfo]:
     return None
 
 
-def statement_at(path, line: int) -> Optional[ast.stmt]:
-    """The innermost simple statement spanning `line` (e.g. the assignment a marker line points at)."""
-    chain = _chain(str(path), line)
-    return chain[-1] if chain else None
-
-
 def clear_cache():
     """Forget cached files (tests that rewrite a file in place)."""
     _read.cache_clear()

@@ -83,10 +83,6 @@ RULE_PREDICTED = Rule(
 )
 
 
-def _op_tree(ops: pd.DataFrame):
-    return model.op_tree(ops)      # the loader's depth/parent columns (nesting per pid/tid)
-
-
 def sync_causing_ops(trace, depth: np.ndarray, parent: np.ndarray):
     """(flagged mask, label per op, root per op): sync-causing ops, what they are, and for every op
     the outermost sync-causing op enclosing it (itself included), -1 if none."""
@@ -200,7 +196,7 @@ def analyze(trace, ctx) -> Analysis:
     out = Analysis()
     if not len(ops) and not len(trace.runtime):
         return out
-    depth, parent = _op_tree(ops) if len(ops) else (np.zeros(0, np.int32), np.zeros(0, np.int64))
+    depth, parent = model.op_tree(ops) if len(ops) else (np.zeros(0, np.int32), np.zeros(0, np.int64))
     flagged, label, root = sync_causing_ops(trace, depth, parent) if len(ops) else \
         (np.zeros(0, bool), np.zeros(0, object), np.zeros(0, np.int64))
     codes, cats = category_codes(ops["name"])
