@@ -33,10 +33,8 @@ from .common import category_codes, category_mask, relative_path, step_stats
 
 # An optimizer step is "unfused" when it issues at least this many top-level ops per step.
 MIN_OPS_PER_STEP = 20
-# Source scan bounds: at most this many .py files under the project root, skipping these folders.
+# Source scan bound: at most this many .py files under the project root (source.SKIP_DIRS are skipped).
 MAX_SCAN_FILES = 3000
-SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "venv", ".venv", "env", "site-packages", "dist-packages",
-             "node_modules", "build", "dist", ".tox", ".mypy_cache", ".pytest_cache", ".eggs"}
 FUSED_NPU = {"AdamW": "NpuFusedAdamW", "Adam": "NpuFusedAdam", "SGD": "NpuFusedSGD", "Adadelta": "NpuFusedAdadelta",
              "Lamb": "NpuFusedLamb", "RMSprop": "NpuFusedRMSprop", "AdamP": "NpuFusedAdamP"}
 # torch optimizers that take fused=True on CUDA (torch >= 2.0/2.4); the others take foreach=True.
@@ -245,18 +243,6 @@ def _scan_root(trace, ctx) -> Optional[Path]:
     return Path(os.path.commonpath([os.path.dirname(f) for f in files]))
 
 
-def _python_files(root: Path) -> list:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        for f in sorted(filenames):
-            if f.endswith(".py"):
-                out.append(Path(dirpath) / f)
-                if len(out) >= MAX_SCAN_FILES:
-                    return out
-    return out
-
-
 def find_constructions(root: Optional[Path], cls: str) -> list:
     """Calls constructing torch.optim.<cls> and config dicts `dict(type='<cls>')` under `root`:
     list of {"file", "line", "function", "kind": "call" | "config", "text"}."""
@@ -266,7 +252,7 @@ def find_constructions(root: Optional[Path], cls: str) -> list:
     name = re.escape(cls)
     candidate = re.compile(rf"\b{name}\s*\(|type['\"]?\s*[=:]\s*['\"](?:torch\.optim\.)?{name}['\"]")
     found = []
-    for path in _python_files(Path(root)):
+    for path in source.python_files(Path(root), MAX_SCAN_FILES):
         text = source.read_source(path)
         if not text or cls not in text or not candidate.search(text):
             continue

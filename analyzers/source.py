@@ -8,6 +8,7 @@ whose sources are not here.
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -147,3 +148,22 @@ def clear_cache():
     """Forget cached files (tests that rewrite a file in place)."""
     _read.cache_clear()
     _tree.cache_clear()
+
+
+# Folders that never hold the user's own code (VCS data, caches, environments, build copies).
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", "venv", ".venv", "env", "site-packages", "dist-packages",
+                       "node_modules", "build", "dist", ".tox", ".mypy_cache", ".pytest_cache", ".eggs"})
+
+
+def python_files(root: Path, limit: int) -> list:
+    """The project's .py files under `root` in a stable order, at most `limit`, skipping SKIP_DIRS and
+    hidden folders."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        for f in sorted(filenames):
+            if f.endswith(".py"):
+                out.append(Path(dirpath) / f)
+                if len(out) >= limit:
+                    return out
+    return out

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from npu_advise.analyzers.source import python_files
 from npu_advise.findings import Evidence, Finding, Fix, Location, severity_for_share
 
 # No libcst here: the matchers and codemods (recommendations/codemods, matchers.py) are imported where a
@@ -31,9 +32,7 @@ from .codemods.scope import analysis_scope
 from .evidence import SourceIndex
 from .rule_docs import FUSED_OP_RULES
 
-# Directories never scanned for user code.
-SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", "site-packages", "dist-packages", "build",
-             "dist", ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".eggs"}
+# At most this many .py files of the project are scanned (folders in analyzers.source.SKIP_DIRS are skipped).
 MAX_SCANNED_FILES = 2000
 MAX_FILE_BYTES = 2_000_000
 CONFIG_DIR_NAMES = ("configs", "config", "projects")
@@ -77,15 +76,7 @@ class _Sources:
     def project_files(self) -> list:
         if self.root is None:
             return []
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-            for f in sorted(filenames):
-                if f.endswith(".py"):
-                    out.append(Path(dirpath) / f)
-                    if len(out) >= MAX_SCANNED_FILES:
-                        return out
-        return out
+        return python_files(self.root, MAX_SCANNED_FILES)
 
 
 def _project_root(trace, ctx) -> Optional[Path]:

@@ -187,14 +187,19 @@ def _index_offset(node, var: str) -> Optional[int]:
     return None
 
 
-def rewrite_affine_interpolation(source: str, line: int) -> Optional[Rewrite]:
+def _first_rewrite(source: str, line: int, match) -> Optional[Rewrite]:
+    """The rewrite `match(meta, module, loop)` gives for the innermost loop at `line` that it matches."""
     wrapper, meta = analyzed(source)
     module = wrapper.module
     for loop in _loops_at(meta, module, line):
-        r = _match_affine(meta, module, loop)
+        r = match(meta, module, loop)
         if r is not None:
             return r
     return None
+
+
+def rewrite_affine_interpolation(source: str, line: int) -> Optional[Rewrite]:
+    return _first_rewrite(source, line, _match_affine)
 
 
 def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
@@ -271,13 +276,7 @@ def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
 # Prefix masks
 # ---------------------------------------------------------------------------------------------
 def rewrite_prefix_mask(source: str, line: int) -> Optional[Rewrite]:
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    for loop in _loops_at(meta, module, line):
-        r = _match_prefix_mask(meta, module, loop)
-        if r is not None:
-            return r
-    return None
+    return _first_rewrite(source, line, _match_prefix_mask)
 
 
 def _mask_target(target, i: str, n: str):
@@ -407,36 +406,33 @@ def _is_tensor_expr(meta, node, function, before_line: int) -> Optional[str]:
 
 
 def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    for loop in _loops_at(meta, module, line):
-        if not isinstance(loop.target, cst.Name) or loop.orelse is not None:
-            continue
-        if m.matches(loop.iter, m.Call(func=m.Name("range") | m.Name("enumerate") | m.Name("zip"))):
-            r = _indexed_item_loop(meta, module, loop)
-            if r is not None:
-                return r
-            continue
-        var = loop.target.value
-        uses = _ItemUses(var)
-        loop.body.visit(uses)
-        if uses.items == 0 or uses.other or uses.assigned:
-            continue
-        function = enclosing_function(meta, loop)
-        if _used_after(meta, function, loop, {var}):
-            continue
-        new_body = loop.body.visit(_DropItem(var))
-        new_iter = expr(f"({code(loop.iter)}).reshape(-1).tolist()" if not isinstance(
-            loop.iter, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else f"{code(loop.iter)}.reshape(-1).tolist()")
-        new_loop = loop.with_changes(iter=new_iter, body=new_body)
-        new_source = replace_nodes(module, {loop: new_loop}, meta).code
-        return _tolist_rewrite(
-            meta, loop, function, loop.iter, "iterated", new_source,
-            description=(f"Copy `{code(loop.iter)}` to the host once with `.tolist()` instead of calling "
-                         f"`.item()` (a blocking device sync) for every element."),
-            verified=[f"every use of `{var}` in the loop is `{var}.item()`", f"`{var}` is not read after the loop"],
-            constraints=[])
-    return None
+    return _first_rewrite(source, line, _match_item_loop)
+
+
+def _match_item_loop(meta, module, loop) -> Optional[Rewrite]:
+    if not isinstance(loop.target, cst.Name) or loop.orelse is not None:
+        return None
+    if m.matches(loop.iter, m.Call(func=m.Name("range") | m.Name("enumerate") | m.Name("zip"))):
+        return _indexed_item_loop(meta, module, loop)
+    var = loop.target.value
+    uses = _ItemUses(var)
+    loop.body.visit(uses)
+    if uses.items == 0 or uses.other or uses.assigned:
+        return None
+    function = enclosing_function(meta, loop)
+    if _used_after(meta, function, loop, {var}):
+        return None
+    new_body = loop.body.visit(_DropItem(var))
+    new_iter = expr(f"({code(loop.iter)}).reshape(-1).tolist()" if not isinstance(
+        loop.iter, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else f"{code(loop.iter)}.reshape(-1).tolist()")
+    new_loop = loop.with_changes(iter=new_iter, body=new_body)
+    new_source = replace_nodes(module, {loop: new_loop}, meta).code
+    return _tolist_rewrite(
+        meta, loop, function, loop.iter, "iterated", new_source,
+        description=(f"Copy `{code(loop.iter)}` to the host once with `.tolist()` instead of calling "
+                     f"`.item()` (a blocking device sync) for every element."),
+        verified=[f"every use of `{var}` in the loop is `{var}.item()`", f"`{var}` is not read after the loop"],
+        constraints=[])
 
 
 def _tolist_rewrite(meta, loop: cst.For, function, tensor: cst.BaseExpression, role: str, new_source: str,
