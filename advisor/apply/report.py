@@ -1,12 +1,12 @@
 """Read the fixes of a report folder (`findings.json`) for `apply`."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..render.json_out import read_findings
 
 FINDINGS_FILE = "findings.json"
 
@@ -61,12 +61,7 @@ def load_report_fixes(report_dir) -> ReportFixes:
     path = d / FINDINGS_FILE
     if not path.is_file():
         raise UserError(f"{d}: no {FINDINGS_FILE} (is this the output folder of `npu-advise profile`/`analyze`?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable findings.json ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
-        raise UserError(f"{path}: not a findings.json (no 'findings' list)")
+    data = read_findings(path)
     fixes = []
     seen: dict = {}
     for k, fd in enumerate(data["findings"]):

@@ -8,17 +8,7 @@ from typing import Optional
 import click
 
 from ..errors import UserError
-
-
-def _read_findings(folder: Path) -> dict:
-    path = folder / "findings.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable findings.json ({type(exc).__name__})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("findings"), list):
-        raise UserError(f"{path}: not a findings.json (no 'findings' list)")
-    return doc
+from ..render.json_out import read_findings
 
 
 def _trace_of_output(folder: Path, doc: dict) -> Path:
@@ -44,7 +34,7 @@ def load_side(path: Path, label: str, project_root: Optional[Path] = None, rank:
     if not p.exists():
         raise UserError(f"{path}: no such file or directory")
     if p.is_dir() and (p / "findings.json").is_file():
-        doc = _read_findings(p)
+        doc = read_findings(p / "findings.json")
         traces = load_profile(_trace_of_output(p, doc))
         want = rank if rank is not None else (doc.get("trace") or {}).get("rank")
         trace = next((t for t in traces if t.rank == want), traces[0])

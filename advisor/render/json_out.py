@@ -28,6 +28,19 @@ def to_json(report) -> dict:
     }
 
 
+def read_findings(path: Path) -> dict:
+    """A findings.json as written by `write_findings`; a one-line UserError when unreadable."""
+    from ..errors import UserError
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable findings.json ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("findings"), list):
+        raise UserError(f"{path}: not a findings.json (no 'findings' list)")
+    return doc
+
+
 def write_findings(report, path: Path):
     Path(path).write_text(json.dumps(to_json(report), indent=2, default=json_default), encoding="utf-8")
 
