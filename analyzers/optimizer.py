@@ -64,7 +64,7 @@ _FUSED_NPU = re.compile("npu_apply_adam|NpuFused")
 
 
 def analyze(trace, ctx) -> Analysis:
-    ranges = _step_ranges(trace)
+    ranges = step_ranges(trace)
     if not len(ranges):
         return Analysis()
     stats = step_stats(trace)
@@ -78,7 +78,7 @@ def analyze(trace, ctx) -> Analysis:
     return Analysis(findings=findings)
 
 
-def _step_ranges(trace) -> pd.DataFrame:
+def step_ranges(trace) -> pd.DataFrame:
     """Optimizer.step ranges from host annotations (Kineto) and host ops (torch_npu, old Kineto)."""
     parts = []
     an = trace.annotations
@@ -102,7 +102,7 @@ def _step_ranges(trace) -> pd.DataFrame:
     return df[df["cls"].notna()].drop_duplicates(["ts", "tid"]).reset_index(drop=True)
 
 
-def _ops_inside(trace, ranges: pd.DataFrame) -> np.ndarray:
+def ops_inside(trace, ranges: pd.DataFrame) -> np.ndarray:
     """Row indices of host ops inside any of the ranges (same thread), excluding the range op itself."""
     ops = trace.ops
     ts = ops["ts"].to_numpy()
@@ -130,7 +130,7 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
         return None   # apex / DeepSpeed FusedAdam, torch_npu NpuFused*: already multi-tensor kernels
     n = stats.count
     ops = trace.ops
-    rows = _ops_inside(trace, ranges)
+    rows = ops_inside(trace, ranges)
     if not len(rows):
         return None
     ts = ops["ts"].to_numpy()[rows]

@@ -30,6 +30,7 @@ from npu_advise.rules import Rule
 
 from . import Analysis, source
 from .common import relative_path, resolve_source, step_stats, us
+from .optimizer import ops_inside, step_ranges
 
 # A loop is reported when it runs at least this many iterations per step ...
 MIN_ITERATIONS_PER_STEP = 8
@@ -42,7 +43,6 @@ MAX_MEAN_OP_US = 100.0
 MIN_FUNCTION_OPS_PER_STEP = 200
 _ITEM_OPS = ("aten::item", "aten::_local_scalar_dense")
 _BACKWARD_PREFIX = "autograd::engine::evaluate_function"
-OPTIMIZER_STEP_PREFIX = "Optimizer.step#"
 
 RULE = Rule(
     code="NPA501", name="small-op-loop", category="small_op_loop",
@@ -100,22 +100,14 @@ def _note_limitations(trace, ctx, top: pd.DataFrame, exact: np.ndarray) -> None:
             trace.limitations.append(note)
 
 
-def _in_optimizer_steps(trace, ts: np.ndarray, tid: np.ndarray) -> np.ndarray:
-    """Ops run inside an `Optimizer.step#...` range. One `optimizer.step()` call issues the same ops once
-    per parameter, which would read as many executions of that line (the training loop would look like
-    a loop of small ops); they are the optimizer's, reported by NPA601."""
-    an = trace.annotations
-    if not len(an):
-        return np.zeros(len(ts), dtype=bool)
-    opt = an[an["name"].astype(str).str.startswith(OPTIMIZER_STEP_PREFIX) & ~an["on_device"].to_numpy()]
-    inside = np.zeros(len(ts), dtype=bool)
-    for t in np.unique(opt["tid"].to_numpy()):
-        rows = opt[opt["tid"] == t]
-        s, e, _ = model.merge_intervals(rows["ts"].to_numpy(), (rows["ts"] + rows["dur"]).to_numpy())
-        mine = np.flatnonzero(tid == t)
-        j = np.searchsorted(s, ts[mine], side="right") - 1
-        ok = j >= 0
-        inside[mine[ok]] = ts[mine[ok]] < e[j[ok]]
+def _in_optimizer_steps(trace) -> np.ndarray:
+    """Ops run inside an optimizer step range. One `optimizer.step()` call issues the same ops once per
+    parameter, which would read as many executions of that line (the training loop would look like a
+    loop of small ops); they are the optimizer's, reported by NPA601."""
+    inside = np.zeros(len(trace.ops), dtype=bool)
+    ranges = step_ranges(trace)
+    if len(ranges):
+        inside[ops_inside(trace, ranges)] = True
     return inside
 
 
@@ -138,7 +130,7 @@ def _top_level_ops(trace, stats) -> pd.DataFrame:
         hit = model.innermost_enclosing(ts[bwd], end[bwd], tid[bwd], ts, tid)
         in_bwd = hit >= 0
     parent_loc = np.where(parent >= 0, loc[np.maximum(parent, 0)], -2)
-    keep = (loc >= 0) & (parent_loc != loc) & ~in_bwd & ~_in_optimizer_steps(trace, ts, tid)
+    keep = (loc >= 0) & (parent_loc != loc) & ~in_bwd & ~_in_optimizer_steps(trace)
     if stats.from_ranges:
         keep &= ops["step"].to_numpy() >= 0
     rows = np.flatnonzero(keep)
