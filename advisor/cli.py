@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .errors import UserError
+from .errors import EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_INTERRUPTED, UserError
 
 # name -> "module:attribute" of a click.Command
 COMMANDS = {
@@ -34,7 +34,7 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="npu-advise")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
 @click.pass_context
@@ -65,7 +65,7 @@ def main(argv=None):
             _exit_now(0)
     except click.exceptions.Abort:
         click.echo("npu-advise: aborted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -76,13 +76,13 @@ def main(argv=None):
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("npu-advise: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # a bug of ours: still one line, with how to get the traceback
         if debug:
             raise
         click.echo(f"npu-advise: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                    err=True)
-        sys.exit(3)
+        sys.exit(EXIT_INTERNAL)
 
 
 def _exit_now(code: int):

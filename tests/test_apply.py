@@ -197,7 +197,7 @@ def test_refuses_file_changed_since_report(project, capsys):
     edited = ORIGINAL.replace("lr=1e-3", "lr=2e-3")
     (root / "train.py").write_text(edited)
     code, out, err = run(["apply", report], capsys)
-    assert code == 1
+    assert code == 2
     assert f"{ids['NPA501']} train.py: refused: train.py changed since the report" in err
     assert "error: 2 fix(es) refused" in err
     assert (root / "train.py").read_text() == edited          # left alone
@@ -215,7 +215,7 @@ def test_refuses_paths_outside_the_project_root(tmp_path, capsys):
                 _code_fix("NPA302", str(outside), LOSS_LOG, LOSS_LOG_FIXED, 5, "log", "sync")]
     _write_report(tmp_path / "out", root, findings)
     code, out, err = run(["apply", tmp_path / "out"], capsys)
-    assert code == 1
+    assert code == 2
     assert "../evil.py: refused: ../evil.py: resolves to" in err and "outside the project root" in err
     assert "link.py: refused: link.py: resolves to" in err
     assert "absolute path" in err
@@ -263,7 +263,7 @@ def test_revert_refuses_a_file_edited_after_apply(project, capsys):
     edited = BOTH_FIXED + "# my own change\n"
     (root / "train.py").write_text(edited)
     code, out, err = run(["apply", report, "--revert"], capsys)
-    assert code == 1
+    assert code == 2
     assert "train.py was edited after apply" in err and "originals" in err
     assert (root / "train.py").read_text() == edited
     assert (root / "utils" / "log.py").read_text() == LOSS_LOG      # the other file was reverted
@@ -465,7 +465,7 @@ def test_fixes_inserting_imports_at_one_point_combine(tmp_path, capsys):
     (root / "m.py").write_text(old)
     _write_report(tmp_path / "out", root, fixes)
     code, out, err = run(["apply", tmp_path / "out"], capsys)
-    assert code == 1 and "3 applied, 1 refused" in out
+    assert code == 2 and "3 applied, 1 refused" in out
     assert f"{fixes[3].id} m.py: refused: m.py: two changes touch line 9 ({fixes[0].id} and {fixes[3].id})" in err
     assert (root / "m.py").read_text() == (
         "import torch\nimport torch.nn as nn\nimport mx_driving\nimport torch_npu\n"

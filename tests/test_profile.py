@@ -149,7 +149,7 @@ def test_missing_script(tmp_path):
 def test_script_failing_before_profiling(tmp_path, mode, expected):
     out = tmp_path / "out"
     proc = run_cli("profile", "--out", out, MODES, mode)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert expected in _one_line_error(proc)
     assert not (out / "findings.json").exists()
     collection = read_json(out / "collection.json")
@@ -163,7 +163,7 @@ def test_script_failing_before_profiling(tmp_path, mode, expected):
 def test_script_failing_after_two_profiled_steps_still_reports(tmp_path):
     out = tmp_path / "out"
     proc = run_cli("profile", "--out", out, MODES, "raise-after2")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     line = _one_line_error(proc)
     assert "failed after 2 profiled steps: RuntimeError: CUDA out of memory (simulated)" in line
     assert str(out / "report.html") in line
@@ -177,7 +177,7 @@ def test_script_failing_after_two_profiled_steps_still_reports(tmp_path):
 
 def test_no_optimizer_step_gets_a_clear_message(tmp_path):
     proc = run_cli("profile", "--out", tmp_path / "out", MODES, "no-optimizer")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     line = _one_line_error(proc)
     assert "without calling optimizer.step()" in line and "--window-seconds" in line
 

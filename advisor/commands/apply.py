@@ -55,4 +55,4 @@ def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, project_root)
 
 
 class FixesRefused(UserError):
-    exit_code = 1
+    """Some fixes were refused (a file changed since the report, a path outside the project, ...)."""
