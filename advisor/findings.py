@@ -50,6 +50,10 @@ class Fix:
     file: Optional[str] = None
     file_sha256: Optional[str] = None
     patched_sha256: Optional[str] = None
+    # The function the rewrite replaces (qualified name, "<module>" for module-level code) and its
+    # (first, last) line before the change; what the verification stage swaps in.
+    function: Optional[str] = None
+    function_lines: Optional[list] = None
 
 
 @dataclass

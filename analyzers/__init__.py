@@ -30,6 +30,7 @@ class Context:
     project_root: Optional[Path] = None     # where user source files are resolved and made relative
     findings: list = field(default_factory=list)   # findings of the analyzers that ran before
     tables: dict = field(default_factory=dict)     # tables of the analyzers that ran before
+    candidates: dict = field(default_factory=dict) # finding id -> recommendations.Candidate (the recommender's)
 
 
 @dataclass

@@ -16,11 +16,6 @@ __all__ = ["sha256_text", "to_fix", "unified_diff"]
 
 def to_fix(rel: str, old: str, rewrite, fix_id: str, catalog_ref: str):
     """The `Fix` for a rewrite of the file `rel` (relative to the project root) whose content was `old`."""
-    from npu_advise.findings import Fix
+    from ..candidates import Candidate
 
-    rel = rel.replace("\\", "/")
-    constraints = list(rewrite.constraints) + [f"verified: {v}" for v in rewrite.verified]
-    return Fix(description=rewrite.description, auto_applicable=bool(rewrite.auto_applicable),
-               diff=unified_diff(rel, old, rewrite.new_source), fix_id=fix_id, constraints=constraints,
-               catalog_ref=catalog_ref, file=rel, file_sha256=sha256_text(old),
-               patched_sha256=sha256_text(rewrite.new_source))
+    return Candidate.from_rewrite(rel, rel, old, rewrite, catalog_ref).to_fix(fix_id)
