@@ -12,7 +12,7 @@ from typing import Optional
 SCHEMA_VERSION = "1.0"
 
 CATEGORIES = (
-    "op_hotspot", "host_bound", "sync", "cpu_fallback", "small_op_loop",
+    "op_hotspot", "host_bound", "communication", "sync", "cpu_fallback", "small_op_loop",
     "fused_op", "optimizer", "env", "migration",
 )
 SEVERITIES = ("high", "medium", "low", "info")
@@ -72,6 +72,10 @@ class Finding:
     # What the finding is about when one rule can fire several times at one place (an op name, an
     # environment variable). Part of the id; must not contain measured numbers, so ids stay stable.
     subject: Optional[str] = None
+    # A context row: it describes the trace (an operator ranking) or notes a setting without measured
+    # evidence of its cost, so it names no problem to fix by itself. Ranked after every actionable
+    # finding (see `rank`). Set by the analyzer that knows; the one notion every ranking uses.
+    context: bool = False
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
@@ -93,12 +97,24 @@ class Finding:
 
 
 def rank(findings: list) -> list:
-    """Largest estimated saving first; findings without an estimate follow, by severity."""
+    """The one order of findings: the report, findings.json, SARIF and the console top-5 all use it.
+
+    1. Actionable findings before context rows (`Finding.context`).
+    2. Then by severity band, high > medium > low > info: a high finding is never listed below a low one.
+    3. Within a band, the larger estimated saving per step first; findings without an estimate (the
+       trace cannot support a number) follow the estimated ones of their band.
+    4. Ties: rule code, then title, so the order is stable across runs.
+    Severities are set from the share of the step a finding costs (`severity_for_share`) where it is
+    measured, so within the estimated findings the band order and the saving order agree.
+    """
     sev = {s: i for i, s in enumerate(SEVERITIES)}
-    return sorted(
-        findings,
-        key=lambda f: (f.estimated_saving_us is None, -(f.estimated_saving_us or 0.0), sev[f.severity], f.rule),
-    )
+
+    def key(f):
+        saving = f.estimated_saving_us
+        known = saving is not None and saving == saving   # NaN counts as unknown
+        return (bool(f.context), sev[f.severity], not known, -(saving if known else 0.0), f.rule, f.title)
+
+    return sorted(findings, key=key)
 
 
 def severity_for_share(share: float) -> str:

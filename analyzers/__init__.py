@@ -15,6 +15,7 @@ from typing import Optional
 # Order matters: causes first, then the analyses that cite them.
 ANALYZERS = (
     "op_ranking",
+    "communication",
     "syncs",
     "environment",
     "cpu_fallback",

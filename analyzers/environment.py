@@ -149,15 +149,18 @@ def _shown(env: dict, key: str) -> str:
 
 def _lever_finding(env, rule, key, want, severity, bound, predicted) -> Finding:
     shown = _shown(env, key)
-    if shown == "(not recorded)":
+    context = shown == "(not recorded)"    # no evidence the lever is off: a reminder, not a problem
+    if context:
         title = f"Host-bound run and {key} was not recorded: make sure {key}={want}"
         severity = "low"
         how = "not among the environment variables recorded with this trace"
     else:
         title = f"{key}={shown} on a host-bound run: set it to {want}"
         how = "recorded environment"
-    return _env_finding(rule, severity, title, [Evidence(key, shown, "", how)] + bound,
-                        f"export {key}={want}", predicted)
+    f = _env_finding(rule, severity, title, [Evidence(key, shown, "", how)] + bound,
+                     f"export {key}={want}", predicted)
+    f.context = context
+    return f
 
 
 def _int(v, default: int) -> int:

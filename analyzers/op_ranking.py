@@ -163,6 +163,7 @@ def _hotspots(table: pd.DataFrame, locmap: dict, stats, rule: str, side: str) ->
             ],
             locations=[l for l, _ in where],
             estimated_saving_us=None,
+            context=True,       # a ranking of where time goes, not a problem by itself
             subject=row.name,
             details={"name": row.name, "side": side,
                      "location_time_us": [{"file": l.file, "line": l.line, "time_us": us(t)} for l, t in where],

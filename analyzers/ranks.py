@@ -28,6 +28,7 @@ from npu_advise.model import merge_intervals
 from npu_advise.rules import Rule
 
 from . import Analysis
+from .common import category_mask
 
 # msprof-analyze's slow-rank cut-off: a spread (max - min) / mean above 5 % of the step or a component.
 SLOW_RANK_SPREAD = 0.05
@@ -65,6 +66,13 @@ RULE_WAIT = Rule(
         "while the wait comes from a late rank.",
     thresholds={"COMM_WAIT_SHARE": COMM_WAIT_SHARE},
 )
+
+
+def is_collective(kernels: pd.DataFrame) -> np.ndarray:
+    """Row mask of the collectives among device activity: torch_npu HCCL ops (kind "communication") and
+    Kineto NCCL/RCCL/gloo kernels by name."""
+    return (category_mask(kernels["kind"], lambda c: c == "communication")
+            | category_mask(kernels["name"], COMM_KERNEL.search))
 
 
 def _union(starts, ends):
@@ -151,8 +159,7 @@ def rank_split(trace) -> dict:
     if len(k):
         ts = k["ts"].to_numpy()
         end = ts + k["dur"].to_numpy()
-        comm = (k["kind"].astype(str).to_numpy() == "communication") | \
-            k["name"].astype(str).str.contains(COMM_KERNEL).to_numpy()
+        comm = is_collective(k)
         busy = k["kind"].astype(str).to_numpy() != "sync"
         out = _split_intervals(trace, ts[comm], end[comm], ts[busy & ~comm], end[busy & ~comm])
         if out:

@@ -29,7 +29,8 @@ from . import Analysis
 from .common import category_codes, category_mask, location, step_stats, us
 from npu_advise.model import merge_intervals
 
-from .host_bound import busy_events
+from .host_bound import busy_events, clipped_total
+from .ranks import is_collective
 
 SYNC_RUNTIME = re.compile(
     r"^(cuda(Stream|Device|Event)Synchronize|cudaMemcpy|cudaMemcpy2D|cudaMemcpy3D|"
@@ -216,7 +217,7 @@ def analyze(trace, ctx) -> Analysis:
         if g is None:
             g = groups[key] = {"key": key, "calls": 0, "events": 0, "ops": {}, "causes": set(), "sync_calls": 0,
                                "runtime": {}, "blocked_ns": 0, "max_blocked_ns": 0, "device_sync_ns": 0,
-                               "bubble_ns": 0}
+                               "bubble_ns": 0, "explained_ns": 0, "waits_for": {}}
         return g
 
     # 1. Sync-causing host ops, counted once per chain (at the outermost).
@@ -237,6 +238,7 @@ def analyze(trace, ctx) -> Analysis:
         is_sync_rt &= rt_all["step"].to_numpy() >= 0
     rt = rt_all[is_sync_rt]
     bubbles = _bubbles(trace, rt)
+    explained, waited = _waits_for(trace, rt)
     if len(rt):
         inner = rt["op"].to_numpy()
         has = inner >= 0
@@ -253,6 +255,10 @@ def analyze(trace, ctx) -> Analysis:
             g["blocked_ns"] += int(dur)
             g["max_blocked_ns"] = max(g["max_blocked_ns"], int(dur))
             g["bubble_ns"] += int(bub)
+            g["explained_ns"] += int(explained[i])
+            for name, start, elapsed, overlap in waited[i]:
+                w = g["waits_for"].setdefault(name, {"start_ns": start, "elapsed_ns": elapsed, "overlap_ns": 0})
+                w["overlap_ns"] += overlap
             if a >= 0 and not flagged[a] and is_copy[a]:
                 g["causes"].add("tensor copy (.to()/.cpu()) that waits for the device")
             elif a < 0 or not flagged[a]:
@@ -301,6 +307,33 @@ def analyze(trace, ctx) -> Analysis:
     return out
 
 
+def _waits_for(trace, rt: pd.DataFrame):
+    """What each runtime sync call waited for: (device busy time inside the call (ns), per call the
+    collectives it overlaps as [(name, start_ns, elapsed_ns, overlap_ns)]). A sync returns when the device
+    has finished the work queued before it, so device activity during the call explains that much of the
+    blocked time; the rest is the host blocked while the device had nothing to do."""
+    explained = np.zeros(len(rt), dtype=np.int64)
+    waited = [[] for _ in range(len(rt))]
+    if not len(rt) or not trace.has_device_timeline:
+        return explained, waited
+    ev = busy_events(trace)
+    start = ev["ts"].to_numpy()
+    b_s, b_e, _ = merge_intervals(start, start + ev["dur"].to_numpy())
+    t0 = rt["ts"].to_numpy()
+    t1 = t0 + rt["dur"].to_numpy()
+    k = trace.kernels
+    coll = k[is_collective(k)]
+    c_ts = coll["ts"].to_numpy()
+    c_end = c_ts + coll["dur"].to_numpy()
+    c_name = coll["name"].astype(str).to_numpy()
+    for i in range(len(rt)):
+        explained[i] = clipped_total(b_s, b_e, int(t0[i]), int(t1[i]))
+        hit = np.flatnonzero((c_ts < t1[i]) & (c_end > t0[i]))
+        waited[i] = [(c_name[j], int(c_ts[j]), int(c_end[j] - c_ts[j]),
+                      int(min(c_end[j], t1[i]) - max(c_ts[j], t0[i]))) for j in hit[np.argsort(c_ts[hit])]]
+    return explained, waited
+
+
 def _bubbles(trace, rt: pd.DataFrame) -> np.ndarray:
     """Per runtime sync call: the device idle time removing it would recover (ns), estimated as the idle
     gap the sync sits in (from when the device went idle, or the sync began if later, until the next
@@ -338,6 +371,18 @@ def _site(trace, g, ctx):
         exact = bool(trace.locations["exact"].iat[val]) if val < len(trace.locations) else True
         return loc, f"{loc.file}:{loc.line}" + ("" if exact else f" (in {loc.function})"), exact
     return None, val, False
+
+
+def _waits_for_text(waits: dict, details: dict, n: int) -> str:
+    """Name the collectives the syncs waited for (in start order) into `details`; a title suffix."""
+    if not waits:
+        return ""
+    chain = sorted(waits.items(), key=lambda kv: kv[1]["start_ns"])
+    details["waits_for"] = [{"collective": name, "elapsed_us": us(w["elapsed_ns"]),
+                             "overlap_us_per_step": us(w["overlap_ns"] / n)} for name, w in chain]
+    first, w = chain[0]
+    names = first if len(chain) == 1 else f"the chain of {len(chain)} collectives {first} ... {chain[-1][0]}"
+    return f", waiting for {names} ({w['elapsed_ns'] / 1e6:,.1f} ms in {first})"
 
 
 def _finding(trace, g, stats, ctx):
@@ -380,13 +425,22 @@ def _finding(trace, g, stats, ctx):
         share = (bubble_ps / step_us) if step_us > 0 else 0.0
         title = (f"{g['sync_calls']} device sync{'s' if g['sync_calls'] != 1 else ''} at {site}: "
                  f"{syncs_ps:.1f}/step, host blocked {blocked_ps / 1000:,.2f} ms/step")
-        details["saving_how"] = ("estimate: without the sync the host continues at once, so its next launches move "
-                                 "earlier by the blocked time; the device idle gap after the sync shrinks by at most "
-                                 "that (per sync: min(idle gap, blocked time)), 0 when the device never drained")
+        saving = None
+        if trace.has_device_timeline:
+            explained_ps = us(g["explained_ns"] / n)
+            saving = round(max(blocked_ps - explained_ps, 0.0), 3)
+            ev.append(Evidence("device work during the syncs per step", explained_ps, "us",
+                               "union of device activity (kernels, copies, collectives) inside the sync calls: the "
+                               "work the host waited for"))
+            ev.append(Evidence("blocked time not explained by device work per step", saving, "us",
+                               "host blocked per step minus the device work during the syncs"))
+            title += _waits_for_text(g["waits_for"], details, n)
+            details["saving_how"] = ("the blocked time not explained by the device work it waits for: removing the "
+                                     "sync does not make that work faster, it only frees the host while it runs")
         return Finding(rule="NPA301", category="sync", title=title + where_note,
                        severity=severity_for_share(max(share, blocked_ps / step_us if step_us > 0 else 0.0)),
                        evidence=ev, locations=[loc] if loc else [],
-                       estimated_saving_us=bubble_ps if trace.has_device_timeline and bubble_ps > 0 else None,
+                       estimated_saving_us=saving if saving else None,
                        subject=None if loc else site, details=details)
     # predicted
     on_cpu = not trace.has_device_timeline

@@ -71,33 +71,53 @@ def read_all(out_dir: Path) -> dict:
             tables[key] = read_csv(p)
     comm = out_dir / "communication.json"
     if comm.is_file():
-        tables["communication"] = read_communication(comm)
+        tables["communication"], tables["communication_bandwidth"] = read_communication(comm)
     return tables
 
 
-def read_communication(path: Path) -> pd.DataFrame:
-    """communication.json -> one row per collective: [step, kind, op, group, start_us, elapse_ms,
-    transit_ms, wait_ms, sync_ms, idle_ms]."""
+def read_communication(path: Path) -> tuple:
+    """communication.json -> (one row per collective: [step, kind, op, group, start_us, elapse_ms,
+    transit_ms, wait_ms, sync_ms, idle_ms]; one row per collective and link type with traffic:
+    [step, kind, op, group, link, size_mb, time_ms, bandwidth_gbps])."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise TraceFormatError(f"{path}: unreadable JSON ({exc})") from None
-    rows = []
-    for step, kinds in (data or {}).items():
+    rows, links = [], []
+    for step, kinds in (data if isinstance(data, dict) else {}).items():
         if not isinstance(kinds, dict):
             continue
         for kind, ops in kinds.items():
             if not isinstance(ops, dict):
                 continue
             for key, info in ops.items():
-                t = (info or {}).get("Communication Time Info") or {}
-                op, _, group = key.partition("@")
-                rows.append({"step": str(step).removeprefix("step"), "kind": kind, "op": op, "group": group,
+                info = info if isinstance(info, dict) else {}
+                t = info.get("Communication Time Info")
+                t = t if isinstance(t, dict) else {}
+                op, _, group = str(key).partition("@")
+                base = {"step": str(step).removeprefix("step"), "kind": kind, "op": op, "group": group}
+                rows.append({**base,
                              "start_us": t.get("Start Timestamp(us)"), "elapse_ms": t.get("Elapse Time(ms)"),
                              "transit_ms": t.get("Transit Time(ms)"), "wait_ms": t.get("Wait Time(ms)"),
                              "sync_ms": t.get("Synchronization Time(ms)"), "idle_ms": t.get("Idle Time(ms)")})
-    return pd.DataFrame(rows, columns=["step", "kind", "op", "group", "start_us", "elapse_ms", "transit_ms",
-                                       "wait_ms", "sync_ms", "idle_ms"])
+                bw = info.get("Communication Bandwidth Info")
+                for link, b in (bw.items() if isinstance(bw, dict) else ()):
+                    if isinstance(b, dict):
+                        links.append({**base, "link": str(link), "size_mb": b.get("Transit Size(MB)"),
+                                      "time_ms": b.get("Transit Time(ms)"), "bandwidth_gbps": b.get("Bandwidth(GB/s)")})
+    return (_numeric(pd.DataFrame(rows, columns=COMMUNICATION_COLUMNS), COMMUNICATION_COLUMNS[4:]),
+            _numeric(pd.DataFrame(links, columns=BANDWIDTH_COLUMNS), BANDWIDTH_COLUMNS[5:]))
+
+
+COMMUNICATION_COLUMNS = ("step", "kind", "op", "group", "start_us", "elapse_ms", "transit_ms", "wait_ms",
+                         "sync_ms", "idle_ms")
+BANDWIDTH_COLUMNS = ("step", "kind", "op", "group", "link", "size_mb", "time_ms", "bandwidth_gbps")
+
+
+def _numeric(df: pd.DataFrame, cols) -> pd.DataFrame:
+    for c in cols:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
 
 
 def step_breakdown(step_trace: pd.DataFrame) -> pd.DataFrame:

@@ -229,6 +229,18 @@ def _analysis(path: Path) -> dict:
                 "op": ct["hccl_op_name"], "group": ct["group_name"], "start_us": ct["start_timestamp"],
                 "elapse_ms": ct["elapse_time"], "transit_ms": ct["transit_time"], "wait_ms": ct["wait_time"],
                 "sync_ms": ct["synchronization_time"], "idle_ms": ct["idle_time"]})
+        if "CommAnalyzerBandwidth" in tables:
+            # one row per (collective, link, packet size); the link totals repeat on each of its rows
+            bw = _frame(con, "SELECT step, type, hccl_op_name, group_name, transport_type, transit_size, "
+                             "transit_time, bandwidth FROM CommAnalyzerBandwidth")
+            bw = pd.DataFrame({
+                "step": bw["step"].astype(str).str.removeprefix("step"), "kind": bw["type"],
+                "op": bw["hccl_op_name"], "group": bw["group_name"], "link": bw["transport_type"].astype(str),
+                "size_mb": pd.to_numeric(bw["transit_size"], errors="coerce"),
+                "time_ms": pd.to_numeric(bw["transit_time"], errors="coerce"),
+                "bandwidth_gbps": pd.to_numeric(bw["bandwidth"], errors="coerce")})
+            out["communication_bandwidth"] = bw.drop_duplicates(["step", "kind", "op", "group", "link"]) \
+                .reset_index(drop=True)
         return out
     except sqlite3.DatabaseError as exc:
         raise TraceFormatError(f"{path}: unexpected analysis.db content ({exc})") from None

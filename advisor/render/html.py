@@ -30,6 +30,7 @@ from .snippets import SnippetReader
 CATEGORY_LABELS = {
     "op_hotspot": "Operator hotspots",
     "host_bound": "Host-bound: device idle time",
+    "communication": "Communication",
     "sync": "Synchronizations",
     "cpu_fallback": "CPU fallbacks",
     "small_op_loop": "Loops of small operators",
