@@ -149,6 +149,19 @@ def merge_intervals(start: np.ndarray, end: np.ndarray):
     return s[first], np.maximum.reduceat(e, first), order[first]
 
 
+def covered_before(starts: np.ndarray, ends: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """For each instant in `x`: the total length of the (sorted, disjoint) intervals before it. The covered
+    length inside [a, b) is covered_before(b) - covered_before(a), for many ranges at once."""
+    x = np.asarray(x, dtype=np.int64)
+    if len(starts) == 0:
+        return np.zeros(len(x), dtype=np.int64)
+    cum = np.concatenate(([0], np.cumsum(ends - starts)))
+    j = np.searchsorted(starts, x, side="right") - 1
+    jc = np.maximum(j, 0)
+    inside = np.clip(x - starts[jc], 0, ends[jc] - starts[jc])
+    return np.where(j >= 0, cum[jc] + inside, 0)
+
+
 def assign_steps(ts: np.ndarray, steps: pd.DataFrame) -> np.ndarray:
     """Step number of each timestamp (ns) by the host step ranges; -1 outside every step."""
     if len(steps) == 0 or len(ts) == 0:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from npu_advise.findings import Evidence, Finding, Fix, severity_for_share
+from npu_advise.model import covered_before
 from npu_advise.rules import Rule
 
 from . import Analysis
@@ -131,11 +132,11 @@ def collectives(trace) -> pd.DataFrame:
     ts = k["ts"].to_numpy()
     end = ts + k["dur"].to_numpy()
     comp = _compute_mask(k, coll) if len(k) else np.zeros(0, bool)
-    work = _union(ts[comp], end[comp]) if len(k) else (np.zeros(0), np.zeros(0))
+    w_s, w_e = _union(ts[comp], end[comp]) if len(k) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     timeline = pd.DataFrame({
         "name": k["name"].astype(str).to_numpy()[coll], "ts": ts[coll], "dur": k["dur"].to_numpy()[coll],
         "step": k["step"].to_numpy()[coll],
-        "overlapped_us": [_overlap((np.array([a]), np.array([b])), work) / 1000.0 for a, b in zip(ts[coll], end[coll])],
+        "overlapped_us": (covered_before(w_s, w_e, end[coll]) - covered_before(w_s, w_e, ts[coll])) / 1000.0,
     }).sort_values("ts").reset_index(drop=True)
     prof = _profiler_collectives(trace)
     if len(prof):

@@ -16,6 +16,8 @@ unfused optimizers) the other analyzers found in the same trace.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -24,6 +26,7 @@ from npu_advise.model import merge_intervals
 from npu_advise.rules import Rule
 
 from . import Analysis
+from . import idle_causes
 from .common import category_mask, us
 
 # A finding when the device is idle for at least this share of the average step.
@@ -37,6 +40,8 @@ SMALL_OP_MEDIAN_US = 500.0
 # Device activity that occupies the device (cuda_sync events are waits, not work).
 BUSY_KINDS = ("kernel", "memcpy", "memset", "communication")
 TIMELINE_MAX_ROWS = 5000
+# A cause is named in the title / text when it explains at least this much host wait per step (µs).
+NAMED_CAUSE_MIN_US = 500.0
 CAUSE_CATEGORIES = ("sync", "cpu_fallback", "small_op_loop", "optimizer")
 LEVERS = [
     "TASK_QUEUE_ENABLE=2 (level-2 task-queue pipeline: the host enqueues while the device runs)",
@@ -54,7 +59,7 @@ RULE_FREE = Rule(
         "the device idles and the step takes the host's time instead of the device's.",
     fix="Remove the host-side causes cited in the finding first (syncs, loops, fallbacks, unfused optimizer), "
         "then use the environment levers: TASK_QUEUE_ENABLE=2, CPU_AFFINITY_CONF=1, tcmalloc via LD_PRELOAD.",
-    thresholds={"FREE_SHARE_THRESHOLD": FREE_SHARE_THRESHOLD},
+    thresholds={"FREE_SHARE_THRESHOLD": FREE_SHARE_THRESHOLD, "NAMED_CAUSE_MIN_US": NAMED_CAUSE_MIN_US},
 )
 RULE_DENSITY = Rule(
     "NPA202", "launch-density-risk", "host_bound",
@@ -143,6 +148,20 @@ def step_breakdown(trace) -> pd.DataFrame:
         sel = top[top["step"] == step] if step >= 0 else top
         rows.append((int(step), us(dur), int(len(sel)), us(sel["dur"].mean()) if len(sel) else 0.0))
     return pd.DataFrame(rows, columns=["step", "duration_us", "host_ops", "mean_op_us"])
+
+
+def host_wait_spans(trace):
+    """The host-wait idle gaps inside the step windows, merged (starts, ends) in ns."""
+    steps = _windows(trace)
+    lo = int(steps["ts"].min())
+    hi = int((steps["ts"] + steps["dur"]).max())
+    _, _, g_s, g_e, hw = device_gaps(trace, lo, hi)
+    parts = [(np.maximum(g_s[hw], s), np.minimum(g_e[hw], s + d))
+             for s, d in steps[["ts", "dur"]].itertuples(index=False)]
+    s_ = np.concatenate([p[0] for p in parts])
+    e_ = np.concatenate([p[1] for p in parts])
+    keep = e_ > s_
+    return merge_intervals(s_[keep], e_[keep])[:2]
 
 
 def _windows(trace) -> pd.DataFrame:
@@ -301,19 +320,41 @@ def _free_time_finding(trace, ctx, table: pd.DataFrame):
     ]
     if npu_free:
         evidence.append(Evidence("profiler Free per step", round(npu_free[0], 1), "us", npu_free[1]))
+    why = idle_causes.explain(trace, host_wait_spans(trace),
+                              [f for f in ctx.findings if f.category in CAUSE_CATEGORIES], ctx.project_root)
+    for c in causes:
+        c["host_wait_explained_us"] = us(why["per_finding"].get(c["finding"], 0) / n)
+    by_findings, by_loader = us(why["findings_ns"] / n), us(why["dataloader_ns"] / n)
+    evidence += [
+        Evidence("host wait explained by the cited causes per step", by_findings, "us",
+                 "host-wait gaps overlapped by host ops at the source lines of the sync / fallback / loop / optimizer "
+                 "findings of this trace (their union); saved by fixing those findings, not counted here"),
+        Evidence("host wait during data loading per step", by_loader, "us",
+                 "the rest of the host-wait gaps overlapped by enumerate(DataLoader) ranges"),
+        Evidence("host wait not explained by a named cause per step", us(why["unexplained_ns"] / n), "us",
+                 "host wait minus the two above: launch overhead of the remaining ops"),
+    ]
+    named = [f"{c['rule']} at {Path(c['locations'][0]).name}: {c['host_wait_explained_us'] / 1000:,.1f} ms"
+             for c in sorted(causes, key=lambda c: -c["host_wait_explained_us"])
+             if c["locations"] and c["host_wait_explained_us"] >= NAMED_CAUSE_MIN_US]
+    if by_loader >= NAMED_CAUSE_MIN_US:
+        named.append(f"data loading: {by_loader / 1000:,.1f} ms")
     text = (f"The device is idle {100 * share:.0f}% of the average step ({free_us:,.0f} of {step_us:,.0f} us); "
-            f"{wait_us:,.0f} us of it is host wait (the device waited for the next launch). "
+            f"{wait_us:,.0f} us of it is host wait (the device waited for the next launch)"
+            + (f", of which {'; '.join(named)}. " if named else ". ")
             + _cause_text(causes) + " Levers once the causes are handled: " + "; ".join(LEVERS) + ".")
+    saving = wait_us - by_findings
     return Finding(
         rule="NPA201", category="host_bound",
         title=f"Device idle {100 * share:.0f}% of each step ({free_us / 1000:,.1f} ms free, "
-              f"{wait_us / 1000:,.1f} ms waiting for the host)",
+              f"{wait_us / 1000:,.1f} ms waiting for the host" + (f"; {', '.join(named[:2])}" if named else "") + ")",
         severity=severity_for_share(wait_us / step_us if wait_us > 0 else share / 2),
         evidence=evidence,
-        estimated_saving_us=round(wait_us, 1) if wait_us > 0 else None,
+        estimated_saving_us=round(saving, 1) if saving > 0 else None,
         details={"text": text, "causes": causes, "levers": LEVERS,
-                 "saving_how": "the host-wait part of the device idle time per step: the most that keeping the "
-                               "launch queue ahead of the device can recover; other gaps are not counted",
+                 "saving_how": "the host-wait part of the device idle time per step, less the part the cited "
+                               "findings explain (their own savings count it): the most that keeping the launch "
+                               "queue ahead of the device can recover; other gaps are not counted",
                  "steps": table.to_dict("records")},
     )
 

@@ -27,9 +27,9 @@ from npu_advise.rules import Rule
 
 from . import Analysis
 from .common import category_codes, category_mask, location, step_stats, us
-from npu_advise.model import merge_intervals
+from npu_advise.model import covered_before, merge_intervals
 
-from .host_bound import busy_events, clipped_total
+from .host_bound import busy_events
 from .ranks import is_collective
 
 SYNC_RUNTIME = re.compile(
@@ -312,10 +312,9 @@ def _waits_for(trace, rt: pd.DataFrame):
     collectives it overlaps as [(name, start_ns, elapsed_ns, overlap_ns)]). A sync returns when the device
     has finished the work queued before it, so device activity during the call explains that much of the
     blocked time; the rest is the host blocked while the device had nothing to do."""
-    explained = np.zeros(len(rt), dtype=np.int64)
     waited = [[] for _ in range(len(rt))]
     if not len(rt) or not trace.has_device_timeline:
-        return explained, waited
+        return np.zeros(len(rt), dtype=np.int64), waited
     ev = busy_events(trace)
     start = ev["ts"].to_numpy()
     b_s, b_e, _ = merge_intervals(start, start + ev["dur"].to_numpy())
@@ -326,8 +325,8 @@ def _waits_for(trace, rt: pd.DataFrame):
     c_ts = coll["ts"].to_numpy()
     c_end = c_ts + coll["dur"].to_numpy()
     c_name = coll["name"].astype(str).to_numpy()
+    explained = covered_before(b_s, b_e, t1) - covered_before(b_s, b_e, t0)
     for i in range(len(rt)):
-        explained[i] = clipped_total(b_s, b_e, int(t0[i]), int(t1[i]))
         hit = np.flatnonzero((c_ts < t1[i]) & (c_end > t0[i]))
         waited[i] = [(c_name[j], int(c_ts[j]), int(c_end[j] - c_ts[j]),
                       int(min(c_end[j], t1[i]) - max(c_ts[j], t0[i]))) for j in hit[np.argsort(c_ts[hit])]]
