@@ -16,6 +16,7 @@ from .errors import EXIT_CODES_HELP, EXIT_INTERNAL, EXIT_INTERRUPTED, UserError
 COMMANDS = {
     "profile": "npu_advise.commands.profile:profile",
     "analyze": "npu_advise.commands.analyze:analyze",
+    "check": "npu_advise.commands.check:check",
     "apply": "npu_advise.commands.apply:apply",
     "compare": "npu_advise.commands.compare:compare",
     "rules": "npu_advise.commands.rules:rules",

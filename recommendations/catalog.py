@@ -5,7 +5,9 @@ access. A `catalog_ref` in a Fix is a dotted key into the JSON, e.g. "fused_ops.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -93,6 +95,35 @@ class Catalog:
                 raise UserError(f"catalog has no entry {dotted!r}")
             node = node[part]
         return node
+
+    def replacement_for_callee(self, text: str, fused_keys=None) -> Optional[tuple]:
+        """(FusedOp, Replaces) when a call whose callee is written `text` (`name` or `Obj.attr`, see
+        codemods.fused_ops.callee_text) is one the catalog maps onto a fused op with an argument map."""
+        if not text:
+            return None
+        for key, op in self.fused_ops.items():
+            if fused_keys is not None and key not in fused_keys:
+                continue
+            for r in op.replaces:
+                if r.kind not in ("function", "autograd_apply") or not r.signature:
+                    continue
+                last = r.callee.rsplit(".", 1)[-1] if r.kind == "function" else r.callee
+                if fnmatch.fnmatchcase(text, r.callee) or (r.kind == "function" and text.rsplit(".", 1)[-1] == last):
+                    return op, r
+        return None
+
+    def replacement_tokens(self, fused_keys) -> list:
+        """Names one of which a callee must contain for `replacement_for_callee(text, fused_keys)` to match:
+        the longest literal piece of the last component of each catalog callee pattern."""
+        out = []
+        for key in fused_keys:
+            for r in self.fused_ops[key].replaces:
+                if r.kind not in ("function", "autograd_apply") or not r.signature:
+                    continue
+                last = r.callee.rsplit(".", 1)[-1] if r.kind == "function" else r.callee
+                pieces = [p for p in re.split(r"\[[^\]]*\]|[*?.]", last) if p]
+                out.append(max(pieces, key=len))
+        return out
 
     def fallback_for(self, op_or_api: str) -> Optional[CpuFallback]:
         """The CPU-fallback entry for an aten op name ("aten::_linalg_slogdet") or a public API."""

@@ -1,19 +1,18 @@
 """Source matchers: find the code the catalog has a fused replacement for (rules NPA801-NPA809).
 
-One libcst pass per file with qualified names, so `import spconv.pytorch as spconv`, `from mmcv.ops
-import DeformConv2d` and `mmcv.ops.DeformConv2d` are recognized alike. Matchers only find; codemods
-(recommendations/codemods) change code.
+One `ast` pass per file (pyast.py): qualified names come from the file's imports, so `import
+spconv.pytorch as spconv`, `from mmcv.ops import DeformConv2d` and `mmcv.ops.DeformConv2d` are
+recognized alike. Matchers only find; codemods (recommendations/codemods, libcst) change code, and are
+loaded only for a file with a match.
 """
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from typing import Optional
 
-import libcst as cst
-import libcst.matchers as m
-
-from .codemods.base import analyzed, code, enclosing_function, names_in, node_index, qualified_names, start_line
-from .codemods.fused_ops import _add_relu_pairs, replacement_for, replacement_tokens
+from .catalog import load
+from .pyast import SourceFile, callee_text, last_name, one_line
 
 DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d", "deform_conv2d": "deform_conv2d",
              "DeformConv2dFunction": "deform_conv2d", "ModulatedDeformConv2d": "modulated_deform_conv2d",
@@ -22,16 +21,20 @@ DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d
 SPARSE_NAMES = ("SparseConv3d", "SubMConv3d", "SparseInverseConv3d", "SparseConvTensor", "SparseSequential")
 CENTERPOINT_LOOP_CALLS = ("draw_heatmap_gaussian", "gaussian_radius", "draw_gaussian")
 HOST_COPY_METHODS = ("cpu", "numpy", "detach", "tolist")
+MAXPOOL_QUALIFIED = {"torch.nn.MaxPool2d", "torch.nn.modules.pooling.MaxPool2d"}
+HUNGARIAN_QUALIFIED = {"scipy.optimize.linear_sum_assignment", "scipy.optimize._lsap.linear_sum_assignment"}
+RELU_QUALIFIED = ("torch.relu", "torch.nn.functional.relu", "torch.relu_", "torch.nn.functional.relu_")
 # Names the qualified-name checks in `scan` compare with (the first or last part of each).
 QUALIFIED_TOKENS = ("MaxPool2d", "mmcv", "spconv", "torch_scatter", "linear_sum_assignment")
-# The last parts of the qualified names compared with (spconv / torch_scatter accept any callee).
-QUALIFIED_LAST_NAMES = {"MaxPool2d", "linear_sum_assignment"} | set(DCN_NAMES) | set(SPARSE_NAMES)
+# Statement lists that are indented blocks (the add+relu pair sits in a function or loop body).
+_BLOCK_FIELDS = ("body", "orelse", "finalbody")
 
 
-# Every match needs one of these written in the file: the callee names the catalog maps (MSDA, bev_pool_v2),
-# the names of the qualified-name checks, the CenterPoint target function.
-SCAN_TOKENS = tuple(replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
-    "get_targets_single",)
+def scan_tokens() -> tuple:
+    """Every match needs one of these written in the file: the callee names the catalog maps (MSDA,
+    bev_pool_v2), the names of the qualified-name checks, the CenterPoint target function."""
+    return tuple(load().replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
+        "get_targets_single",)
 
 
 @dataclass
@@ -41,156 +44,119 @@ class SourceMatch:
     function: str      # enclosing function ("<module>" at top level)
     text: str          # the matched code, one line
     catalog_ref: str
+    col: int = 1       # 1-based column of the matched node
 
 
-def _one_line(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _is_maxpool_3_2_1(call: cst.Call) -> bool:
-    want = {"kernel_size": "3", "stride": "2", "padding": "1"}
+def _is_maxpool_3_2_1(call: ast.Call) -> bool:
+    want = {"kernel_size": 3, "stride": 2, "padding": 1}
     order = ("kernel_size", "stride", "padding")
     got = {}
-    for i, a in enumerate(call.args):
-        key = a.keyword.value if a.keyword is not None else (order[i] if i < 3 else None)
-        if key in want and isinstance(a.value, cst.Integer):
-            got[key] = a.value.value
+    for i, a in enumerate(call.args[:3]):
+        if isinstance(a, ast.Constant) and type(a.value) is int:
+            got[order[i]] = a.value
+    for k in call.keywords:
+        if k.arg in want and isinstance(k.value, ast.Constant) and type(k.value.value) is int:
+            got[k.arg] = k.value.value
     return got == want
 
 
-def _host_copied(meta, function, arg) -> bool:
-    """True when `arg` is (or was assigned from) an expression that copies a tensor to the host."""
-    def copies(node) -> bool:
-        found = []
+def _copies_to_host(node) -> bool:
+    return any(isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr in HOST_COPY_METHODS
+               for c in ast.walk(node))
 
-        class _V(cst.CSTVisitor):
-            def visit_Call(self, c: cst.Call) -> None:
-                if isinstance(c.func, cst.Attribute) and c.func.attr.value in HOST_COPY_METHODS:
-                    found.append(c)
 
-        node.visit(_V())
-        return bool(found)
-
-    if copies(arg):
+def _host_copied(function, arg) -> bool:
+    """True when `arg` is (or was assigned in `function` from) an expression that copies a tensor to the host."""
+    if _copies_to_host(arg):
         return True
-    if isinstance(arg, cst.Name) and function is not None:
-        assigned = []
-
-        class _A(cst.CSTVisitor):
-            def visit_Assign(self, node: cst.Assign) -> None:
-                if any(m.matches(t.target, m.Name(arg.value)) for t in node.targets):
-                    assigned.append(node.value)
-
-        function.visit(_A())
-        return any(copies(v) for v in assigned)
+    if isinstance(arg, ast.Name) and function is not None:
+        return any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == arg.id for t in n.targets)
+                   and _copies_to_host(n.value) for n in ast.walk(function))
     return False
 
 
-def _import_aliases(module: cst.Module) -> dict:
-    """`as` name -> imported name (last part) of every `import ... as` / `from ... import ... as` in the file."""
-    out = {}
-    for alias in node_index(module).of(cst.ImportAlias):
-        if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
-            out.setdefault(alias.asname.name.value, set()).add(code(alias.name).rsplit(".", 1)[-1])
-    return out
-
-
-def _called_names(call: cst.Call, aliases: dict) -> set:
-    """The names the last part of the callee's qualified name can be: the name as written, or what an
-    `as` import bound it to."""
-    f = call.func
-    written = f.attr.value if isinstance(f, cst.Attribute) else (f.value if isinstance(f, cst.Name) else None)
-    if written is None:
-        return set()
-    return {written} | aliases.get(written, set())
-
-
 def may_match(source: str) -> bool:
-    """False when `source` cannot contain anything `scan` finds (no parse needed): every match needs one
-    of these names written in the file."""
-    return any(token in source for token in SCAN_TOKENS) or ("+=" in source and "relu" in source.lower())
+    """False when `source` cannot contain anything `scan` finds: every match needs one of these names
+    written in the file."""
+    return any(token in source for token in scan_tokens()) or ("+=" in source and "relu" in source.lower())
 
 
-def scan(source: str) -> list:
+def scan(source: str, sf: Optional[SourceFile] = None) -> list:
     """Every fused-op opportunity in one file's source; [] when it does not parse."""
     if not may_match(source):
         return []
-    try:
-        wrapper, meta = analyzed(source)
-    except cst.ParserSyntaxError:
+    sf = sf or SourceFile.parse(source)
+    if sf is None:
         return []
-    module = wrapper.module
+    cat = load()
     out = []
 
-    def func_name(node) -> str:
-        f = enclosing_function(meta, node)
-        return f.name.value if f is not None else "<module>"
-
     def add(kind, node, ref, text=None):
-        out.append(SourceMatch(kind, start_line(meta, node), func_name(node), _one_line(text or code(node)), ref))
+        out.append(SourceMatch(kind, node.lineno, sf.function_name(node), one_line(text or sf.segment(node)), ref,
+                               node.col_offset + 1))
 
-    # Qualified names are resolved (scope analysis: the expensive step) only when the source mentions one of
-    # the names they are compared with; a qualified name's parts are always written in the file.
-    needs_names = any(token in source for token in QUALIFIED_TOKENS)
-    any_callee = "spconv" in source or "torch_scatter" in source     # every callee of those modules matches
-    aliases = _import_aliases(module) if needs_names else {}
-    for node in node_index(module).of(cst.Call, cst.FunctionDef):
-        if isinstance(node, cst.Call):
-            q = qualified_names(meta, node.func) if needs_names and (
-                any_callee or _called_names(node, aliases) & QUALIFIED_LAST_NAMES) else set()
-            if replacement_for(node, {"multi_scale_deformable_attn"}):
+    for node in sf.of(ast.Call, ast.FunctionDef):
+        if isinstance(node, ast.Call):
+            q = sf.qualified(node.func) or ""
+            last = q.rsplit(".", 1)[-1]
+            text = callee_text(node)
+            if cat.replacement_for_callee(text, {"multi_scale_deformable_attn"}):
                 add("msda", node, "fused_ops.multi_scale_deformable_attn")
-            elif replacement_for(node, {"bev_pool_v3"}):
+            elif cat.replacement_for_callee(text, {"bev_pool_v3"}):
                 add("bev_pool_v2", node, "fused_ops.bev_pool_v3")
-            elif q & {"torch.nn.MaxPool2d", "torch.nn.modules.pooling.MaxPool2d"} and _is_maxpool_3_2_1(node):
+            elif q in MAXPOOL_QUALIFIED and _is_maxpool_3_2_1(node):
                 add("maxpool", node, "fused_ops.npu_max_pool2d")
-            elif any(x.startswith("mmcv.ops.") and x.rsplit(".", 1)[-1] in DCN_NAMES for x in q):
-                name = next(x for x in q if x.startswith("mmcv.ops.")).rsplit(".", 1)[-1]
-                add("deform_conv", node, f"fused_ops.{DCN_NAMES[name]}")
-            elif any(x.startswith("spconv.") or (x.startswith("mmcv.ops.") and x.rsplit(".", 1)[-1] in SPARSE_NAMES)
-                     for x in q):
+            elif q.startswith("mmcv.ops.") and last in DCN_NAMES:
+                add("deform_conv", node, f"fused_ops.{DCN_NAMES[last]}")
+            elif q.startswith("spconv.") or (q.startswith("mmcv.ops.") and last in SPARSE_NAMES):
                 add("sparse_conv", node, "fused_ops.sparse_conv3d")
-            elif any(x.startswith("torch_scatter.") for x in q):
+            elif q.startswith("torch_scatter.") or q == "torch_scatter":
                 add("torch_scatter", node, "fused_ops.scatter")
-            elif q & {"scipy.optimize.linear_sum_assignment", "scipy.optimize._lsap.linear_sum_assignment"} \
-                    and node.args and _host_copied(meta, enclosing_function(meta, node), node.args[0].value):
+            elif q in HUNGARIAN_QUALIFIED and node.args and _host_copied(sf.enclosing_function(node), node.args[0]):
                 add("hungarian_host", node, "fused_ops.hungarian_match")
-        elif node.name.value == "get_targets_single":
-            loops = m.findall(node, m.For())
-            if loops and names_in(node) & set(CENTERPOINT_LOOP_CALLS):
+        elif isinstance(node, ast.FunctionDef) and node.name == "get_targets_single":
+            called = {last_name(c) for c in ast.walk(node) if isinstance(c, ast.Call)} & set(CENTERPOINT_LOOP_CALLS)
+            if called and any(isinstance(n, ast.For) for n in ast.walk(node)):
                 add("centerpoint_targets", node, "fused_ops.npu_gaussian",
-                    text=f"def get_targets_single(...): per-object loop with "
-                         f"{', '.join(sorted(names_in(node) & set(CENTERPOINT_LOOP_CALLS)))}")
+                    text=f"def get_targets_single(...): per-object loop with {', '.join(sorted(called))}")
 
-    for block, k, var, other in _add_relu_pairs(meta, module):
-        s1, s2 = block.body[k], block.body[k + 1]
-        out.append(SourceMatch("add_relu", start_line(meta, s1), func_name(s1),
-                               _one_line(f"{code(s1.body[0])}; {code(s2.body[0])}"), "fused_ops.npu_add_relu"))
-    return sorted(out, key=lambda s: s.line)
-
-
-def find_matmul_calls(source: str) -> list:
-    """Lines of torch.matmul / `.matmul(` / `@` uses (for the > 6-D matmul check against recorded shapes)."""
-    try:
-        wrapper, meta = analyzed(source)
-    except cst.ParserSyntaxError:
-        return []
-    lines = set()
-
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            if isinstance(node.func, cst.Attribute) and node.func.attr.value == "matmul":
-                lines.add(start_line(meta, node))
-
-        def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
-            if isinstance(node.operator, cst.MatrixMultiply):
-                lines.add(start_line(meta, node))
-
-    wrapper.module.visit(_V())
-    return sorted(lines)
+    for first, second, var, other in add_relu_pairs(sf):
+        out.append(SourceMatch("add_relu", first.lineno, sf.function_name(first),
+                               one_line(f"{sf.segment(first)}; {sf.segment(second)}"), "fused_ops.npu_add_relu",
+                               first.col_offset + 1))
+    return sorted(out, key=lambda s: (s.line, s.col))
 
 
-def optional_line(source: str, line: int) -> Optional[str]:
-    lines = source.split("\n")
-    return lines[line - 1].strip() if 0 < line <= len(lines) else None
+def _is_relu_of(sf: SourceFile, value, var: str) -> bool:
+    if not (isinstance(value, ast.Call) and len(value.args) == 1 and isinstance(value.args[0], ast.Name)
+            and value.args[0].id == var and all(k.arg == "inplace" for k in value.keywords)):
+        return False
+    f = value.func
+    # self.relu(out) / self.act_relu(out): a module attribute named as a ReLU
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self" and "relu" in f.attr.lower():
+        return True
+    return sf.qualified(f) in RELU_QUALIFIED
+
+
+def add_relu_pairs(sf: SourceFile) -> list:
+    """(statement `out += identity`, statement `out = relu(out)`, out, identity) in indented blocks."""
+    out = []
+    if "+=" not in sf.source:
+        return out
+    for node in sf.nodes:
+        if isinstance(node, ast.Module):
+            continue
+        for name in _BLOCK_FIELDS:
+            body = getattr(node, name, None)
+            if not isinstance(body, list):
+                continue
+            for s1, s2 in zip(body, body[1:]):
+                if not (isinstance(s1, ast.AugAssign) and isinstance(s1.op, ast.Add)
+                        and isinstance(s1.target, ast.Name) and isinstance(s1.value, ast.Name)):
+                    continue
+                var = s1.target.id
+                if (isinstance(s2, ast.Assign) and len(s2.targets) == 1 and isinstance(s2.targets[0], ast.Name)
+                        and s2.targets[0].id == var and _is_relu_of(sf, s2.value, var)
+                        and s1.lineno != s2.lineno):     # one statement per line, as the codemod rewrites
+                    out.append((s1, s2, var, s1.value.id))
+    return out

@@ -1,5 +1,5 @@
-"""Documentation of the fused-op rules NPA801-NPA809, which recommendations/matchers.py detects in the user's
-source (the keys are `SourceMatch.kind`).
+"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA809 (matchers.py; the
+keys are `SourceMatch.kind`), CUDA-only code NPA907-NPA909 (dispatch.py) and NPA602 (check.py).
 
 They live apart from the matchers, which need libcst, so that `npu_advise.rules.all_rules()` and a
 recommend() call on a trace without source locations register them without importing the parser.
@@ -57,4 +57,42 @@ FUSED_OP_RULES = {
                            "scipy.optimize.linear_sum_assignment on a cost matrix copied from the device (.cpu()/.numpy()).",
                            "The device->host copy blocks the stream (a sync) and the assignment runs on the host.",
                            "mx_driving.hungarian_match(cost_matrix) on the device (fp32); the results stay on the device."),
+}
+
+SOURCE_RULES = {
+    "cuda_dispatch": Rule(
+        "NPA907", "cuda-only-dispatch", "migration",
+        "A branch on `torch.cuda.is_available()`, `x.is_cuda` or `x.device.type == 'cuda'` whose CUDA arm calls a "
+        "compiled extension (an autograd Function's `.apply`, an `ext_module` op) and whose other arm is a "
+        "pure-PyTorch path (or raises).",
+        "On an NPU the CUDA test is false: every step silently runs the other arm -- for multi-scale deformable "
+        "attention the pure-PyTorch reference, one grid_sample per level plus stacks and a weighted sum, forward "
+        "and backward, many small kernels instead of one fused kernel (the seed guide's BEVFormer example).",
+        "Add an NPU arm, tested first, that calls the mx_driving op (the diff maps the arguments from the catalog: "
+        "`im2col_step` dropped, `level_start_index` derived from `spatial_shapes` when absent). Where the op has a "
+        "pure-PyTorch reference the other arm is that reference, so the two can be compared on your inputs."),
+    "cuda_extension": Rule(
+        "NPA908", "cuda-extension", "migration",
+        "A compiled extension loaded or built by the project: `ext_loader.load_ext(...)`, "
+        "`torch.utils.cpp_extension.load/CUDAExtension`, imports of `*_cuda` / `*_ext` modules.",
+        "A CUDA build of the extension has no NPU kernels: its ops fail on the NPU or the code around them keeps a "
+        "slower fallback.",
+        "Use the mx_driving op named in the finding (catalog `cuda_migration.extension_ops`); where none exists, the "
+        "kernel must be ported or its pure-PyTorch path used."),
+    "cuda_calls": Rule(
+        "NPA909", "cuda-calls-without-transfer", "migration",
+        "`.cuda()` / `torch.cuda.*` calls in a project where no checked file imports torch_npu "
+        "(`from torch_npu.contrib import transfer_to_npu`) or mx_driving (which imports it).",
+        "Without transfer_to_npu, `.cuda()` raises on an NPU machine (torch is not compiled with CUDA) and "
+        "`torch.cuda.*` reports no device.",
+        "Import `torch_npu` and `from torch_npu.contrib import transfer_to_npu` once at the training entry point "
+        "(NPA902 adds it there when a profile names the entry point)."),
+    "optimizer_constructor": Rule(
+        "NPA602", "unfused-optimizer-in-source", "optimizer",
+        "A torch.optim constructor (AdamW, Adam, SGD, Adadelta, RMSprop; qualified through the file's imports) or an "
+        "mmcv/mmengine config `optimizer = dict(type='AdamW', ...)`, found by `check` without a profile (NPA601 is "
+        "the same problem measured in a trace).",
+        "The torch implementation runs several small ops per parameter tensor each step; on the NPU each is a host "
+        "launch (see NPA601).",
+        "torch_npu.optim.NpuFused* with the same arguments (the diff), or type='NpuFusedAdamW' in the config."),
 }

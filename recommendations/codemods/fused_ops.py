@@ -7,7 +7,6 @@ fused op is called with positional arguments in its own order.
 """
 from __future__ import annotations
 
-import fnmatch
 from typing import Optional
 
 import libcst as cst
@@ -34,36 +33,7 @@ def callee_text(call: cst.Call) -> str:
 
 def replacement_for(call: cst.Call, fused_keys=None) -> Optional[tuple]:
     """(FusedOp, Replaces) when the call is one the catalog maps onto a fused op with an argument map."""
-    text = callee_text(call)
-    if not text:
-        return None
-    cat = load()
-    for key, op in cat.fused_ops.items():
-        if fused_keys is not None and key not in fused_keys:
-            continue
-        for r in op.replaces:
-            if r.kind not in ("function", "autograd_apply") or not r.signature:
-                continue
-            pattern = r.callee
-            last = pattern.rsplit(".", 1)[-1] if r.kind == "function" else pattern
-            if fnmatch.fnmatchcase(text, pattern) or (r.kind == "function" and text.rsplit(".", 1)[-1] == last):
-                return op, r
-    return None
-
-
-def replacement_tokens(fused_keys) -> list:
-    """Names one of which a call must contain for `replacement_for(call, fused_keys)` to match it: the longest
-    literal piece of the last component of each catalog callee pattern."""
-    import re
-    out = []
-    for key in fused_keys:
-        for r in load().fused_ops[key].replaces:
-            if r.kind not in ("function", "autograd_apply") or not r.signature:
-                continue
-            last = r.callee.rsplit(".", 1)[-1] if r.kind == "function" else r.callee
-            pieces = [p for p in re.split(r"\[[^\]]*\]|[*?.]", last) if p]
-            out.append(max(pieces, key=len))
-    return out
+    return load().replacement_for_callee(callee_text(call), fused_keys)
 
 
 def bind_arguments(call: cst.Call, signature: tuple) -> Optional[dict]:

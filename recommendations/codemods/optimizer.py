@@ -13,7 +13,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import load
-from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, replace_nodes, start_line, wrap
+from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, replace_nodes, start_line
 
 TORCH_ONLY_KWARGS = ("foreach", "fused", "capturable", "differentiable", "maximize")
 
@@ -82,18 +82,14 @@ def _config_type_strings(module: cst.Module) -> list:
                 if v in names:
                     out.append((a.value, v))
 
-    class _V(cst.CSTVisitor):
-        def visit_Assign(self, node: cst.Assign) -> None:
+    for node in node_index(module).of(cst.Assign, cst.Arg):
+        if isinstance(node, cst.Assign):
             if (len(node.targets) == 1 and m.matches(node.targets[0].target, m.Name("optimizer"))
                     and m.matches(node.value, m.Call(func=m.Name("dict")))):
                 optimizer_dict(node.value)
-
-        def visit_Arg(self, node: cst.Arg) -> None:
-            if (node.keyword is not None and node.keyword.value == "optimizer"
-                    and m.matches(node.value, m.Call(func=m.Name("dict")))):
-                optimizer_dict(node.value)
-
-    module.visit(_V())
+        elif (node.keyword is not None and node.keyword.value == "optimizer"
+                and m.matches(node.value, m.Call(func=m.Name("dict")))):
+            optimizer_dict(node.value)
     return out
 
 
@@ -103,7 +99,7 @@ def find_config_optimizers(source: str) -> list:
 
 
 def rewrite_config_optimizer(source: str) -> Optional[Rewrite]:
-    wrapper = wrap(source)
+    wrapper, meta = analyzed(source)
     found = _config_type_strings(wrapper.module)
     if not found:
         return None
@@ -112,7 +108,7 @@ def rewrite_config_optimizer(source: str) -> Optional[Rewrite]:
     for node, name in found:
         quote = node.value[0] if node.value[0] in "'\"" else "'"
         mapping[node] = cst.SimpleString(f"{quote}{opt_names[name].config_type}{quote}")
-    module = replace_nodes(wrapper.module, mapping)
+    module = replace_nodes(wrapper.module, mapping, meta)
     names = sorted({n for _, n in found})
     return Rewrite(
         new_source=module.code,

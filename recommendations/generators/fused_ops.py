@@ -1,75 +1,89 @@
-"""mx_driving fused ops found in the project's source (NPA8xx): matchers.py finds the code, codemods/fused_ops.py
-rewrites it where the call can be mapped."""
+"""mx_driving fused ops found in the project's source (NPA8xx) and CUDA-only dispatches (NPA907): matchers.py and
+dispatch.py find the code (stdlib ast), codemods/fused_ops.py and codemods/dispatch.py rewrite it where the call
+can be mapped; build.py makes the findings, shared with the static `check`."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
-from npu_advise.findings import Finding, Fix, Location, severity_for_share
+from npu_advise.findings import Finding, severity_for_share
 
 from ..catalog import load
 from ..registry import source_scanner
-from ..rule_docs import FUSED_OP_RULES
 
 
 @source_scanner("fused_ops", order=10)
 def fused_op_findings(src, files: list) -> list:
+    """NPA8xx fused-op matches and NPA907 CUDA-only dispatches; a match inside a reported dispatch is what
+    the dispatch's NPU arm replaces, so it is not reported twice."""
     out = []
     for path in files:
         text = src.text(path)
         if text is None:
             continue
-        from .. import matchers
+        from .. import dispatch, matchers
+        from ..pyast import SourceFile
 
-        for match in matchers.scan(text):
-            out.append(_fused_finding(match, path, text, src))
+        sf = SourceFile.parse(text)
+        if sf is None:
+            continue
+        covered = []
+        for d in dispatch.find_dispatches(sf):
+            out.append(_dispatch_finding(d, path, text, src))
+            covered.append((d.line, d.end_line))
+        for match in matchers.scan(text, sf):
+            if not any(a <= match.line <= b for a, b in covered):
+                out.append(_fused_finding(match, path, text, src))
     return out
 
 
-def _fused_finding(match, path: Path, text: str, src) -> Finding:
-    from ..codemods import fused_ops
+def _attacher(src, path: Path, text: str):
+    return lambda finding, rewrite, ref: src.attach(finding, src.candidate(path, text, rewrite, ref))
 
+
+def _replaced_code_evidence(src, path: Path, line: int, msda: bool, rel: str) -> tuple:
+    """(loc ids at `line`, those plus -- for MSDA -- the pytorch reference's body when the project defines it,
+    evidence, share of the step) of the ops the trace recorded there."""
     index = src.index
-    rule = FUSED_OP_RULES[match.kind]
-    rel = src.rel(path)
-    cat = load()
-    entry_ = cat.ref(match.catalog_ref)
-    lines = {match.line}
-    loc_ids = index.loc_ids(path, lines)
-    # The replaced function's own body, when it is defined in the project (the pytorch MSDA reference).
-    callee_ids = index.function_loc_ids(path, "multi_scale_deformable_attn_pytorch") if match.kind == "msda" else []
+    loc_ids = index.loc_ids(path, {line})
+    callee_ids = index.function_loc_ids(path, "multi_scale_deformable_attn_pytorch") if msda else []
     all_ids = sorted(set(loc_ids.tolist()) | set(getattr(callee_ids, "tolist", lambda: callee_ids)()))
-    evidence, per_step = index.host_evidence(all_ids, f"{rel}:{match.line}" + (" and the replaced function" if len(callee_ids) else ""))
-    share = index.step_share(per_step)
-    severity = severity_for_share(share) if share is not None else ("low" if index.files() else "info")
-    finding = Finding(
-        rule=rule.code, category="fused_op",
-        title=f"{rule.name}: `{match.text}` can use {entry_['import']}.{entry_['name']}",
-        severity=severity, evidence=evidence,
-        locations=[Location(rel, match.line, match.function)],
-        estimated_saving_us=None,
-        details={"kind": match.kind, "catalog_ref": match.catalog_ref, "matched": match.text,
-                 "saving": ("not estimated: the fused kernel's time is not in this trace; the host time above is "
-                            "what the replaced code costs now (an upper bound of the saving)") if evidence else
-                           "no ops recorded at this line in the profiled steps"})
+    evidence, per_step = index.host_evidence(all_ids, f"{rel}:{line}" + (" and the replaced function" if len(callee_ids) else ""))
+    return loc_ids, all_ids, evidence, index.step_share(per_step)
+
+
+def _saving_details(evidence, share) -> dict:
+    d = {"saving": ("not estimated: the fused kernel's time is not in this trace; the host time above is what "
+                    "the replaced code costs now (an upper bound of the saving)") if evidence else
+                   "no ops recorded at this line in the profiled steps"}
     if share is not None:
-        finding.details["share_of_step"] = round(share, 4)
-    rewrite = None
-    if match.kind == "msda":
-        rewrite = fused_ops.rewrite_fused_call(text, match.line, {"multi_scale_deformable_attn"},
-                                               _msda_shape_checks(index, all_ids))
-    elif match.kind == "bev_pool_v2":
-        rewrite = fused_ops.rewrite_fused_call(text, match.line, {"bev_pool_v3"})
-    elif match.kind == "add_relu":
-        rewrite = fused_ops.rewrite_add_relu(text, match.line, _add_shapes_equal(index, loc_ids))
-    if rewrite is not None:
-        src.attach(finding, src.candidate(path, text, rewrite, match.catalog_ref))
-    else:
-        constraints = list(entry_.get("constraints", []))
-        finding.fix = Fix(description=f"{rule.fix}", auto_applicable=False, fix_id=finding.id,
-                          constraints=constraints, catalog_ref=match.catalog_ref, file=rel)
-        finding.details["fix_requires"] = [entry_["import"]]
-    return finding
+        d["share_of_step"] = round(share, 4)
+    return d
+
+
+def _fused_finding(match, path: Path, text: str, src) -> Finding:
+    from .. import build
+
+    rel = src.rel(path)
+    loc_ids, all_ids, evidence, share = _replaced_code_evidence(src, path, match.line, match.kind == "msda", rel)
+    severity = severity_for_share(share) if share is not None else ("low" if src.index.files() else "info")
+    rewrite = build.fused_rewrite(match, text, _msda_shape_checks(src.index, all_ids) if match.kind == "msda" else None,
+                                  _add_shapes_equal(src.index, loc_ids) if match.kind == "add_relu" else None)
+    return build.fused_finding(match, rel, text, severity, evidence, _saving_details(evidence, share), rewrite,
+                               _attacher(src, path, text))
+
+
+def _dispatch_finding(d, path: Path, text: str, src) -> Finding:
+    """NPA907 with what the other arm (the one a CPU or NPU run takes) cost in the trace."""
+    from .. import build
+
+    rel = src.rel(path)
+    msda = d.fused_key == "multi_scale_deformable_attn"
+    _, all_ids, evidence, share = _replaced_code_evidence(src, path, d.other_line, msda, rel)
+    checks = _msda_shape_checks(src.index, all_ids) if msda else None
+    severity = severity_for_share(share) if share is not None else ("low" if src.index.files() else None)
+    return build.dispatch_finding(d, rel, text, severity, evidence, _saving_details(evidence, share), checks,
+                                  attach=_attacher(src, path, text))
 
 
 def _msda_shape_checks(index, loc_ids) -> dict:

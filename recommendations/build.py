@@ -1,0 +1,127 @@
+"""Findings from source matches, shared by `recommend` (with the trace's evidence) and `check` (static).
+
+Each builder takes what a detector found (matchers.SourceMatch, dispatch.Dispatch / Extension) and the
+file's text, and returns a Finding with its fix: a libcst rewrite as a diff where the catalog maps the
+arguments, else advice with the catalog's constraints. libcst is imported only here, per match.
+`attach(finding, rewrite, catalog_ref)` turns a rewrite into the finding's fix: `recommend` passes one
+that registers a verification Candidate (sources.Sources.attach); `check` writes the diff directly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from npu_advise.findings import Finding, Fix, Location
+
+from .candidates import Candidate
+from .catalog import load
+from .rule_docs import FUSED_OP_RULES, SOURCE_RULES as DISPATCH_RULES
+
+
+def diff_attacher(rel: str, text: str):
+    """The `attach` of a static scan: the rewrite becomes the finding's Fix with its diff."""
+    def attach(finding: Finding, rewrite, catalog_ref: str) -> None:
+        finding.fix = Candidate.from_rewrite(rel, Path(rel), text, rewrite, catalog_ref).to_fix(finding.id)
+    return attach
+
+
+def _attach(finding: Finding, rel: str, text: str, rewrite, catalog_ref: str, advice: str, constraints,
+            attach=None) -> Finding:
+    if rewrite is not None:
+        (attach or diff_attacher(rel, text))(finding, rewrite, catalog_ref)
+        finding.details["fix_requires"] = list(rewrite.requires)
+    else:
+        finding.fix = Fix(description=advice, auto_applicable=False, fix_id=finding.id,
+                          constraints=list(constraints), catalog_ref=catalog_ref, file=rel)
+    return finding
+
+
+def fused_rewrite(match, text: str, msda_checks: Optional[dict] = None, add_shapes_equal: Optional[str] = None):
+    """The libcst rewrite of a fused-op match, or None (advice only)."""
+    from .codemods import fused_ops
+
+    if match.kind == "msda":
+        return fused_ops.rewrite_fused_call(text, match.line, {"multi_scale_deformable_attn"}, msda_checks)
+    if match.kind == "bev_pool_v2":
+        return fused_ops.rewrite_fused_call(text, match.line, {"bev_pool_v3"})
+    if match.kind == "add_relu":
+        return fused_ops.rewrite_add_relu(text, match.line, add_shapes_equal)
+    return None
+
+
+def fused_finding(match, rel: str, text: str, severity: str, evidence=(), details=None, rewrite=None,
+                  attach=None) -> Finding:
+    rule = FUSED_OP_RULES[match.kind]
+    entry = load().ref(match.catalog_ref)
+    finding = Finding(
+        rule=rule.code, category="fused_op",
+        title=f"{rule.name}: `{match.text}` can use {entry['import']}.{entry['name']}",
+        severity=severity, evidence=list(evidence), locations=[Location(rel, match.line, match.function)],
+        details={"kind": match.kind, "catalog_ref": match.catalog_ref, "matched": match.text, "col": match.col,
+                 **(details or {})})
+    _attach(finding, rel, text, rewrite, match.catalog_ref, rule.fix, entry.get("constraints", []), attach)
+    if rewrite is None:
+        finding.details["fix_requires"] = [entry["import"]]
+    return finding
+
+
+def dispatch_finding(d, rel: str, text: str, severity: Optional[str] = None, evidence=(), details=None,
+                     shape_checks: Optional[dict] = None, with_fix: bool = True, attach=None) -> Finding:
+    """NPA907 for a CUDA-only dispatch, with the NPU arm as a diff where the catalog maps the arm's call."""
+    rule = DISPATCH_RULES["cuda_dispatch"]
+    cat = load()
+    op = cat.fused_ops.get(d.fused_key) if d.fused_key else None
+    other = f"raises (`{d.other}`)" if d.other_raises else f"runs `{d.other}` (line {d.other_line}) instead"
+    title = (f"{rule.name}: `if {d.test}` takes the CUDA extension `{d.cuda_call}` only on CUDA; on an NPU the "
+             f"branch {other}" + (f"; {op.qualified} replaces it" if op else ""))
+    finding = Finding(
+        rule=rule.code, category="migration", title=title,
+        severity=severity or ("high" if op is not None and not d.other_raises else "medium"),
+        evidence=list(evidence), locations=[Location(rel, d.line, d.function)],
+        details={"kind": "cuda_dispatch", "test": d.test, "cuda_call": d.cuda_call, "cuda_line": d.cuda_line,
+                 "other_arm": d.other, "other_line": d.other_line, "other_raises": d.other_raises,
+                 "fused_op": op.qualified if op else None, "col": d.col, **(details or {})})
+    rewrite = None
+    if with_fix and op is not None and d.device_object and d.mapped_line:
+        from .codemods import dispatch as dispatch_codemod
+
+        rewrite = dispatch_codemod.add_npu_arm(text, d.line, d.mapped_line, op.key, d.device_object, shape_checks)
+    advice = ("Add an NPU arm before the CUDA test that calls " + (op.qualified if op else "the NPU kernel of this op")
+              + "." if op or not d.other_raises else rule.fix)
+    constraints = list(op.constraints) if op else ["no mx_driving op is known for this extension: the NPU keeps the "
+                                                   "other arm (profile it to see what it costs)"]
+    return _attach(finding, rel, text, rewrite, f"fused_ops.{op.key}" if op else "cuda_migration", advice, constraints,
+                   attach)
+
+
+def extension_finding(e, rel: str) -> Finding:
+    rule = DISPATCH_RULES["cuda_extension"]
+    ops = [o for o in e.ops if not o.startswith("_") or len(e.ops) == 1]
+    repl = ", ".join(e.replacements)
+    title = (f"{rule.name}: {e.what} loads compiled ops {', '.join(ops) or '(unnamed)'}"
+             + (f"; on an NPU {repl} replaces {'it' if len(ops) < 2 else 'them'}" if repl else
+                "; no mx_driving op is known for it")
+             + ("" if e.used else " (the loaded module is not used in this file; the import still needs it)"))
+    f = Finding(rule=rule.code, category="migration", title=title, severity="low",
+                locations=[Location(rel, e.line, e.function)],
+                details={"kind": "cuda_extension", "ops": e.ops, "replacements": e.replacements, "used": e.used,
+                         "col": e.col})
+    f.fix = Fix(description=(f"Use {repl}." if repl else rule.fix), auto_applicable=False, fix_id=f.id,
+                catalog_ref="cuda_migration.extension_ops", file=rel)
+    return f
+
+
+def cuda_calls_finding(rel: str, calls: list) -> Finding:
+    rule = DISPATCH_RULES["cuda_calls"]
+    line, col, first = calls[0]
+    n = len(calls)
+    f = Finding(rule=rule.code, category="migration",
+                title=(f"{rule.name}: {n} CUDA call{'s' if n > 1 else ''} in this file (first `{first}`) and no checked "
+                       f"file imports torch_npu's transfer_to_npu"),
+                severity="low", locations=[Location(rel, line, "")],
+                details={"kind": "cuda_calls", "calls": [{"line": l, "col": c, "code": t} for l, c, t in calls],
+                         "col": col})
+    f.fix = Fix(description=rule.fix, auto_applicable=False, fix_id=f.id,
+                constraints=list(load().migration["transfer_to_npu"]["constraints"]),
+                catalog_ref="migration.transfer_to_npu", file=rel)
+    return f
