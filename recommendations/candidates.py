@@ -162,7 +162,8 @@ def _calls_into(source: str, packages: list) -> list:
     if not roots:
         return []
     found = []
-    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+    # CRLF files: textwrap.dedent does not see a margin on lines ending in \r
+    for node in ast.walk(ast.parse(textwrap.dedent(source.replace("\r\n", "\n")))):
         if isinstance(node, ast.Call):
             name = _dotted(node.func)
             if name and name.split(".")[0] in roots and name not in found:
