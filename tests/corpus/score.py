@@ -33,6 +33,8 @@ ACTIONABLE_CATEGORIES = ("sync", "small_op_loop", "cpu_fallback", "fused_op", "o
 RECALL_SEVERITIES = frozenset({"high", "medium"})
 FIXABLE_CATEGORIES = frozenset({"small_op_loop", "sync"})      # issue 11's fix-coverage measure
 SEVERITIES = ("high", "medium", "low")
+# What `npu-advise check` (static, no run) can know: with --check only these ground-truth spots count.
+STATIC_CATEGORIES = frozenset({"fused_op", "migration", "optimizer"})
 
 _GT_SPEC = re.compile(r"^(?P<cat>[a-z_]+)\s+(?P<sev>high|medium|low)(?:\s+(?P<id>[\w.-]+))?$")
 _MARK = re.compile(r"\b(gt|trap):")
@@ -166,7 +168,8 @@ def profile_script(script_dir: Path, out_dir: Path, extra=()) -> dict:
 def run_check(script_dir: Path, out_dir: Path) -> dict:
     """Hook for the static `npu-advise check` (issue 12): findings.json of the static rules only.
 
-    Assumes `npu-advise check PATH --json FILE`; when the command is missing the run reports so."""
+    Assumes `npu-advise check PATH --json FILE` writing the findings.json schema; adjust the command line
+    here when `check` lands. Scoring then counts only STATIC_CATEGORIES ground truth (see static_only)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "findings.json"
     proc = subprocess.run(_tool() + ["check", str(script_dir), "--json", str(target)], cwd=script_dir,
@@ -372,10 +375,21 @@ def report(scores: list, summary: dict, out=sys.stdout) -> None:
             w(f"  {name}: {err}\n")
 
 
-def score_outputs(dirs: list, out_root: Path, runs: dict | None = None, include_info=False) -> list:
+def static_only(truth: Truth) -> Truth:
+    """The part of the truth a static `check` can see: spots of STATIC_CATEGORIES only."""
+    items = []
+    for it in truth.items:
+        spots = [s for s in it.spots if s.category in STATIC_CATEGORIES]
+        if spots:
+            items.append(Item(it.key, it.severity, spots))
+    return Truth(truth.script, items, truth.traps)
+
+
+def score_outputs(dirs: list, out_root: Path, runs: dict | None = None, include_info=False,
+                  mode="profile") -> list:
     scores = []
     for d in dirs:
-        truth = load_truth(d)
+        truth = load_truth(d) if mode == "profile" else static_only(load_truth(d))
         path = out_root / d.name / "findings.json"
         if not path.exists():
             log = (runs or {}).get(d.name, {}).get("log", "")
@@ -398,16 +412,16 @@ def run(only=None, reuse=None, keep=None, jobs=2, mode="profile", include_info=F
     """(scores, summary) for the corpus: profile into `keep` / a temp dir, or score `reuse`."""
     dirs = corpus_scripts(only)
     if reuse:
-        return _finish(dirs, Path(reuse), None, include_info)
+        return _finish(dirs, Path(reuse), None, include_info, mode)
     if keep:
         out = Path(keep)
-        return _finish(dirs, out, profile_all(dirs, out, jobs, mode), include_info)
+        return _finish(dirs, out, profile_all(dirs, out, jobs, mode), include_info, mode)
     with tempfile.TemporaryDirectory(prefix="npa_corpus_") as tmp:
-        return _finish(dirs, Path(tmp), profile_all(dirs, Path(tmp), jobs, mode), include_info)
+        return _finish(dirs, Path(tmp), profile_all(dirs, Path(tmp), jobs, mode), include_info, mode)
 
 
-def _finish(dirs, out, runs, include_info):
-    scores = score_outputs(dirs, out, runs, include_info)
+def _finish(dirs, out, runs, include_info, mode):
+    scores = score_outputs(dirs, out, runs, include_info, mode)
     return scores, summarize(scores)
 
 
