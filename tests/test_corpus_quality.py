@@ -40,10 +40,11 @@ def corpus_scores(tmp_path_factory):
 def test_corpus_ground_truth_is_well_formed():
     dirs = score.corpus_scripts()
     assert len(dirs) >= 12
-    for d in dirs:
-        truth = score.load_truth(d)
-        assert any(it.severity in ("high", "medium") for it in truth.items), d.name
-        assert truth.traps, f"{d.name} has no trap"
+    truths = [score.load_truth(d) for d in dirs]
+    for truth in truths:
+        assert truth.traps, f"{truth.script} has no trap"
+    # scripts without a problem (all traps) measure precision only; most scripts have real problems
+    assert sum(any(it.severity in ("high", "medium") for it in t.items) for t in truths) >= 12
 
 
 def test_scorer_matching_rules():
