@@ -166,14 +166,13 @@ def profile_script(script_dir: Path, out_dir: Path, extra=()) -> dict:
 
 
 def run_check(script_dir: Path, out_dir: Path) -> dict:
-    """Hook for the static `npu-advise check` (issue 12): findings.json of the static rules only.
-
-    Assumes `npu-advise check PATH --json FILE` writing the findings.json schema; adjust the command line
-    here when `check` lands. Scoring then counts only STATIC_CATEGORIES ground truth (see static_only)."""
+    """The static `npu-advise check .` in the script's folder, as JSON. Scoring then counts only
+    STATIC_CATEGORIES ground truth (see static_only)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "findings.json"
-    proc = subprocess.run(_tool() + ["check", str(script_dir), "--json", str(target)], cwd=script_dir,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_tool() + ["check", ".", "--format", "json", "-o", str(target), "--fail-on", "none",
+                                     "--no-cache", "-j", "1"],
+                          cwd=script_dir, capture_output=True, text=True, timeout=600)
     (out_dir / "check.log").write_text(proc.stdout + proc.stderr)
     return {"returncode": 0 if target.exists() else proc.returncode, "log": proc.stdout + proc.stderr}
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 try:
-    import bev_sampler_cuda  # optional fused sampler built with the repository's setup.py
+    import bev_sampler_cuda  # optional fused sampler built with the repository's setup.py  # gt: migration medium
     HAS_CUDA_SAMPLER = True
 except ImportError:
     HAS_CUDA_SAMPLER = False

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 try:  # the CUDA extension of the original repository; absent on most machines
-    from bev_pool_ext import bev_pool_v2_cuda
+    from bev_pool_ext import bev_pool_v2_cuda  # gt: migration medium
 except ImportError:
     bev_pool_v2_cuda = None
 
