@@ -65,6 +65,27 @@ def losses_equal(a: list, b: list, rtol: float) -> bool:
     return all(abs(x - y) <= rtol * max(abs(x), abs(y), 1e-12) or (x != x and y != y) for x, y in zip(a, b))
 
 
+def classify_applied(src: Path, findings: list, apply_log: str) -> list:
+    """For each applied fix: its id and whether its finding hits ground truth, a trap, or neither."""
+    truth = score.load_truth(src)
+    by_fix = {(f.get("fix") or {}).get("fix_id") or f.get("id"): f for f in findings}
+    out = []
+    for fix_id in re.findall(r"^(\S+) \S+: applied:", apply_log, re.MULTILINE):
+        f = by_fix.get(fix_id)
+        if f is None:
+            out.append(f"{fix_id}:?")
+            continue
+        locs = [(l["file"], int(l["line"])) for l in f.get("locations") or []]
+        if any(score._nearest_items(truth, f["category"], fl, ln) for fl, ln in locs):
+            kind = "truth"
+        elif any(t.file == fl and abs(t.line - ln) <= score.WINDOW for t in truth.traps for fl, ln in locs):
+            kind = "TRAP"
+        else:
+            kind = "other"
+        out.append(f"{fix_id}:{kind}")
+    return out
+
+
 def check_one(src: Path, root: Path, rtol: float) -> dict:
     work = root / src.name / "code"
     shutil.copytree(src, work, ignore=shutil.ignore_patterns("__pycache__"))
@@ -83,6 +104,7 @@ def check_one(src: Path, root: Path, rtol: float) -> dict:
     a = _tool(["apply", str(before)], work)
     res["apply_rc"] = a.returncode
     res["apply_log"] = (a.stdout + a.stderr).strip()[-2000:]
+    res["applied"] = classify_applied(src, findings, res["apply_log"])
     changed = sorted(str(p.relative_to(work)) for p in work.rglob("*.py")
                      if p.read_bytes() != (src / p.relative_to(work)).read_bytes())
     res["changed_files"] = changed
@@ -127,14 +149,15 @@ def main(argv=None):
     finally:
         if tmp:
             tmp.cleanup()
-    print(f"{'script':18s} {'status':16s} {'fixes':>5s} {'losses':>7s} {'host ops/step':>22s}  changed")
+    print(f"{'script':18s} {'status':16s} {'fixes':>5s} {'losses':>7s} {'host ops/step':>22s}  changed  "
+          f"applied fixes (on ground truth / TRAP / other lines)")
     for r in results:
         ops = ""
         if r.get("host_ops_before") is not None:
-            ops = f"{r['host_ops_before']:.0f} -> {r['host_ops_after']:.0f} ({100 * r['host_ops_cut']:+.0f}%)"
+            ops = f"{r['host_ops_before']:.0f} -> {r['host_ops_after']:.0f} ({-100 * r['host_ops_cut']:+.0f}%)"
         eq = {True: "equal", False: "DIFFER"}.get(r.get("losses_equal"), "-")
         print(f"{r['script']:18s} {r['status']:16s} {r.get('auto_fixes', 0):5d} {eq:>7s} {ops:>22s}  "
-              f"{', '.join(r.get('changed_files', []))}")
+              f"{', '.join(r.get('changed_files', []))}  {' '.join(r.get('applied', []))}")
         if r.get("error"):
             print(f"    {r['error']}")
     cuts = [r["host_ops_cut"] for r in results if "host_ops_cut" in r]
