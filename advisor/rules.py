@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 _RULES: dict = {}
+_REWRITES: dict = {}         # rule code -> [RewriteDoc] of the generators that fix its findings
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,29 @@ class Rule:
                  "", "Why it costs time on an NPU:", f"  {self.why}", "", "What to do:", f"  {self.fix}"]
         if self.thresholds:
             lines += ["", "Thresholds:"] + [f"  {k} = {v}" for k, v in self.thresholds.items()]
+        for doc in _REWRITES.get(self.code, []):
+            lines += ["", f"Automatic rewrite `{doc.name}`:", f"  rewrites: {doc.rewrites}", f"  refuses: {doc.refuses}",
+                      f"  proven from the syntax: {doc.static}", f"  proven by verification on your run: {doc.verification}"]
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RewriteDoc:
+    """One candidate rewrite generator, documented with the rules whose findings it fixes."""
+
+    name: str
+    rules: tuple
+    rewrites: str        # what it rewrites
+    refuses: str         # when it makes no candidate
+    static: str          # preconditions proven from the syntax
+    verification: str    # preconditions only the verification stage proves
+
+
+def document_rewrite(doc: RewriteDoc) -> None:
+    for code in doc.rules:
+        docs = _REWRITES.setdefault(code, [])
+        if all(d.name != doc.name for d in docs):
+            docs.append(doc)
 
 
 def all_rules() -> dict:

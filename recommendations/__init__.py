@@ -25,7 +25,7 @@ from npu_advise.findings import Finding
 # No libcst here: detection (matchers.py, dispatch.py) reads Python's `ast`; the codemods (recommendations/
 # codemods, libcst) are imported where a match is rewritten, so a trace without source locations is analyzed
 # without the parser (~0.7 s of imports). entry.py and rule_docs.py document the NPA8xx/NPA9xx rules without it.
-from . import entry, registry, rule_docs  # noqa: F401  (entry, rule_docs: register the NPA8xx/NPA9xx rules)
+from . import entry, registry, rewrite_docs, rule_docs  # noqa: F401  (register the NPA8xx/NPA9xx rules, the rewrite docs)
 from .candidates import Candidate
 from .codemods.scope import analysis_scope
 from .evidence import SourceIndex

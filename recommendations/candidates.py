@@ -19,6 +19,8 @@ from .codemods.diffs import sha256_text, unified_diff
 
 # The replaced "function" of a change outside every def (entry-point wrappers, module-level imports).
 MODULE_LEVEL = "<module>"
+# How a fix's constraints name what only the verification stage proves.
+NEEDS_VERIFICATION = "proven only by verification on your run: "
 
 
 @dataclass
@@ -44,13 +46,21 @@ class Candidate:
     # NPU-only callables the new function calls (e.g. "mx_driving.npu_add_relu"): verification runs each
     # through the pure-PyTorch reference of its documented semantics, where one is defined.
     npu_calls: list = field(default_factory=list)
+    # Preconditions no syntax check can prove (iterations independent, equal shapes across a list, broadcasting
+    # as one element did): the verification stage's acceptance on the user's run is their proof. A candidate
+    # with any is not auto-applicable (auto_applicable is False) until that stage accepts it.
+    needs_verification: list = field(default_factory=list)
+    # Further candidates for the same finding, best first: the verification stage tries the next one when this
+    # one is rejected (e.g. a broadcast rewrite, then torch.vmap of the body, then a stacked-list vmap).
+    alternatives: list = field(default_factory=list)
 
     @classmethod
     def from_rewrite(cls, rel: str, path: Path, old_source: str, rewrite, catalog_ref: str) -> "Candidate":
         c = cls(file=rel.replace("\\", "/"), path=Path(path), old_source=old_source,
                 new_source=rewrite.new_source, description=rewrite.description, catalog_ref=catalog_ref,
                 auto_applicable=bool(rewrite.auto_applicable), preconditions=list(rewrite.verified),
-                constraints=list(rewrite.constraints), requires=list(rewrite.requires), line=rewrite.line)
+                constraints=list(rewrite.constraints), requires=list(rewrite.requires), line=rewrite.line,
+                needs_verification=list(rewrite.needs_verification))
         c.locate()
         return c
 
@@ -64,7 +74,8 @@ class Candidate:
 
         return Fix(description=self.description, auto_applicable=self.auto_applicable, diff=self.diff,
                    fix_id=fix_id,
-                   constraints=list(self.constraints) + [f"verified: {v}" for v in self.preconditions],
+                   constraints=list(self.constraints) + [f"verified: {v}" for v in self.preconditions]
+                   + [f"{NEEDS_VERIFICATION}{v}" for v in self.needs_verification],
                    catalog_ref=self.catalog_ref, file=self.file, file_sha256=sha256_text(self.old_source),
                    patched_sha256=sha256_text(self.new_source), function=self.function,
                    function_lines=list(self.def_lines) if self.def_lines else None)

@@ -30,6 +30,15 @@ class Rewrite:
     verified: list = field(default_factory=list)         # preconditions checked syntactically / from shapes
     requires: list = field(default_factory=list)         # packages the new code imports (torch_npu, mx_driving)
     line: Optional[int] = None                           # where the finding should point, when not the first changed line
+    # Preconditions the syntax cannot prove (iterations independent, operands broadcast like one iteration's,
+    # shapes equal across a list): only the verification stage, run on the user's own tensors, proves them.
+    # A rewrite with any is never auto-applicable until verified.
+    needs_verification: list = field(default_factory=list)
+    generator: Optional[str] = None                      # the candidate generator that made it
+
+    def __post_init__(self):
+        if self.needs_verification:
+            self.auto_applicable = False
 
 
 def wrap(source: str) -> MetadataWrapper:

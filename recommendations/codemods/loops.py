@@ -27,80 +27,14 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import (Rewrite, add_imports, analyzed, code, end_line, enclosing_function, expr, names_in, node_index,
-                   replace_nodes, start_line)
+from .base import Rewrite, code, enclosing_function, expr, names_in, replace_nodes, start_line
+from .loop_syntax import (assigned_from, body_statements, first_rewrite, fresh, is_tensor_expr, replace_loop,
+                          used_after)
 
 IDIOMS = ("affine_interpolation", "prefix_mask", "item_loop")
 
 # Factory calls whose shape argument tells the rank of the tensor they create.
 _FACTORIES = ("zeros", "ones", "empty", "full", "zeros_like", "new_zeros", "new_ones", "new_empty", "new_full")
-# Calls/methods whose result is certainly a tensor (for the `.item()` loop precondition).
-_TENSOR_METHODS = ("cpu", "detach", "flatten", "view", "reshape", "to", "float", "long", "int", "clone",
-                   "contiguous", "squeeze", "unsqueeze", "sum", "argmax", "argmin", "max", "min", "nonzero",
-                   "sigmoid", "softmax", "abs", "round", "floor", "ceil", "cumsum", "sort", "topk")
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding the loop at a line
-# ---------------------------------------------------------------------------------------------
-def _loops_at(meta, module: cst.Module, line: int) -> list:
-    """For-loops containing `line`, innermost first; if none, the loops of the function defined at `line`
-    (Kineto python_function frames carry the def line only)."""
-    index = node_index(module)
-    loops, functions = index.of(cst.For), index.of(cst.FunctionDef)
-    containing = [n for n in loops if start_line(meta, n) <= line <= end_line(meta, n)]
-    if containing:
-        return sorted(containing, key=lambda n: -start_line(meta, n))
-    for f in functions:
-        if start_line(meta, f) <= line <= start_line(meta, f.body) or any(
-                start_line(meta, d) == line for d in f.decorators):
-            inside = [n for n in loops if start_line(meta, f) <= start_line(meta, n) <= end_line(meta, f)]
-            return sorted(inside, key=lambda n: start_line(meta, n))
-    return []
-
-
-def _body_statements(loop: cst.For) -> Optional[list]:
-    """The small statements of a loop body made only of simple one-statement lines, else None."""
-    if loop.orelse is not None or not isinstance(loop.body, cst.IndentedBlock):
-        return None
-    out = []
-    for stmt in loop.body.body:
-        if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
-            return None
-        out.append(stmt.body[0])
-    return out
-
-
-def _used_after(meta, function, loop, names: set) -> list:
-    """Names among `names` read in `function` after `loop` ends (the loop leaves them bound)."""
-    if function is None:
-        return []
-    after = end_line(meta, loop)
-    found = set()
-
-    class _V(cst.CSTVisitor):
-        def visit_Name(self, n: cst.Name) -> None:
-            if n.value in names and start_line(meta, n) > after:
-                found.add(n.value)
-
-    function.visit(_V())
-    return sorted(found)
-
-
-def _assigned_from(meta, function, name: str, before_line: int) -> Optional[cst.BaseExpression]:
-    """The value of the last `name = value` in `function` before `before_line`, else None."""
-    if function is None:
-        return None
-    best = []
-
-    class _V(cst.CSTVisitor):
-        def visit_Assign(self, node: cst.Assign) -> None:
-            if (len(node.targets) == 1 and m.matches(node.targets[0].target, m.Name(name))
-                    and start_line(meta, node) < before_line):
-                best.append(node)
-
-    function.visit(_V())
-    return best[-1].value if best else None
 
 
 def _creates_2d(value: Optional[cst.BaseExpression]) -> Optional[str]:
@@ -131,21 +65,6 @@ def _creates_2d(value: Optional[cst.BaseExpression]) -> Optional[str]:
     if len(sizes) == 2 and all(not isinstance(a.value, (cst.Tuple, cst.List)) for a in sizes):
         return f"created 2-D by `{code(value)}`"
     return None
-
-
-def _fresh(taken: set, base: str) -> str:
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}{k}"
-    taken.add(name)
-    return name
-
-
-def _replace_loop(meta, module: cst.Module, loop: cst.For, new_statements: list, imports=(("torch", None),)) -> str:
-    first = new_statements[0].with_changes(leading_lines=loop.leading_lines)
-    new_module = replace_nodes(module, {loop: cst.FlattenSentinel([first] + list(new_statements[1:]))}, meta)
-    return add_imports(new_module, list(imports)).code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,23 +106,12 @@ def _index_offset(node, var: str) -> Optional[int]:
     return None
 
 
-def _first_rewrite(source: str, line: int, match) -> Optional[Rewrite]:
-    """The rewrite `match(meta, module, loop)` gives for the innermost loop at `line` that it matches."""
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    for loop in _loops_at(meta, module, line):
-        r = match(meta, module, loop)
-        if r is not None:
-            return r
-    return None
-
-
 def rewrite_affine_interpolation(source: str, line: int) -> Optional[Rewrite]:
-    return _first_rewrite(source, line, _match_affine)
+    return first_rewrite(source, line, _match_affine)
 
 
 def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
-    body = _body_statements(loop)
+    body = body_statements(loop)
     if body is None or len(body) != 2 or not m.matches(loop.target, m.Name()):
         return None
     i = loop.target.value
@@ -236,10 +144,10 @@ def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
         return None
 
     function = enclosing_function(meta, loop)
-    leftover = _used_after(meta, function, loop, {i, ratio})
+    leftover = used_after(meta, function, loop, {i, ratio})
     if leftover:
         return None  # the loop leaves `i`/`ratio` bound for later code: not the idiom
-    created = _creates_2d(_assigned_from(meta, function, res, start_line(meta, loop)))
+    created = _creates_2d(assigned_from(meta, function, res, start_line(meta, loop)))
 
     start_c = code(start)
     if isinstance(start, cst.Integer):
@@ -253,7 +161,7 @@ def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
         f"{ratio} = (torch.arange({start_c}, {stop_c}, dtype={res}.dtype, device={res}.device)"
         f" / {code(denominator)}).unsqueeze(-1)\n")
     assign_stmt = cst.parse_statement(f"{res}[{lower}:{upper}] = {code(s2.value)}\n")
-    new_source = _replace_loop(meta, module, loop, [ratio_stmt, assign_stmt])
+    new_source = replace_loop(meta, module, loop, [ratio_stmt, assign_stmt])
 
     verified = [f"loop `for {i} in range({start_c}, {stop_c})` writes row `{res}[{code(target.slice[0].slice.value)}]`"
                 f" with `(1 - {ratio}) * A + {ratio} * B`, A and B loop-invariant",
@@ -276,7 +184,7 @@ def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
 # Prefix masks
 # ---------------------------------------------------------------------------------------------
 def rewrite_prefix_mask(source: str, line: int) -> Optional[Rewrite]:
-    return _first_rewrite(source, line, _match_prefix_mask)
+    return first_rewrite(source, line, _match_prefix_mask)
 
 
 def _mask_target(target, i: str, n: str):
@@ -298,7 +206,7 @@ def _mask_target(target, i: str, n: str):
 
 
 def _match_prefix_mask(meta, module, loop: cst.For) -> Optional[Rewrite]:
-    body = _body_statements(loop)
+    body = body_statements(loop)
     if body is None or len(body) != 1:
         return None
     if not m.matches(loop.target, m.Tuple(elements=[m.Element(m.Name()), m.Element(m.Name())])):
@@ -317,13 +225,13 @@ def _match_prefix_mask(meta, module, loop: cst.For) -> Optional[Rewrite]:
     if names_in(value) & {i, n} or names_in(mask) & {i, n} or names_in(lens) & {i, n}:
         return None
     function = enclosing_function(meta, loop)
-    if _used_after(meta, function, loop, {i, n}):
+    if used_after(meta, function, loop, {i, n}):
         return None
     mask_c, lens_c, value_c = code(mask), code(lens), code(value)
     taken = names_in(function) if function is not None else names_in(module)
     base = lens.value if isinstance(lens, cst.Name) else "lens"
-    lens_t = _fresh(taken, f"{base}_t")
-    cols = _fresh(taken, "cols")
+    lens_t = fresh(taken, f"{base}_t")
+    cols = fresh(taken, "cols")
     stmts = [
         cst.parse_statement(f"{lens_t} = torch.as_tensor({lens_c}, device={mask_c}.device)\n"),
         cst.parse_statement(f"{cols} = torch.arange({mask_c}.shape[1], device={mask_c}.device)\n"),
@@ -331,8 +239,8 @@ def _match_prefix_mask(meta, module, loop: cst.For) -> Optional[Rewrite]:
             f"{mask_c}[:{lens_t}.shape[0]].masked_fill_({cols} < torch.where({lens_t} < 0, {lens_t} + {mask_c}.shape[1], "
             f"{lens_t}).unsqueeze(1), {value_c})\n"),
     ]
-    new_source = _replace_loop(meta, module, loop, stmts)
-    created = _creates_2d(_assigned_from(meta, function, code(mask), start_line(meta, loop))) \
+    new_source = replace_loop(meta, module, loop, stmts)
+    created = _creates_2d(assigned_from(meta, function, code(mask), start_line(meta, loop))) \
         if isinstance(mask, cst.Name) else None
     verified = [f"loop `for {i}, {n} in enumerate({lens_c})` only sets the prefix `{mask_c}[{i}][:{n}]` to a "
                 f"loop-invariant value", f"`{i}` and `{n}` are not read after the loop",
@@ -390,23 +298,8 @@ class _DropItem(cst.CSTTransformer):
         return updated
 
 
-def _is_tensor_expr(meta, node, function, before_line: int) -> Optional[str]:
-    """Why `node` is certainly a tensor (a torch call or a tensor method result), else None."""
-    if isinstance(node, cst.Name):
-        value = _assigned_from(meta, function, node.value, before_line)
-        return _is_tensor_expr(meta, value, function, before_line) if value is not None else None
-    if isinstance(node, cst.Call):
-        from .base import qualified_names
-        if any(q.startswith("torch.") for q in qualified_names(meta, node.func)) and not any(
-                q.startswith("torch.Tensor.") for q in qualified_names(meta, node.func)):
-            return f"`{code(node)}` is a torch call"
-        if isinstance(node.func, cst.Attribute) and node.func.attr.value in _TENSOR_METHODS:
-            return f"`{code(node)}` is a tensor method"
-    return None
-
-
 def rewrite_item_loop(source: str, line: int) -> Optional[Rewrite]:
-    return _first_rewrite(source, line, _match_item_loop)
+    return first_rewrite(source, line, _match_item_loop)
 
 
 def _match_item_loop(meta, module, loop) -> Optional[Rewrite]:
@@ -420,7 +313,7 @@ def _match_item_loop(meta, module, loop) -> Optional[Rewrite]:
     if uses.items == 0 or uses.other or uses.assigned:
         return None
     function = enclosing_function(meta, loop)
-    if _used_after(meta, function, loop, {var}):
+    if used_after(meta, function, loop, {var}):
         return None
     new_body = loop.body.visit(_DropItem(var))
     new_iter = expr(f"({code(loop.iter)}).reshape(-1).tolist()" if not isinstance(
@@ -439,7 +332,7 @@ def _tolist_rewrite(meta, loop: cst.For, function, tensor: cst.BaseExpression, r
                     description: str, verified: list, constraints: list) -> Rewrite:
     """The Rewrite of an `.item()` loop turned into one `.tolist()`: auto-applicable only when `tensor` is
     shown to be a tensor; otherwise that becomes the first thing the user must check."""
-    why = _is_tensor_expr(meta, tensor, function, start_line(meta, loop))
+    why = is_tensor_expr(meta, tensor, function, start_line(meta, loop))
     constraints = ["one device->host copy of the whole tensor replaces one sync per element"] + constraints
     if why:
         verified = verified + [f"the {role} value is a tensor: {why}"]
@@ -516,10 +409,10 @@ def _indexed_item_loop(meta, module, loop: cst.For) -> Optional[Rewrite]:
     if uses.items == 0 or uses.other_seq or uses.assigned:
         return None             # `T` read or changed otherwise in the body: its values may change mid-loop
     function = enclosing_function(meta, loop)
-    if _used_after(meta, function, loop, {i}):
+    if used_after(meta, function, loop, {i}):
         return None
     taken = names_in(function) if function is not None else names_in(module)
-    value = _fresh(taken, f"{i}_value" if len(i) > 1 else f"{code(seq).split('.')[-1]}_{i}")
+    value = fresh(taken, f"{i}_value" if len(i) > 1 else f"{code(seq).split('.')[-1]}_{i}")
     new_body = loop.body.visit(_ReplaceIndexedItem(seq, i, value))
     listed = f"{code(seq)}.reshape(-1).tolist()"
     if uses.other_var:

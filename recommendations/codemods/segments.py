@@ -1,0 +1,160 @@
+"""Candidate generator `segment_reduce`: a loop over groups that reduces the rows of each group, rewritten to one
+segment op over all rows.
+
+    for g in range(G):                              OUT[:G] = <segment op over all rows>[:G]
+        OUT[g] = X[LABELS == g].sum(0)      ->      (index_add_; mean = sum / count; amax/amin: scatter_reduce)
+        OUT[g] = (LABELS == g).sum()                (bincount)
+    for g in LABELS.unique():                       groups, inverse = torch.unique(LABELS, return_inverse=True)
+        OUT[g] = X[LABELS == g].mean(0)     ->      OUT[groups] = <segment op by inverse>
+
+Labels outside `range(G)` are gathered in one extra bin that is dropped, as the loop never visits them. An
+empty group gets what the loop gives it: 0 for sums and counts, NaN for means (0 / 0); a max/min of an empty
+group raises in the loop and gives 0 in the rewrite. The body's shape is proven from the syntax; that LABELS
+is 1-D with one entry per row of X (what makes `X[LABELS == g]` the rows of group g) and that summing in
+another order stays within tolerance are proven by the verification stage.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import libcst as cst
+import libcst.matchers as m
+
+from .base import Rewrite, code, enclosing_function, names_in
+from .loop_syntax import first_rewrite, fresh, replace_loop, used_after
+
+GENERATOR = "segment_reduce"
+_REDUCTIONS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin"}
+
+
+def candidates(source: str, line: int) -> list:
+    r = first_rewrite(source, line, _match)
+    return [r] if r is not None else []
+
+
+def _group_mask(node, g: str) -> Optional[cst.BaseExpression]:
+    """LABELS when `node` is `LABELS == g` (or `g == LABELS`)."""
+    if not (isinstance(node, cst.Comparison) and len(node.comparisons) == 1
+            and isinstance(node.comparisons[0].operator, cst.Equal)):
+        return None
+    left, right = node.left, node.comparisons[0].comparator
+    if m.matches(right, m.Name(g)) and g not in names_in(left):
+        return left
+    if m.matches(left, m.Name(g)) and g not in names_in(right):
+        return right
+    return None
+
+
+def _reduction(value, g: str) -> Optional[tuple]:
+    """(kind, X or None, LABELS) for `X[LABELS == g].sum(0)` / `.mean(0)` / `.amax(0)` / `.amin(0)`
+    (also dim=0, and `.max(0).values` / `.max(0)[0]`), or `(LABELS == g).sum()` (kind "count")."""
+    # (LABELS == g).sum()
+    if m.matches(value, m.Call(func=m.Attribute(attr=m.Name("sum")), args=[])):
+        labels = _group_mask(value.func.value, g)
+        if labels is not None:
+            return "count", None, labels
+    method, call = None, value
+    if isinstance(value, cst.Attribute) and value.attr.value == "values":
+        call = value.value
+    elif (isinstance(value, cst.Subscript) and len(value.slice) == 1
+          and m.matches(value.slice[0].slice, m.Index(m.Integer("0")))):
+        call = value.value
+    if not isinstance(call, cst.Call) or not isinstance(call.func, cst.Attribute):
+        return None
+    method = call.func.attr.value
+    is_pair = call is not value
+    if is_pair and method in ("max", "min"):
+        kind = "amax" if method == "max" else "amin"
+    elif not is_pair and method in _REDUCTIONS:
+        kind = _REDUCTIONS[method]
+    else:
+        return None
+    if len(call.args) != 1 or not (m.matches(call.args[0], m.Arg(value=m.Integer("0"), keyword=None))
+                                   or m.matches(call.args[0], m.Arg(value=m.Integer("0"), keyword=m.Name("dim")))):
+        return None
+    sub = call.func.value
+    if not (isinstance(sub, cst.Subscript) and len(sub.slice) == 1 and isinstance(sub.slice[0].slice, cst.Index)):
+        return None
+    labels = _group_mask(sub.slice[0].slice.value, g)
+    if labels is None or g in names_in(sub.value):
+        return None
+    return kind, sub.value, labels
+
+
+def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
+    if loop.orelse is not None or not isinstance(loop.target, cst.Name) or not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    body = loop.body.body
+    if len(body) != 1 or not isinstance(body[0], cst.SimpleStatementLine) or len(body[0].body) != 1:
+        return None
+    stmt = body[0].body[0]
+    g = loop.target.value
+    if not (m.matches(stmt, m.Assign(targets=[m.AssignTarget(target=m.Subscript())]))):
+        return None
+    target = stmt.targets[0].target
+    if not (len(target.slice) == 1 and m.matches(target.slice[0].slice, m.Index(m.Name(g)))
+            and isinstance(target.value, (cst.Name, cst.Attribute))):
+        return None
+    out = target.value
+    red = _reduction(stmt.value, g)
+    if red is None:
+        return None
+    kind, x, labels = red
+    if names_in(out) & (names_in(labels) | (names_in(x) if x is not None else set())):
+        return None
+    form = None
+    if m.matches(loop.iter, m.Call(func=m.Name("range"), args=[m.Arg(keyword=None, star="")])):
+        form, groups = "range", loop.iter.args[0].value
+    elif (m.matches(loop.iter, m.Call(func=m.Attribute(attr=m.Name("unique")), args=[]))
+          and loop.iter.func.value.deep_equals(labels)):
+        form, groups = "unique", None
+    if form is None:
+        return None
+    function = enclosing_function(meta, loop)
+    if used_after(meta, function, loop, {g}):
+        return None
+    taken = names_in(function) if function is not None else names_in(module)
+    out_c, labels_c, x_c = code(out), code(labels), code(x) if x is not None else None
+    stmts = []
+    if form == "range":
+        n = code(groups)
+        bins = fresh(taken, "bins")
+        size = f"{n} + 1"
+        stmts.append(f"{bins} = torch.where(({labels_c} >= 0) & ({labels_c} < {n}), {labels_c}, {n}).reshape(-1)")
+        index, keep = bins, f"[:{n}]"
+        dest = f"{out_c}[:{n}]"
+    else:
+        grp, inv = fresh(taken, "groups"), fresh(taken, "inverse")
+        stmts.append(f"{grp}, {inv} = torch.unique({labels_c}, return_inverse=True)")
+        index, keep, size = f"{inv}.reshape(-1)", "", f"{grp}.shape[0]"
+        dest = f"{out_c}[{grp}]"
+    if kind == "count":
+        value = f"torch.bincount({index}, minlength={size}){keep}" if form == "range" else \
+            f"torch.bincount({index}, minlength={size})"
+    else:
+        zeros = f"{x_c}.new_zeros(({size},) + tuple({x_c}.shape[1:]))"
+        if kind in ("sum", "mean"):
+            total = f"{zeros}.index_add_(0, {index}, {x_c})"
+            if kind == "mean":
+                counts = fresh(taken, "counts")
+                stmts.append(f"{counts} = torch.bincount({index}, minlength={size}).to({x_c}.dtype)")
+                total = f"({total} / {counts}.view((-1,) + (1,) * ({x_c}.dim() - 1)))"
+            value = f"{total}{keep}"
+        else:
+            spread = f"{index}.view((-1,) + (1,) * ({x_c}.dim() - 1)).expand_as({x_c})"
+            value = f"{zeros}.scatter_reduce_(0, {spread}, {x_c}, \"{kind}\", include_self=False){keep}"
+    stmts.append(f"{dest} = {value}")
+    new_source = replace_loop(meta, module, loop, [cst.parse_statement(s + "\n") for s in stmts])
+    op = {"count": "torch.bincount", "sum": "index_add_", "mean": "index_add_ and bincount"}.get(kind, "scatter_reduce_")
+    return Rewrite(
+        new_source=new_source,
+        description=(f"Reduce every group at once with {op} instead of one boolean-mask selection per group (each "
+                     f"`{labels_c} == {g}` selection is a nonzero and a device sync on an NPU)."),
+        auto_applicable=False, generator=GENERATOR,
+        verified=[f"the loop body is only `{out_c}[{g}] = <{kind} of the rows where {labels_c} == {g}>`",
+                  f"`{g}` is not read after the loop",
+                  "labels outside the visited groups are dropped (the loop never visits them)"],
+        needs_verification=[f"`{labels_c}` is 1-D with one entry per row of `{x_c}`" if x_c else
+                            f"`{labels_c}` holds integer labels",
+                            "sums in another order stay within the tolerance"],
+        constraints=["an empty group gets 0 (sum, count), NaN (mean) or 0 (max/min, where the loop raises)"])

@@ -1,0 +1,100 @@
+"""Documentation of the candidate rewrite generators, printed with the rules whose findings they fix
+(`npu-advise rules NPA501`): what each rewrites, when it refuses, what it proves from the syntax and what only
+the verification stage (the candidate run beside the original on the user's own run) proves. Kept apart from
+the codemods (which need libcst) so that listing rules never imports the parser."""
+from __future__ import annotations
+
+from npu_advise.rules import RewriteDoc, document_rewrite
+
+_LOOP, _SYNC = ("NPA501",), ("NPA301", "NPA302")
+
+DOCS = (
+    RewriteDoc(
+        "affine_interpolation", _LOOP,
+        rewrites="`for i in range(a, b): r = i / n; res[i + c] = (1 - r) * A + r * B` -> one `torch.arange` of ratios "
+                 "and one slice assignment.",
+        refuses="other body shapes, `i`/`r` read after the loop, A/B depending on the loop.",
+        static="the body shape; A and B loop-invariant; `res` visibly 2-D (else advice only).",
+        verification="nothing beyond the static checks (the rounding of the ratios, in the result's dtype)."),
+    RewriteDoc(
+        "prefix_mask", _LOOP + _SYNC,
+        rewrites="`for i, n in enumerate(lens): mask[i][:n] = v` -> one `masked_fill_` against `torch.arange`.",
+        refuses="any other statement in the body, `mask` not visibly 2-D (advice only).",
+        static="the whole semantics, negative lengths included.",
+        verification="nothing beyond the static checks."),
+    RewriteDoc(
+        "item_loop", _LOOP + _SYNC,
+        rewrites="`for x in T: ... x.item() ...` and `for i in range(len(T)): ... T[i].item() ...` -> iterate "
+                 "`T.reshape(-1).tolist()`.",
+        refuses="other uses of `x` / `T` in the body, `T` assigned in the body.",
+        static="the body shape; `T` a tensor (else advice only).",
+        verification="nothing beyond the static checks."),
+    RewriteDoc(
+        "scalar_reads", _LOOP + _SYNC,
+        rewrites="per-iteration reads of device values as Python numbers -- `int(x)`, `float(x)`, `x.item()`, "
+                 "`range(x)`, slice bounds and indices, of loop variables iterating a tensor (`for ll in lens`, "
+                 "enumerate, zip, comprehensions) or of `T[i]` with `i` the loop index -> one `.tolist()` of the "
+                 "tensor before the loop.",
+        refuses="a loop variable also used as a tensor (`x * ll`), `T` assigned or changed in place in the loop, "
+                "the variable read after the loop, a `T` that is already a host list.",
+        static="every use is a scalar read of an unchanged tensor; `T` a tensor when its creation is visible.",
+        verification="`T` is a tensor when its creation is not visible; arithmetic and comparisons before the value "
+                     "becomes a Python number (`if score > 0.3`) give the same result in double precision."),
+    RewriteDoc(
+        "host_transfers", _LOOP + _SYNC,
+        rewrites="one device->host copy per iteration (`x.cpu()`, `x.detach().cpu().numpy()`, `T[i].cpu()`) -> "
+                 "one copy of the whole tensor before the loop, indexed inside.",
+        refuses="a loop variable used other than through that one transfer chain, `T` changed in the loop.",
+        static="each per-iteration copy is the same chain on one element of an unchanged tensor.",
+        verification="when `T` may be a list of tensors the candidate stacks it first: equal shapes."),
+    RewriteDoc(
+        "segment_reduce", _LOOP + _SYNC,
+        rewrites="`for g in range(G)` / `for g in labels.unique()` with `out[g] = x[labels == g].sum(0)` (mean, "
+                 "amax/amin via max(0).values) or `(labels == g).sum()` -> `index_add_` / `scatter_reduce_` / "
+                 "`bincount` over all rows at once (labels outside the groups go to a dropped bin).",
+        refuses="any other statement in the body, a reduction over another dim, `g` read after the loop.",
+        static="the body is exactly one per-group reduction written to `out[g]`.",
+        verification="`labels` is 1-D with one entry per row of `x`; sums in another order within tolerance; "
+                     "an empty group's max/min (the loop raises) becomes 0."),
+    RewriteDoc(
+        "map_broadcast", _LOOP,
+        rewrites="a loop (or comprehension) computing one result per element with elementwise ops only -- "
+                 "`out[i] = f(A[i], B[i], c)`, append-then-`torch.stack`/`torch.cat` -- -> the same expression "
+                 "once on the whole tensors (`A[i]` -> `A[:n]`).",
+        refuses="non-elementwise calls, indexing or `.shape` of per-element values, the index used as a number, "
+                "loop-carried values, writes to anything that outlives an iteration, break/return, names read "
+                "after the loop.",
+        static="the body binds only iteration-local names and results are kept in iteration order.",
+        verification="loop-invariant operands broadcast against the new leading dimension as they did against one "
+                     "element; the per-element operands have one row per iteration."),
+    RewriteDoc(
+        "map_vmap", _LOOP,
+        rewrites="the same loops with any body -> the body as a local function mapped with `torch.vmap` over the "
+                 "per-element operands (`in_dims` 0; the loop index, when used as a number, as a `torch.arange` "
+                 "on the operands' device); `out_dims` / a flatten reproduce stack/cat along a dim.",
+        refuses="as map_broadcast except the elementwise condition; the index used as a Python int (range(i), "
+                "slice bounds); random ops.",
+        static="as map_broadcast.",
+        verification="the body runs under vmap (no data-dependent Python control flow, .item(), in-place writes into "
+                     "loop-invariant tensors); equal leading sizes."),
+    RewriteDoc(
+        "level_batch", _LOOP,
+        rewrites="fixed small loops over levels / cameras of the same op on Python lists of tensors (`for f, g in "
+                 "zip(feats, grids): out.append(F.grid_sample(f, g))`) -> the lists stacked once and the op mapped "
+                 "with `torch.vmap` in one batched call.",
+        refuses="as map_vmap.",
+        static="as map_vmap.",
+        verification="the tensors of each list have equal shapes -- where they do not (feature levels of different "
+                     "sizes) torch.stack raises, the candidate is rejected with that reason and the loop stays."),
+    RewriteDoc(
+        "device_checks", _SYNC,
+        rewrites="`assert <tensor>.all()[, \"literal\"]` in the step -> `torch._assert_async(...)` (no host read); "
+                 "`len(torch.nonzero(m))` / `.shape[0]` / `.size(0)` -> `int(torch.count_nonzero(m))`.",
+        refuses="a computed (f-string) message, a condition that is not a whole-tensor `.all()`/`.any()`.",
+        static="passing checks do nothing either way; nonzero's row count is the non-zero count.",
+        verification="the receiver is a tensor when its creation is not visible. A failing check raises "
+                     "RuntimeError instead of AssertionError, and still runs under `python -O`."),
+)
+
+for _doc in DOCS:
+    document_rewrite(_doc)

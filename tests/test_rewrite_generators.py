@@ -1,0 +1,398 @@
+"""Candidate generators beyond the guide's idioms: each rewrite is executed beside the original on several
+shapes and dtypes (empty, one element, non-contiguous included) and must give the same results; applying a
+generator to its own output finds nothing more (idempotence); what cannot be proven is marked for
+verification and is not auto-applicable."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _codemod_helpers import line_of, load_function
+from npu_advise.recommendations.codemods import checks, map_loops, scalar_reads, segments, transfers
+
+
+def _pair(source: str, rewrite, name: str):
+    return load_function(source, name), load_function(rewrite.new_source, name)
+
+
+def _same(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, (a, b)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_allclose(a, b)
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    else:
+        assert a == b and type(a) is type(b), (a, b)
+
+
+def _idempotent(module, new_source: str, line: int) -> None:
+    """A second pass over the rewritten code at the same place changes nothing."""
+    again = module.candidates(new_source, line)
+    assert all(r.new_source == new_source for r in again), [r.generator for r in again]
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar_reads
+# ---------------------------------------------------------------------------------------------
+SCALARS = '''import torch
+
+
+def prefix_rows(lens, width):
+    lens = torch.as_tensor(lens)
+    mask = torch.zeros(len(lens), width)
+    for i, ll in enumerate(lens):
+        mask[i, :ll] = 1
+        mask[i, ll:] = -1
+    return mask
+
+
+def split_sizes(value, shapes):
+    return value.split([int(h) * int(w) for h, w in shapes], dim=1)
+
+
+def weighted(counts, n):
+    counts = counts.flatten()
+    total = 0
+    for i in range(n):
+        k = int(counts[i])
+        total += counts[i].item() * 2 + k
+    return total
+'''
+
+
+@pytest.mark.parametrize("lens", [[], [3], [0, 5, 2, 7], list(range(9, -1, -1))])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_scalar_reads_iterated(lens, dtype):
+    [r] = scalar_reads.candidates(SCALARS, line_of(SCALARS, "mask[i, :ll] = 1"))
+    assert r.auto_applicable and not r.needs_verification          # torch.as_tensor proves a tensor
+    assert "enumerate(lens.reshape(-1).tolist())" in r.new_source
+    old, new = _pair(SCALARS, r, "prefix_rows")
+    t = torch.tensor(lens, dtype=dtype)
+    _same(old(t, 6), new(t, 6))
+    strided = torch.tensor(lens * 2, dtype=dtype)[::2]                # non-contiguous
+    _same(old(strided, 6), new(strided, 6))
+    _idempotent(scalar_reads, r.new_source, line_of(r.new_source, "mask[i, :ll] = 1"))
+
+
+@pytest.mark.parametrize("shapes", [[[4, 6]], [[4, 6], [2, 3]], [[1, 1], [2, 2], [3, 1]]])
+def test_scalar_reads_comprehension_needs_verification_when_not_visibly_a_tensor(shapes):
+    [r] = scalar_reads.candidates(SCALARS, line_of(SCALARS, "value.split"))
+    assert not r.auto_applicable and any("`shapes` is a tensor" in n for n in r.needs_verification)
+    old, new = _pair(SCALARS, r, "split_sizes")
+    s = torch.tensor(shapes)
+    value = torch.randn(2, int((s[:, 0] * s[:, 1]).sum()), 3)
+    _same(old(value, s), new(value, s))
+    _same(old(value, s.t().contiguous().t()), new(value, s.t().contiguous().t()))   # non-contiguous rows
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
+def test_scalar_reads_indexed(n, dtype):
+    [r] = scalar_reads.candidates(SCALARS, line_of(SCALARS, "k = int(counts[i])"))
+    assert "counts_host = counts.reshape(-1).tolist()" in r.new_source and "int(counts_host[i])" in r.new_source
+    assert r.auto_applicable                                          # counts.flatten() is a tensor method
+    old, new = _pair(SCALARS, r, "weighted")
+    counts = (torch.arange(12, dtype=dtype) * 1.5).to(dtype).view(6, 2)[:, :1]   # (6, 1), non-contiguous
+    _same(old(counts, n), new(counts, n))
+    _idempotent(scalar_reads, r.new_source, line_of(r.new_source, "k = int(counts_host[i])"))
+
+
+def test_scalar_reads_refuses_tensor_uses_and_flags_comparisons():
+    src = '''import torch
+
+
+def f(lens, x):
+    lens = torch.as_tensor(lens)
+    out = []
+    for ll in lens:
+        out.append(x * ll)
+    for ll in lens:
+        if ll > 3:
+            out.append(x)
+    return out
+'''
+    assert scalar_reads.candidates(src, line_of(src, "x * ll")) == []            # ll used as a tensor
+    [r] = scalar_reads.candidates(src, line_of(src, "if ll > 3"))
+    assert not r.auto_applicable and any("double precision" in n for n in r.needs_verification)
+
+
+# ---------------------------------------------------------------------------------------------
+# map_loops: broadcast, vmap, stacked lists
+# ---------------------------------------------------------------------------------------------
+MAPS = '''import torch
+import torch.nn.functional as F
+
+
+def rows(a, b, c, n):
+    out = torch.zeros(n, a.shape[1], dtype=a.dtype)
+    for i in range(n):
+        t = a[i] * c
+        out[i] = torch.sigmoid(t) + b[i]
+    return out
+
+
+def normalized(points):
+    res = []
+    for p in points:
+        centre = p.mean(0)
+        res.append((p - centre) / (p - centre).norm(dim=-1).amax().clamp(min=1e-6))
+    return torch.stack(res)
+
+
+def ramps(x):
+    return torch.stack([row * 2 + i for i, row in enumerate(x)], 1)
+
+
+def sample_levels(feats, grids):
+    sampled = []
+    for f, g in zip(feats, grids):
+        sampled.append(F.grid_sample(f, g, align_corners=False))
+    return sampled
+'''
+
+
+@pytest.mark.parametrize("n", [0, 1, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_map_index_assign_broadcast_and_vmap(n, dtype):
+    found = map_loops.candidates(MAPS, line_of(MAPS, "out[i] = torch.sigmoid"))
+    # `a` / `b` may be lists of tensors: a stacked variant comes last
+    assert [r.generator for r in found] == ["map_broadcast", "map_vmap", "level_batch"]
+    found = found[:2]
+    assert "out[:n] = torch.sigmoid(t) + b[:n]" in found[0].new_source
+    assert "torch.vmap(_out_one)(a[:n], b[:n])" in found[1].new_source
+    a = torch.randn(3, n + 2, dtype=dtype).t()                        # non-contiguous (n + 2, 3)
+    b, c = torch.randn(n + 2, 3, dtype=dtype), torch.randn(3, dtype=dtype)
+    for r in found:
+        assert not r.auto_applicable and r.needs_verification
+        old, new = _pair(MAPS, r, "rows")
+        _same(old(a, b, c, n), new(a, b, c, n))
+        _idempotent(map_loops, r.new_source, line_of(r.new_source, "return out"))
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 2), (6, 5, 2), (4, 1, 3)])
+def test_map_append_stack_vmap(shape):
+    r, stacked = map_loops.candidates(MAPS, line_of(MAPS, "centre = p.mean(0)"))
+    assert stacked.generator == "level_batch"             # `points` may be a list of tensors
+    assert r.generator == "map_vmap" and "res = torch.vmap(_res_one)(points)" in r.new_source
+    assert "return res" in r.new_source and "torch.stack(res)" not in r.new_source
+    old, new = _pair(MAPS, r, "normalized")
+    pts = torch.randn(*shape)
+    _same(old(pts), new(pts))
+    _same(old(pts.transpose(1, 2).contiguous().transpose(1, 2)), new(pts.transpose(1, 2).contiguous().transpose(1, 2)))
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (5, 4)])
+def test_map_comprehension_with_index_as_number(shape):
+    r = map_loops.candidates(MAPS, line_of(MAPS, "row * 2 + i"))[0]
+    assert "torch.arange(len(x), device=x.device)" in r.new_source and "out_dims=1" in r.new_source
+    old, new = _pair(MAPS, r, "ramps")
+    x = torch.randn(*shape)
+    _same(old(x), new(x))
+    _idempotent(map_loops, r.new_source, line_of(r.new_source, "def ramps") + 1)
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_level_batch_stacks_same_shaped_lists(levels):
+    found = map_loops.candidates(MAPS, line_of(MAPS, "F.grid_sample(f, g"))
+    assert [r.generator for r in found] == ["map_vmap", "level_batch"]
+    stacked = found[1]
+    assert "torch.stack(feats), torch.stack(grids)" in stacked.new_source
+    assert any("equal shapes" in n for n in stacked.needs_verification)
+    old, new = _pair(MAPS, stacked, "sample_levels")
+    feats = [torch.randn(2, 4, 8, 8) for _ in range(levels)]
+    grids = [torch.rand(2, 5, 5, 2) * 2 - 1 for _ in range(levels)]
+    _same(old(feats, grids), new(feats, grids))
+    # levels of different sizes: the stacked candidate raises (verification rejects it), the loop stays right
+    with pytest.raises(RuntimeError):
+        new([torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)], grids[:1] * 2)
+
+
+def test_map_loops_refuse_carried_values_and_side_effects():
+    src = '''import torch
+
+
+def running(xs, log):
+    acc = torch.zeros(3)
+    out = []
+    for x in xs:
+        acc = acc + x
+        out.append(acc)
+    for x in xs:
+        log.append(x)
+        out.append(x * 2)
+    for x in xs:
+        if x.sum() > 0:
+            break
+        out.append(x)
+    return out
+'''
+    for needle in ("acc = acc + x", "log.append(x)", "if x.sum() > 0"):
+        assert map_loops.candidates(src, line_of(src, needle)) == [], needle
+
+
+# ---------------------------------------------------------------------------------------------
+# segment_reduce
+# ---------------------------------------------------------------------------------------------
+SEGMENTS = '''import torch
+
+
+def group_sums(x, labels, num_groups):
+    out = torch.zeros(num_groups, x.shape[1], dtype=x.dtype)
+    for g in range(num_groups):
+        out[g] = x[labels == g].sum(0)
+    return out
+
+
+def group_means(x, labels, num_groups):
+    out = torch.full((num_groups, x.shape[1]), 7.0, dtype=x.dtype)
+    for g in range(num_groups):
+        out[g] = x[labels == g].mean(dim=0)
+    return out
+
+
+def group_counts(labels, num_groups):
+    counts = torch.zeros(num_groups, dtype=torch.long)
+    for g in range(num_groups):
+        counts[g] = (labels == g).sum()
+    return counts
+
+
+def present_max(x, labels):
+    out = torch.zeros(int(labels.max()) + 1 if labels.numel() else 0, x.shape[1], dtype=x.dtype)
+    for g in labels.unique():
+        out[g] = x[labels == g].max(0).values
+    return out
+'''
+
+
+@pytest.mark.parametrize("rows", [0, 1, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segment_sum_mean_count(rows, dtype):
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(4, rows, generator=gen, dtype=dtype).t()            # non-contiguous (rows, 4)
+    labels = torch.randint(-1, 6, (rows,), generator=gen)               # -1 and 5: outside range(5)
+    for name, needle, args in (("group_sums", ".sum(0)", (x, labels, 5)), ("group_means", ".mean(dim=0)", (x, labels, 5)),
+                               ("group_counts", "(labels == g).sum()", (labels, 5))):
+        [r] = segments.candidates(SEGMENTS, line_of(SEGMENTS, needle))
+        assert not r.auto_applicable and "for g in" not in r.new_source.split(f"def {name}")[1].split("return")[0]
+        old, new = _pair(SEGMENTS, r, name)
+        _same(old(*args), new(*args))
+        _idempotent(segments, r.new_source, line_of(r.new_source, f"def {name}") + 2)
+
+
+@pytest.mark.parametrize("rows", [1, 9])
+def test_segment_unique_max(rows):
+    [r] = segments.candidates(SEGMENTS, line_of(SEGMENTS, ".max(0).values"))
+    assert "torch.unique(labels, return_inverse=True)" in r.new_source and '"amax"' in r.new_source
+    old, new = _pair(SEGMENTS, r, "present_max")
+    labels = torch.tensor([3, 0, 3, 1, 0, 3, 1, 1, 0][:rows])
+    x = torch.randn(rows, 3)
+    _same(old(x, labels), new(x, labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# device_checks
+# ---------------------------------------------------------------------------------------------
+CHECKS = '''import torch
+
+
+def finite_loss(pred, target):
+    loss = (pred - target).pow(2)
+    assert torch.isfinite(loss).all(), "loss is not finite"
+    return loss.mean()
+
+
+def positives(scores):
+    n = len(torch.nonzero(scores > 0.5))
+    m = (scores > 0.9).nonzero().shape[0]
+    return n, m
+'''
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (3, 4)])
+def test_assert_async(shape):
+    [r] = checks.candidates(CHECKS, line_of(CHECKS, "assert torch.isfinite"))
+    assert 'torch._assert_async(torch.isfinite(loss).all(), "loss is not finite")' in r.new_source
+    assert r.auto_applicable
+    old, new = _pair(CHECKS, r, "finite_loss")
+    p, t = torch.randn(*shape), torch.randn(*shape)
+    _same(old(p, t), new(p, t))
+    with pytest.raises(RuntimeError, match="loss is not finite"):
+        new(torch.full((2,), float("inf")), torch.zeros(2))
+    assert checks.candidates(r.new_source, line_of(r.new_source, "_assert_async")) == []
+
+
+def test_assert_with_computed_message_is_refused():
+    src = 'import torch\n\n\ndef f(x):\n    assert (x > 0).all(), f"bad {x.min().item()}"\n    return x\n'
+    assert checks.candidates(src, 5) == []
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (5, 3)])
+def test_count_nonzero(shape):
+    [r] = checks.candidates(CHECKS, line_of(CHECKS, "len(torch.nonzero"))
+    assert "n = int(torch.count_nonzero(scores > 0.5))" in r.new_source and r.auto_applicable
+    [r2] = checks.candidates(r.new_source, line_of(r.new_source, ".nonzero().shape[0]"))
+    assert not r2.auto_applicable                              # `(scores > 0.9)` of an unknown `scores`
+    old, new = _pair(CHECKS, r2, "positives")
+    s = torch.rand(*shape)
+    _same(old(s), new(s))
+    _same(old(s.t() if s.dim() == 2 else s), new(s.t() if s.dim() == 2 else s))
+
+
+# ---------------------------------------------------------------------------------------------
+# host_transfers
+# ---------------------------------------------------------------------------------------------
+TRANSFERS = '''import torch
+
+
+def to_host_boxes(boxes):
+    boxes = boxes.float()
+    kept = []
+    for box in boxes:
+        arr = box.detach().cpu().numpy()
+        kept.append(arr[:2].sum() > 0)
+    return kept
+
+
+def per_image(preds, n):
+    out = []
+    for i in range(n):
+        out.append(preds[i].cpu().numpy().tolist())
+    return out
+'''
+
+
+@pytest.mark.parametrize("rows", [0, 1, 6])
+def test_host_transfers(rows):
+    [r] = transfers.candidates(TRANSFERS, line_of(TRANSFERS, "box.detach().cpu().numpy()"))
+    assert "boxes_host = boxes.detach().cpu().numpy()" in r.new_source and r.auto_applicable
+    old, new = _pair(TRANSFERS, r, "to_host_boxes")
+    b = torch.randn(4, rows).t()
+    assert old(b) == new(b)
+    [r2] = transfers.candidates(TRANSFERS, line_of(TRANSFERS, "preds[i].cpu()"))
+    assert "preds_host = torch.stack(preds).cpu().numpy()" in r2.new_source and not r2.auto_applicable
+    old, new = _pair(TRANSFERS, r2, "per_image")
+    preds = [torch.randn(3) for _ in range(rows)]
+    if rows:
+        assert old(preds, rows) == new(preds, rows)
+    _idempotent(transfers, r.new_source, line_of(r.new_source, "arr = "))
+
+
+def test_every_generator_is_documented_with_its_rules():
+    from click.testing import CliRunner
+
+    from npu_advise.cli import cli
+
+    out = CliRunner().invoke(cli, ["rules", "NPA501"]).output
+    for name in ("scalar_reads", "host_transfers", "segment_reduce", "map_broadcast", "map_vmap", "level_batch",
+                 "affine_interpolation", "prefix_mask", "item_loop"):
+        assert f"Automatic rewrite `{name}`:" in out, name
+    assert "proven by verification on your run:" in out
+    sync = CliRunner().invoke(cli, ["rules", "NPA302"]).output
+    assert "Automatic rewrite `device_checks`:" in sync and "map_vmap" not in sync
