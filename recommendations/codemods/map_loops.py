@@ -27,7 +27,7 @@ needs verification and none is auto-applicable without it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import libcst as cst
@@ -64,6 +64,9 @@ class MapLoop:
     sink: tuple                       # ("collect", list name, "stack"|"cat"|"extend", dim, stack_stmt) | ("assign", target, lower, upper, op) | ("expr", call)
     index_as_number: Optional[str]    # the loop index name when the body uses it as a number
     index_range: Optional[tuple]      # (start, stop) code of that index
+    # sums over the iterations: [(name, augmented, contribution)] for `acc = acc + E` / `acc += E`
+    accumulators: list = field(default_factory=list)
+    in_dims: dict = field(default_factory=dict)     # param -> the dim it is mapped over when not 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,9 +252,9 @@ def _effect_free(stmt, locals_: set) -> bool:
 
 
 def _index_reads(stmts: list, result, i: str) -> tuple:
-    """(subscripts `A[i]` with A a loop-invariant name/attribute, other uses of `i`)."""
+    """(subscripts `A[i]` / `A[:, i]` / `A[i, :]` with A a loop-invariant name/attribute and `i` alone among full
+    slices, other uses of `i`)."""
     subs, other = [], []
-    parents = {}
     holder = cst.IndentedBlock(body=list(stmts) + [cst.SimpleStatementLine(body=[cst.Expr(result)])])
     parents = parents_of(holder)
 
@@ -263,7 +266,7 @@ def _index_reads(stmts: list, result, i: str) -> tuple:
             el = parents.get(idx)
             sub = parents.get(el)
             if (isinstance(idx, cst.Index) and isinstance(el, cst.SubscriptElement) and isinstance(sub, cst.Subscript)
-                    and len(sub.slice) == 1 and isinstance(sub.value, (cst.Name, cst.Attribute))
+                    and index_position(sub, el) is not None and isinstance(sub.value, (cst.Name, cst.Attribute))
                     and not (isinstance(parents.get(sub), cst.AssignTarget))):
                 subs.append(sub)
             else:
@@ -271,6 +274,19 @@ def _index_reads(stmts: list, result, i: str) -> tuple:
 
     holder.visit(_V())
     return subs, other
+
+
+def _full(el: cst.SubscriptElement) -> bool:
+    sl = el.slice
+    return isinstance(sl, cst.Slice) and sl.lower is None and sl.upper is None and sl.step is None
+
+
+def index_position(sub: cst.Subscript, el: cst.SubscriptElement) -> Optional[int]:
+    """k when `sub` is `A[:, ..., i, :, ...]` with `el` (holding i) at position k and every other element `:`."""
+    k = next(j for j, e in enumerate(sub.slice) if e is el)
+    if all(_full(e) for j, e in enumerate(sub.slice) if j != k):
+        return k
+    return None
 
 
 def _python_int_use(uses: list, parents: dict) -> bool:
@@ -294,7 +310,7 @@ def _build_params(meta, loop_target, loop_iter, stmts, result, taken) -> Optiona
     parts = iteration(loop_target, loop_iter)
     if not parts:
         return None
-    params, index_name, index_range, replace = [], None, None, {}
+    params, index_name, index_range, replace, in_dims = [], None, None, {}, {}
     element_sources = [it for _, it, kind in parts if kind == "element"]
     for tgt, it, kind in parts:
         if kind == "element":
@@ -314,25 +330,30 @@ def _build_params(meta, loop_target, loop_iter, stmts, result, taken) -> Optiona
             lower, upper = "0", f"len({code(element_sources[0])})"
         subs, other = _index_reads(stmts, result, i)
         by_seq = {}
-        for s in subs:
-            by_seq.setdefault(code(s.value), []).append(s)
-        for seq_c, nodes in by_seq.items():
+        for sub in subs:
+            k = index_position(sub, next(e for e in sub.slice if isinstance(e.slice, cst.Index)
+                                         and m.matches(e.slice.value, m.Name(i))))
+            by_seq.setdefault((code(sub.value), k), []).append(sub)
+        for (seq_c, k), nodes in by_seq.items():
             p = fresh(taken, f"{seq_c.split('.')[-1]}_{i}")
-            if lower == "0" and upper == f"len({seq_c})":
+            lead = ":, " * k
+            if lower == "0" and upper == f"len({seq_c})" and k == 0:
                 sl = seq_c                  # all of it
             elif it is not None:
-                sl = f"{seq_c}[{'' if lower == '0' else lower}:{upper}]"
+                sl = f"{seq_c}[{lead}{'' if lower == '0' else lower}:{upper}]"
             else:
-                sl = f"{seq_c}[:{upper}]" if seq_c != code(element_sources[0]) else seq_c
+                sl = f"{seq_c}[{lead}:{upper}]" if seq_c != code(element_sources[0]) or k else seq_c
             params.append((p, sl))
-            for s in nodes:
-                replace[id(s)] = cst.Name(p)
+            if k:
+                in_dims[p] = k
+            for sub in nodes:
+                replace[id(sub)] = cst.Name(p)
         if other:
             holder = cst.IndentedBlock(body=[cst.SimpleStatementLine(body=[cst.Expr(result)])] + list(stmts))
             if _python_int_use(other, parents_of(holder)):
                 return None
             index_name, index_range = i, (lower, upper)
-    return params, index_name, index_range, replace
+    return params, index_name, index_range, replace, in_dims
 
 
 class _ReplaceIds(cst.CSTTransformer):
@@ -393,70 +414,100 @@ def _later_uses(meta, function, loop, name: str) -> list:
     return found
 
 
-def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
-    if loop.orelse is not None or not isinstance(loop.body, cst.IndentedBlock) or _outer_jumps(loop.body):
+def _accumulation(stmt) -> Optional[tuple]:
+    """(name, augmented, contribution) for `acc = acc + E`, `acc = E + acc` or `acc += E` (E not reading acc)."""
+    if isinstance(stmt, cst.AugAssign) and isinstance(stmt.operator, cst.AddAssign) and isinstance(stmt.target, cst.Name):
+        name, e, augmented = stmt.target.value, stmt.value, True
+    elif (m.matches(stmt, m.Assign(targets=[m.AssignTarget(target=m.Name())], value=m.BinaryOperation(operator=m.Add())))):
+        name, v, augmented = stmt.targets[0].target.value, stmt.value, False
+        if m.matches(v.left, m.Name(name)):
+            e = v.right
+        elif m.matches(v.right, m.Name(name)):
+            e = v.left
+        else:
+            return None
+    else:
         return None
-    stmts = list(loop.body.body)
-    if not stmts or not isinstance(stmts[-1], cst.SimpleStatementLine) or len(stmts[-1].body) != 1:
-        return None
-    last = stmts[-1].body[0]
-    function = enclosing_function(meta, loop)
-    taken = names_in(function) if function is not None else names_in(module)
-    if m.matches(last, m.Expr(value=m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("append")),
-                                            args=[m.Arg(keyword=None, star="")]))):
-        out_name = last.value.func.value.value
-        result = last.value.args[0].value
-        sink = ("collect", out_name)
-    elif (m.matches(last, m.Assign(targets=[m.AssignTarget(target=m.Subscript())]) | m.AugAssign(target=m.Subscript()))):
-        target = last.targets[0].target if isinstance(last, cst.Assign) else last.target
-        if not (len(target.slice) == 1 and isinstance(target.slice[0].slice, cst.Index)
+    return (name, augmented, e) if name not in names_in(e) else None
+
+
+def _sink_of(stmt, loop) -> Optional[tuple]:
+    """What a trailing body statement does with the iteration's value: ("collect", list, value),
+    ("assign", target, op, value) for `out[i] = value` / `out[i] += value`, ("accumulate", name, augmented, value)."""
+    if m.matches(stmt, m.Expr(value=m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("append")),
+                                           args=[m.Arg(keyword=None, star="")]))):
+        return "collect", stmt.value.func.value.value, stmt.value.args[0].value
+    if m.matches(stmt, m.Assign(targets=[m.AssignTarget(target=m.Subscript())]) | m.AugAssign(target=m.Subscript())):
+        target = stmt.targets[0].target if isinstance(stmt, cst.Assign) else stmt.target
+        if (len(target.slice) == 1 and isinstance(target.slice[0].slice, cst.Index)
                 and isinstance(target.value, (cst.Name, cst.Attribute))
                 and isinstance(target.slice[0].slice.value, cst.Name) and isinstance(loop.target, cst.Name)
                 and target.slice[0].slice.value.value == loop.target.value
                 and m.matches(loop.iter, m.Call(func=m.Name("range")))):
-            return None
-        out_name = None
-        result = last.value
-        sink = ("assign", target.value, last.operator if isinstance(last, cst.AugAssign) else None)
-    else:
+            return "assign", target.value, stmt.operator if isinstance(stmt, cst.AugAssign) else None, stmt.value
         return None
-    body = stmts[:-1]
+    acc = _accumulation(stmt)
+    return ("accumulate",) + acc if acc is not None else None
+
+
+def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
+    if loop.orelse is not None or not isinstance(loop.body, cst.IndentedBlock) or _outer_jumps(loop.body):
+        return None
+    stmts = list(loop.body.body)
+    # the trailing statements that hand each iteration's value out: at most one list append or row write, any
+    # number of sums; every statement before them only computes
+    sinks = []
+    while stmts and isinstance(stmts[-1], cst.SimpleStatementLine) and len(stmts[-1].body) == 1:
+        sink = _sink_of(stmts[-1].body[0], loop)
+        if sink is None:
+            break
+        sinks.insert(0, sink)
+        stmts.pop()
+    main = [k for k in sinks if k[0] != "accumulate"]
+    accs = [k for k in sinks if k[0] == "accumulate"]
+    if not sinks or len(main) > 1 or len({a[1] for a in accs}) != len(accs):
+        return None
+    function = enclosing_function(meta, loop)
+    taken = names_in(function) if function is not None else names_in(module)
+    body = stmts
+    values = [k[-1] for k in main] + [a[3] for a in accs]
+    result = cst.Tuple(elements=[cst.Element(v) for v in values]) if len(values) > 1 else values[0]
     built = _build_params(meta, loop.target, loop.iter, body, result, taken)
     if built is None:
         return None
-    params, index_name, index_range, replace = built
+    params, index_name, index_range, replace, in_dims = built
     if not params and index_name is None:
         return None
     loop_names = names_in(loop.target)
-    if sink[0] == "assign":
-        out_names = names_in(sink[1])
-        # the output is only written at [i]; the iterable is evaluated once; nothing else reads it
-        reads = names_in(cst.IndentedBlock(body=list(body) + [cst.SimpleStatementLine(body=[cst.Expr(result)])]))
-        if out_names & reads or out_names & loop_names:
-            return None
-    else:
-        inside = names_in(cst.IndentedBlock(body=list(body) + [cst.SimpleStatementLine(body=[cst.Expr(result)])]))
-        if out_name in inside:
-            return None
+    computed = names_in(cst.IndentedBlock(body=list(body) + [cst.SimpleStatementLine(body=[cst.Expr(result)])]))
+    outside = {a[1] for a in accs}
+    if main and main[0][0] == "assign":
+        outside |= names_in(main[0][1])
+    elif main:
+        outside.add(main[0][1])
+    if outside & computed or outside & loop_names:
+        return None         # a sink's target is read inside the iteration: the iterations are not independent
     body = [s.visit(_ReplaceIds(replace)) for s in body]
-    result = result.visit(_ReplaceIds(replace))
+    values = [v.visit(_ReplaceIds(replace)) for v in values]
     locals_ = _local_body(body, {p for p, _ in params} | ({index_name} if index_name else set()))
-    if locals_ is None:
+    if locals_ is None or not all(_effect_free(v, set()) for v in values):
         return None
     if used_after(meta, function, loop, locals_ | loop_names):
         return None
-    if sink[0] == "collect":
-        sink = _collect_sink(meta, function, loop, out_name)
-        if sink is None:
-            return None
-    else:
+    sink = None
+    if main and main[0][0] == "collect":
+        sink = collect_sink(meta, function, loop, main[0][1])
+        if accs and sink[2] != "extend":
+            sink = ("collect", main[0][1], "extend", None, None, None)
+    elif main:
         lower, upper = _range_bounds(loop.iter)
-        sink = ("assign", sink[1], lower, upper, sink[2])
-    return MapLoop(node=loop, params=params, body=body, result=result, sink=sink,
-                   index_as_number=index_name, index_range=index_range)
+        sink = ("assign", main[0][1], lower, upper, main[0][2])
+    return MapLoop(node=loop, params=params, body=body, result=values[0] if main else None, sink=sink,
+                   index_as_number=index_name, index_range=index_range,
+                   accumulators=[(a[1], a[2], v) for a, v in zip(accs, values[len(main):])], in_dims=in_dims)
 
 
-def _collect_sink(meta, function, loop, name: str) -> Optional[tuple]:
+def collect_sink(meta, function, loop, name: str) -> Optional[tuple]:
     """How the appended list is consumed: fused into `torch.stack/cat(name)` when `name = []` directly precedes
     the loop and that call is its only later use; else extended."""
     block, prev, _ = _prev_and_next(meta, loop)
@@ -501,14 +552,14 @@ def match_comprehension(meta, module, call: cst.Call) -> Optional[MapLoop]:
     built = _build_params(meta, comp.for_in.target, comp.for_in.iter, [], comp.elt, taken)
     if built is None:
         return None
-    params, index_name, index_range, replace = built
+    params, index_name, index_range, replace, in_dims = built
     if not params:
         return None
     result = comp.elt.visit(_ReplaceIds(replace))
     if _local_body([], set()) is None or not _effect_free(result, set()):
         return None
     return MapLoop(node=call, params=params, body=[], result=result, sink=("collect", None, kind, dim, None, call),
-                   index_as_number=index_name, index_range=index_range)
+                   index_as_number=index_name, index_range=index_range, in_dims=in_dims)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,18 +585,17 @@ def _elementwise(ml: MapLoop) -> bool:
             if node.attr.value in ("shape", "T", "mT", "ndim"):
                 bad.append(node)
 
-    for s in ml.body:
-        s.visit(_V())
-    ml.result.visit(_V())
+    for node in list(ml.body) + ([ml.result] if ml.result is not None else []) + [e for _, _, e in ml.accumulators]:
+        node.visit(_V())
     return not bad
 
 
-def _substituted(ml: MapLoop, mapping: dict):
+def _substituted(body: list, values: list, mapping: dict):
     class _Sub(cst.CSTTransformer):
         def leave_Name(self, original, updated):
             return expr(mapping[original.value]) if original.value in mapping else updated
 
-    return [s.visit(_Sub()) for s in ml.body], ml.result.visit(_Sub())
+    return [st.visit(_Sub()) for st in body], [v.visit(_Sub()) for v in values]
 
 
 def _wrap(text: str) -> str:
@@ -564,64 +614,81 @@ def _emit(meta, module, ml: MapLoop, generator: str, taken: set) -> Optional[str
         lo, hi = ml.index_range
         params.append((ml.index_as_number, f"torch.arange({lo}, {hi}, device={_wrap(device_of)}.device)"
                        if lo != "0" else f"torch.arange({hi}, device={_wrap(device_of)}.device)"))
+    values = ([ml.result] if ml.result is not None else []) + [e for _, _, e in ml.accumulators]
     pre = []
     if generator == BROADCAST:
+        if ml.in_dims:
+            return None
         mapping = {p: f"({b})" if not b.replace("_", "").replace(".", "").isalnum() and not b.endswith(("]", ")")) else b
                    for p, b in params}
-        body, result = _substituted(ml, mapping)
-        pre = body
-        value = code(result)
+        pre, values = _substituted(ml.body, values, mapping)
+        outs = [code(v) for v in values]
     else:
-        fname_base = (ml.sink[1] or "item") if ml.sink[0] == "collect" else code(ml.sink[1]).split(".")[-1]
-        fname = fresh(taken, f"_{fname_base}_one")
-        args = ", ".join(p for p, _ in params)
+        base = (code(ml.sink[1]) if ml.sink[0] == "assign" else ml.sink[1] or "item") if ml.sink else ml.accumulators[0][0]
+        fname = fresh(taken, f"_{base.split('.')[-1]}_one")
+        returned = values[0] if len(values) == 1 else cst.Tuple(elements=[cst.Element(v) for v in values])
         if ml.body:
-            inner = [s if not isinstance(s, cst.SimpleStatementLine) else s.with_changes(leading_lines=[]) for s in ml.body]
-            fdef = cst.FunctionDef(
+            inner = [st if not isinstance(st, cst.SimpleStatementLine) else st.with_changes(leading_lines=[])
+                     for st in ml.body]
+            pre = [cst.FunctionDef(
                 name=cst.Name(fname), params=cst.Parameters(params=[cst.Param(cst.Name(p)) for p, _ in params]),
-                body=cst.IndentedBlock(body=inner + [cst.SimpleStatementLine(body=[cst.Return(ml.result)])]))
-            pre = [fdef]
+                body=cst.IndentedBlock(body=inner + [cst.SimpleStatementLine(body=[cst.Return(returned)])]))]
             func = fname
         else:
-            func = f"lambda {args}: {code(ml.result)}"
-        dims = ""
-        if ml.sink[0] == "collect" and ml.sink[2] in ("stack", "cat") and ml.sink[3] not in ("0", None):
-            dims = f", out_dims={ml.sink[3]}"
-        value = f"torch.vmap({func}{dims})({', '.join(b for _, b in params)})"
-    sink = ml.sink
-    if sink[0] == "assign":
-        _, target, lower, upper, op = sink
-        sl = f"{'' if lower == '0' else lower}:{upper}"
-        stmt = (f"{code(target)}[{sl}] {code(op).strip()} {value}\n" if op is not None
-                else f"{code(target)}[{sl}] = {value}\n")
-        new_stmts = pre + [cst.parse_statement(stmt)]
-        return _replace(meta, module, ml.node, new_stmts, None, None)
-    _, name, kind, dim, prev, call = sink
-    if kind in ("stack", "cat"):
-        if generator == BROADCAST and kind == "stack" and dim != "0":
-            value = f"{_wrap(value)}.movedim(0, {dim})"
-        if kind == "cat":
-            d = int(dim)
-            if generator == BROADCAST:
-                value = f"{_wrap(value)}.flatten(0, 1)" if d == 0 else f"{_wrap(value)}.movedim(0, {d}).flatten({d}, {d + 1})"
-            else:
-                value = f"{_wrap(value)}.flatten({d}, {d + 1})"
-        if name is None:            # comprehension: the stack/cat call itself is replaced
-            if pre:
-                return None
-            new = replace_nodes(module, {call: expr(value)}, meta)
-            return add_imports(new, [("torch", None)]).code
-        new_stmts = pre + [cst.parse_statement(f"{name} = {value}\n")]
-        return _replace(meta, module, ml.node, new_stmts, prev, (call, cst.Name(name)))
-    if generator == BROADCAST:
-        value = f"{_wrap(value)}.unbind(0)"
-    else:
-        value = f"{value}.unbind(0)"
-    new_stmts = pre + [cst.parse_statement(f"{name}.extend({value})\n")]
-    return _replace(meta, module, ml.node, new_stmts, None, None)
+            func = f"lambda {', '.join(p for p, _ in params)}: {code(returned)}"
+        options = ""
+        # operands mapped over another dim are moved to dim 0 first (a view): some batching rules (grid_sample)
+        # mishandle operands whose batch dims sit at different positions
+        batched = [f"{b}.movedim({ml.in_dims[p]}, 0)" if ml.in_dims.get(p) else b for p, b in params]
+        single_collect = len(values) == 1 and ml.sink and ml.sink[0] == "collect"
+        if single_collect and ml.sink[2] in ("stack", "cat") and ml.sink[3] not in ("0", None):
+            options += f", out_dims={ml.sink[3]}"
+        call = f"torch.vmap({func}{options})({', '.join(batched)})"
+        if len(values) == 1:
+            outs = [call]
+        else:
+            names = [fresh(taken, f"{(n if isinstance(n, str) else 'rows')}_parts")
+                     for n in ([ml.sink[1] if isinstance(ml.sink[1], str) else code(ml.sink[1]).split('.')[-1]]
+                               if ml.sink else []) + [a[0] for a in ml.accumulators]]
+            pre.append(cst.parse_statement(f"{', '.join(names)} = {call}\n"))
+            outs = names
+    out_stmts = []
+    k = 0
+    if ml.sink is not None:
+        value, k = outs[0], 1
+        if ml.sink[0] == "assign":
+            _, target, lower, upper, op = ml.sink
+            sl = f"{'' if lower == '0' else lower}:{upper}"
+            out_stmts.append(f"{code(target)}[{sl}] {code(op).strip() if op is not None else '='} {value}")
+        else:
+            _, name, kind, dim, prev, call_node = ml.sink
+            if kind in ("stack", "cat"):
+                vmapped_dims = generator != BROADCAST and len(values) == 1
+                if kind == "stack" and dim != "0" and not vmapped_dims:
+                    value = f"{_wrap(value)}.movedim(0, {dim})"
+                if kind == "cat":
+                    d = int(dim)
+                    if vmapped_dims:
+                        value = f"{_wrap(value)}.flatten({d}, {d + 1})"
+                    else:
+                        value = f"{_wrap(value)}.flatten(0, 1)" if d == 0 else \
+                            f"{_wrap(value)}.movedim(0, {d}).flatten({d}, {d + 1})"
+                if name is None:    # comprehension: the stack/cat call itself is replaced
+                    if pre:
+                        return None
+                    return add_imports(replace_nodes(module, {call_node: expr(value)}, meta), [("torch", None)]).code
+                new_stmts = pre + [cst.parse_statement(f"{name} = {value}\n")]
+                return replace_collected(meta, module, ml.node, new_stmts, prev, (call_node, cst.Name(name)))
+            out_stmts.append(f"{name}.extend({_wrap(value)}.unbind(0))")
+    for (name, augmented, _), value in zip(ml.accumulators, outs[k:]):
+        out_stmts.append(f"{name} += {_wrap(value)}.sum(0)" if augmented else f"{name} = {name} + {_wrap(value)}.sum(0)")
+    new_stmts = pre + [cst.parse_statement(x + "\n") for x in out_stmts]
+    return replace_collected(meta, module, ml.node, new_stmts, None, None)
 
 
-def _replace(meta, module, loop, new_stmts: list, drop_prev, swap) -> str:
+def replace_collected(meta, module, loop, new_stmts: list, drop_prev, swap) -> str:
+    """Replace `loop` by `new_stmts`; drop the `name = []` before it and swap the `torch.stack(name)` call for
+    `name` when the results are fused (`swap` = (call, replacement))."""
     first = new_stmts[0].with_changes(leading_lines=(drop_prev or loop).leading_lines)
     mapping = {loop: cst.FlattenSentinel([first] + list(new_stmts[1:]))}
     if drop_prev is not None:
@@ -689,7 +756,10 @@ def _container(meta, function, node, batched: str) -> str:
 
 def _rewrite(meta, ml: MapLoop, generator: str, new_source: str) -> Rewrite:
     over = ", ".join(f"`{b}`" for _, b in ml.params) or "the loop index"
-    collect = {"collect": "collects one result per element", "assign": "writes one row per index"}[ml.sink[0]]
+    collect = " and ".join(
+        ([{"collect": "collects one result per element", "assign": "writes one row per index"}[ml.sink[0]]]
+         if ml.sink else []) + ([f"sums into {', '.join('`' + a[0] + '`' for a in ml.accumulators)}"]
+                                if ml.accumulators else []))
     if generator == STACKED:
         description = (f"Run the loop's op once on the stacked inputs: {over} {'are' if len(ml.params) > 1 else 'is'} "
                        f"stacked into one tensor each and the body is mapped over them with `torch.vmap` (one launch "
@@ -710,10 +780,14 @@ def _rewrite(meta, ml: MapLoop, generator: str, new_source: str) -> Rewrite:
         needs = ["the body runs under torch.vmap: no data-dependent Python control flow, .item(), in-place writes "
                  "into loop-invariant tensors or random ops",
                  f"{over} {'have' if len(ml.params) > 1 else 'has'} one row per iteration (equal leading sizes)"]
+    if ml.accumulators:
+        needs.append("summing the iterations' contributions in another order stays within the tolerance")
     verified = ["the body binds only names local to one iteration, reads no value of an earlier iteration, writes "
                 "nothing that outlives it and has no break/return",
                 "results are kept in iteration order", "no loop name is read after the loop"]
     return Rewrite(new_source=new_source, description=description, auto_applicable=False,
-                   constraints=["float results can differ in the last bits (batched kernels sum in another order)"],
+                   constraints=["float results can differ in the last bits (batched kernels sum in another order)"]
+                   + (["with zero iterations some ops raise under torch.vmap where the loop did nothing: keep the "
+                       "loop if the count can be 0"] if generator != BROADCAST else []),
                    verified=verified, needs_verification=needs,
                    generator=generator)

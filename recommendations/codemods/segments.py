@@ -20,8 +20,9 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, code, enclosing_function, names_in
-from .loop_syntax import first_rewrite, fresh, replace_loop, used_after
+from .base import Rewrite, code, enclosing_function, names_in, qualified_names, start_line
+from .loop_syntax import assigned_from, first_rewrite, fresh, replace_loop, used_after
+from .map_loops import collect_sink, replace_collected
 
 GENERATOR = "segment_reduce"
 _REDUCTIONS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin"}
@@ -43,6 +44,27 @@ def _group_mask(node, g: str) -> Optional[cst.BaseExpression]:
     if m.matches(left, m.Name(g)) and g not in names_in(right):
         return right
     return None
+
+
+def _groups(meta, function, loop, labels) -> tuple:
+    """("range", G) for `range(G)`; ("unique", None) for `labels.unique()` / `torch.unique(labels)` in the loop
+    header; ("unique", U) when the loop iterates a name U assigned from one of those before it."""
+    it = loop.iter
+    if m.matches(it, m.Call(func=m.Name("range"), args=[m.Arg(keyword=None, star="")])):
+        return "range", it.args[0].value
+    if _unique_of(meta, it, labels):
+        return "unique", None
+    if isinstance(it, cst.Name) and _unique_of(meta, assigned_from(meta, function, it.value, start_line(meta, loop)), labels):
+        return "unique", it
+    return None, None
+
+
+def _unique_of(meta, node, labels) -> bool:
+    """`labels.unique()` or `torch.unique(labels)`, sorted (the default) and returning one tensor."""
+    if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("unique")), args=[])):
+        return node.func.value.deep_equals(labels)
+    return (isinstance(node, cst.Call) and bool(qualified_names(meta, node.func) & {"torch.unique"})
+            and len(node.args) == 1 and node.args[0].keyword is None and node.args[0].value.deep_equals(labels))
 
 
 def _reduction(value, g: str) -> Optional[tuple]:
@@ -89,28 +111,30 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
         return None
     stmt = body[0].body[0]
     g = loop.target.value
-    if not (m.matches(stmt, m.Assign(targets=[m.AssignTarget(target=m.Subscript())]))):
+    function = enclosing_function(meta, loop)
+    if m.matches(stmt, m.Assign(targets=[m.AssignTarget(target=m.Subscript())])):
+        target = stmt.targets[0].target
+        if not (len(target.slice) == 1 and m.matches(target.slice[0].slice, m.Index(m.Name(g)))
+                and isinstance(target.value, (cst.Name, cst.Attribute))):
+            return None
+        out, value, sink = target.value, stmt.value, None
+    elif m.matches(stmt, m.Expr(value=m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("append")),
+                                             args=[m.Arg(keyword=None, star="")]))):
+        out, value = stmt.value.func.value, stmt.value.args[0].value
+        sink = collect_sink(meta, function, loop, out.value)
+        if sink[2] == "cat" or sink[3] not in (None, "0"):
+            return None
+    else:
         return None
-    target = stmt.targets[0].target
-    if not (len(target.slice) == 1 and m.matches(target.slice[0].slice, m.Index(m.Name(g)))
-            and isinstance(target.value, (cst.Name, cst.Attribute))):
-        return None
-    out = target.value
-    red = _reduction(stmt.value, g)
+    red = _reduction(value, g)
     if red is None:
         return None
     kind, x, labels = red
     if names_in(out) & (names_in(labels) | (names_in(x) if x is not None else set())):
         return None
-    form = None
-    if m.matches(loop.iter, m.Call(func=m.Name("range"), args=[m.Arg(keyword=None, star="")])):
-        form, groups = "range", loop.iter.args[0].value
-    elif (m.matches(loop.iter, m.Call(func=m.Attribute(attr=m.Name("unique")), args=[]))
-          and loop.iter.func.value.deep_equals(labels)):
-        form, groups = "unique", None
+    form, groups = _groups(meta, function, loop, labels)
     if form is None:
         return None
-    function = enclosing_function(meta, loop)
     if used_after(meta, function, loop, {g}):
         return None
     taken = names_in(function) if function is not None else names_in(module)
@@ -123,6 +147,11 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
         stmts.append(f"{bins} = torch.where(({labels_c} >= 0) & ({labels_c} < {n}), {labels_c}, {n}).reshape(-1)")
         index, keep = bins, f"[:{n}]"
         dest = f"{out_c}[:{n}]"
+    elif groups is not None:
+        # the loop iterates the sorted unique labels computed before it: each label's group is its position
+        inv = fresh(taken, "inverse")
+        stmts.append(f"{inv} = torch.searchsorted({code(groups)}, {labels_c}).reshape(-1)")
+        index, keep, size, dest = inv, "", f"{code(groups)}.shape[0]", f"{out_c}[{code(groups)}]"
     else:
         grp, inv = fresh(taken, "groups"), fresh(taken, "inverse")
         stmts.append(f"{grp}, {inv} = torch.unique({labels_c}, return_inverse=True)")
@@ -143,8 +172,15 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
         else:
             spread = f"{index}.view((-1,) + (1,) * ({x_c}.dim() - 1)).expand_as({x_c})"
             value = f"{zeros}.scatter_reduce_(0, {spread}, {x_c}, \"{kind}\", include_self=False){keep}"
-    stmts.append(f"{dest} = {value}")
-    new_source = replace_loop(meta, module, loop, [cst.parse_statement(s + "\n") for s in stmts])
+    if sink is None:
+        stmts.append(f"{dest} = {value}")
+        new_source = replace_loop(meta, module, loop, [cst.parse_statement(s + "\n") for s in stmts])
+    else:
+        _, name, how, _, prev, call = sink
+        stmts.append(f"{name} = {value}" if how == "stack" else f"{name}.extend(({value}).unbind(0))")
+        new_source = replace_collected(meta, module, loop, [cst.parse_statement(s + "\n") for s in stmts],
+                                       prev if how == "stack" else None,
+                                       (call, cst.Name(name)) if how == "stack" else None)
     op = {"count": "torch.bincount", "sum": "index_add_", "mean": "index_add_ and bincount"}.get(kind, "scatter_reduce_")
     return Rewrite(
         new_source=new_source,
