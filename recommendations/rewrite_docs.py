@@ -87,6 +87,16 @@ DOCS = (
         verification="the tensors of each list have equal shapes -- where they do not (feature levels of different "
                      "sizes) torch.stack raises, the candidate is rejected with that reason and the loop stays."),
     RewriteDoc(
+        "foreach_update", _LOOP,
+        rewrites="a loop updating a list of tensors in place one at a time (EMA of weights, hand-written SGD, "
+                 "rescaling) -- `v *= s`, `v += a * X`, `v.add_(X, alpha=a)`, `v.sub_`, `v.copy_`, `v.lerp_`, "
+                 "`v.zero_()`, optionally behind an `if` on the tensor's metadata -> one `torch._foreach_*` call "
+                 "per update over the (filtered) list.",
+        refuses="any other statement, a filter that reads tensor values, scalars that depend on the loop.",
+        static="the body only updates the loop's tensor in place; the scalars are loop-invariant.",
+        verification="no tensor appears twice in the list (tied weights); the scalars are numbers or one-element "
+                     "tensors; rounding of the fused alpha within tolerance."),
+    RewriteDoc(
         "device_checks", _SYNC,
         rewrites="`assert <tensor>.all()[, \"literal\"]` in the step -> `torch._assert_async(...)` (no host read); "
                  "`len(torch.nonzero(m))` / `.shape[0]` / `.size(0)` -> `int(torch.count_nonzero(m))`.",

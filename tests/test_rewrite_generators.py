@@ -469,3 +469,56 @@ def test_map_vmap_sums_and_maps_over_a_non_leading_dim(cams):
         return
     _same(old(feats, proj, points), new(feats, proj, points))
     _idempotent(map_loops, r.new_source, line_of(r.new_source, "return acc / hits"))
+
+
+FOREACH = '''import torch
+
+
+def ema_update(ema_state, model_state, d):
+    for k, v in ema_state.items():
+        if v.dtype.is_floating_point:
+            v *= d
+            v += (1 - d) * model_state[k].detach()
+
+
+def sgd(params, lr):
+    for p in params:
+        p.sub_(p.grad, alpha=lr)
+'''
+
+
+@pytest.mark.parametrize("shapes", [[], [(3,)], [(2, 3), (4,), (1, 1)]])
+def test_foreach_updates(shapes):
+    from npu_advise.recommendations.codemods import foreach
+
+    [r] = foreach.candidates(FOREACH, line_of(FOREACH, "v *= d"))
+    assert "torch._foreach_mul_(v_list, d)" in r.new_source
+    assert "torch._foreach_add_(v_list, [model_state[k].detach() for k, v in pairs], alpha=(1 - d))" in r.new_source
+    assert any("twice" in n for n in r.needs_verification) and not r.auto_applicable
+    old, new = _pair(FOREACH, r, "ema_update")
+    gen = torch.Generator().manual_seed(len(shapes))
+
+    def states():
+        s = {f"w{i}": torch.randn(*sh, generator=gen) for i, sh in enumerate(shapes)}
+        s["steps"] = torch.tensor(3)                           # not floating point: filtered out
+        return s
+
+    a, m_state = states(), states()
+    b = {k: v.clone() for k, v in a.items()}
+    old(a, m_state, 0.9)
+    new(b, m_state, 0.9)
+    _same(list(a.values()), list(b.values()))
+    [r] = foreach.candidates(FOREACH, line_of(FOREACH, "p.sub_("))
+    assert "torch._foreach_sub_(p_list, [p.grad for p in p_list], alpha=lr)" in r.new_source
+    _idempotent(foreach, r.new_source, line_of(r.new_source, "_foreach_sub_"))
+    old, new = _pair(FOREACH, r, "sgd")
+    ps = [torch.randn(*sh, generator=gen).requires_grad_() for sh in shapes]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    qs = [p.detach().clone() for p in ps]
+    for p, q in zip(ps, qs):
+        q.grad = p.grad
+    with torch.no_grad():
+        old(ps, 0.1)
+        new(qs, 0.1)
+    _same([p.detach() for p in ps], qs)

@@ -46,9 +46,17 @@ def scalar_context(node: cst.CSTNode, parents: dict) -> Optional[str]:
     """`_EXACT` when `node`'s value is read directly as a Python scalar (`node.item()`, `int(node)`, a slice
     bound, an index ...), `_INEXACT` when arithmetic or a comparison on it comes first, None when the value
     is used as a tensor."""
-    cur, inexact = node, False
+    cur, inexact, compared = node, False, False
     while True:
         p = parents.get(cur)
+        if compared:
+            # a comparison's result is a Python bool only where a test consumes it
+            if isinstance(p, (cst.BooleanOperation, cst.UnaryOperation)):
+                cur = p
+                continue
+            if isinstance(p, (cst.If, cst.While, cst.IfExp)) and getattr(p, "test", None) is cur:
+                return _INEXACT
+            return None
         if isinstance(p, (cst.BinaryOperation, cst.UnaryOperation)) and not (
                 isinstance(p, cst.UnaryOperation) and isinstance(p.operator, cst.Not)):
             inexact, cur = True, p
@@ -68,14 +76,11 @@ def scalar_context(node: cst.CSTNode, parents: dict) -> Optional[str]:
             return _INEXACT if inexact else _EXACT
         if isinstance(p, cst.Index) and p.value is cur:
             return _INEXACT if inexact else _EXACT
-        if isinstance(p, (cst.Comparison, cst.ComparisonTarget)):
-            inexact, cur = True, p
+        if isinstance(p, cst.ComparisonTarget):
+            p = parents.get(p)
+        if isinstance(p, cst.Comparison):
+            compared, cur = True, p
             continue
-        if isinstance(p, (cst.BooleanOperation, cst.UnaryOperation)) and inexact:
-            cur = p
-            continue
-        if isinstance(p, (cst.If, cst.While, cst.IfExp)) and inexact and getattr(p, "test", None) is cur:
-            return _INEXACT
         return None
 
 

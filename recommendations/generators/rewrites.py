@@ -1,5 +1,5 @@
 """Candidate rewrites beyond the guide's idioms, for loop findings (NPA501) and the syncs a loop or a check
-repeats (NPA301/302): map loops (broadcast, torch.vmap, stacked lists), scalar reads hoisted into one
+repeats (NPA301/302): map loops (broadcast, torch.vmap, stacked lists), per-tensor in-place updates as torch._foreach_*, scalar reads hoisted into one
 `.tolist()`, batched host transfers, per-group loops as segment ops, device checks without a host read.
 
 They run after the guide's idioms (recommendations/generators/loops.py, which prove their rewrites from the
@@ -13,8 +13,8 @@ import importlib
 from ..registry import fix_generator
 
 # codemods modules, in the order their candidates are preferred
-LOOP_CODEMODS = ("segments", "map_loops", "scalar_reads", "transfers")
-SYNC_CODEMODS = ("checks", "scalar_reads", "transfers", "segments")
+LOOP_CODEMODS = ("segments", "foreach", "map_loops", "scalar_reads", "transfers")
+SYNC_CODEMODS = ("segments", "checks", "scalar_reads", "transfers")
 
 
 def _candidates(finding, src, modules: tuple, lines: list):
