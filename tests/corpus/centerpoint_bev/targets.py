@@ -64,7 +64,7 @@ def get_targets_single(gt_boxes, gt_labels, num_objs, cfg):  # gt: fused_op high
         center = torch.stack([coor_x, coor_y])
         center_int = center.to(torch.int32)
         cls_id = gt_labels[k]
-        draw_heatmap_gaussian(heatmap[cls_id], center_int, radius)  # gt: sync medium cls-index
+        draw_heatmap_gaussian(heatmap[cls_id], center_int, radius)  # gt: sync low cls-index
         x, y = center_int[0], center_int[1]
         ind[k] = y * grid_w + x
         mask[k] = 1
