@@ -138,6 +138,7 @@ def collectives(trace) -> pd.DataFrame:
         "step": k["step"].to_numpy()[coll],
         "overlapped_us": (covered_before(w_s, w_e, end[coll]) - covered_before(w_s, w_e, ts[coll])) / 1000.0,
     }).sort_values("ts").reset_index(drop=True)
+    timeline["longest_peer_wait_us"], timeline["late_peer"] = _late_peers(trace, timeline)
     prof = _profiler_collectives(trace)
     if len(prof):
         by_name = timeline.drop_duplicates("name").set_index("name")
@@ -148,16 +149,38 @@ def collectives(trace) -> pd.DataFrame:
             rows.append({"step": r.step, "name": r.op, "start_us": (start_ns - origin) / 1000.0,
                          "elapsed_us": r.elapse_ms * 1000.0, "transit_us": r.transit_ms * 1000.0,
                          "wait_us": r.wait_ms * 1000.0, "other_us": r.other_ms * 1000.0,
-                         "overlapped_us": float(t["overlapped_us"]) if t is not None else np.nan})
+                         "overlapped_us": float(t["overlapped_us"]) if t is not None else np.nan,
+                         "longest_peer_wait_us": float(t["longest_peer_wait_us"]) if t is not None else np.nan,
+                         "late_peer": int(t["late_peer"]) if t is not None else -1})
         out = pd.DataFrame(rows)
     else:
         out = pd.DataFrame({"step": timeline["step"], "name": timeline["name"],
                             "start_us": (timeline["ts"] - origin) / 1000.0, "elapsed_us": timeline["dur"] / 1000.0,
                             "transit_us": np.nan, "wait_us": np.nan, "other_us": np.nan,
-                            "overlapped_us": timeline["overlapped_us"]})
-    for c in out.columns[2:]:
+                            "overlapped_us": timeline["overlapped_us"],
+                            "longest_peer_wait_us": timeline["longest_peer_wait_us"], "late_peer": timeline["late_peer"]})
+    for c in out.columns[2:-1]:
         out[c] = out[c].astype(float).round(3)
+    out["late_peer"] = out["late_peer"].astype(np.int64)
     return out
+
+
+def _late_peers(trace, timeline: pd.DataFrame):
+    """Per collective: the longest HCCL Notify_Wait inside it (µs; NaN without HCCL task data) and the peer
+    rank it waited for (-1 if none). In a collective every rank waits for the last one to arrive: the
+    longest wait names that rank."""
+    w = trace.extras.get("peer_waits")
+    if not isinstance(w, pd.DataFrame) or not len(w):
+        return np.full(len(timeline), np.nan), np.full(len(timeline), -1, dtype=np.int64)
+    w_ts, w_dur, w_peer = w["ts"].to_numpy(), w["dur"].to_numpy(), w["peer"].to_numpy()
+    longest = np.zeros(len(timeline))
+    peer = np.full(len(timeline), -1, dtype=np.int64)
+    for i, (ts, dur) in enumerate(zip(timeline["ts"].to_numpy(), timeline["dur"].to_numpy())):
+        lo, hi = np.searchsorted(w_ts, [ts, ts + dur])
+        if hi > lo:
+            j = lo + int(np.argmax(w_dur[lo:hi]))
+            longest[i], peer[i] = w_dur[j] / 1000.0, w_peer[j]
+    return longest, peer
 
 
 def link_reference() -> dict:
@@ -264,6 +287,9 @@ def _finding(trace, ctx, split, source, coll, link_table, n_steps):
              f"({100 * share:.1f} % of the {step / 1000:,.2f} ms step)")
     if split_known and elapsed > 0:
         title += f"; the collectives move data {transit / 1000:,.2f} ms of their {elapsed / 1000:,.2f} ms"
+        late = _late_peer(coll, ctx)
+        if late and late[1] >= 0.5 * (elapsed - transit):
+            title += f" and wait {late[1] / 1000:,.2f} ms for rank {late[0]}"
     if split_known:
         saving = max(no - transit, 0.0)
         saving_how = ("communication not overlapped minus the collectives' transit time: the not-overlapped time "
@@ -284,20 +310,46 @@ def _finding(trace, ctx, split, source, coll, link_table, n_steps):
                    details=details)
 
 
+def _late_peer(coll: pd.DataFrame, ctx):
+    """(peer, its waits per step (µs), advice, evidence) for the peer rank the collectives waited for
+    longest, or None without HCCL task data."""
+    c = coll[(coll["late_peer"] >= 0) & (coll["longest_peer_wait_us"] > 0)]
+    if not len(c):
+        return None
+    by_peer = c.groupby("late_peer")["longest_peer_wait_us"].sum().sort_values(ascending=False)
+    peer, total = int(by_peer.index[0]), float(by_peer.iloc[0])
+    worst = c[c["late_peer"] == peer].sort_values("longest_peer_wait_us", ascending=False).iloc[0]
+    table = ctx.tables.get("ranks.table")
+    profiled = sorted(int(r) for r in table["rank"]) if isinstance(table, pd.DataFrame) else []
+    missing = profiled and peer not in profiled
+    advice = (f"Rank {peer} arrives last: " + (f"it is not among the profiled ranks ({', '.join(map(str, profiled))}); "
+                                               f"profile it and look at its own step" if missing else
+                                               f"look at its own step (--rank {peer})")
+              + " (data loading, syncs, uneven work)")
+    evidence = (f"the longest Notify_Wait of each collective is on the link to rank {peer} for "
+                f"{len(c[c['late_peer'] == peer])} of {len(c)} collectives, "
+                f"{total / max(c['step'].nunique(), 1) / 1000:,.2f} ms per step; "
+                f"{worst['longest_peer_wait_us'] / 1000:,.2f} ms in {worst['name']}")
+    return peer, total / max(c["step"].nunique(), 1), advice, evidence
+
+
 def _recommendations(ctx, share, total, over, per_step, elapsed, transit, wait, other, coll) -> list:
     """What typically helps in DDP training, each only where the trace shows its precondition."""
     recs = []
     if transit is not None and elapsed > 0 and transit / elapsed < LOW_TRANSIT_SHARE:
         slow = [f for f in ctx.findings if f.rule in ("NPA211", "NPA212")]
         first = coll.loc[coll["elapsed_us"].idxmax()]
+        late = _late_peer(coll, ctx)
         recs.append({
             "what": "The collectives mostly wait instead of moving data: faster links or bigger buckets do not "
-                    "shorten waiting. Find why the peer ranks arrive late (their own step: data loading, syncs, "
-                    "uneven work); profile every rank of the group"
-                    + (f" and see {', '.join(sorted({f.rule for f in slow}))}" if slow else ""),
+                    "shorten waiting. " + (late[2] if late else
+                                           "Find why the peer ranks arrive late (their own step: data loading, "
+                                           "syncs, uneven work); profile every rank of the group")
+                    + (f"; see also {', '.join(sorted({f.rule for f in slow}))}" if slow else ""),
             "evidence": f"transit {transit / 1000:,.2f} ms of {elapsed / 1000:,.2f} ms elapsed per step; wait for peers "
                         f"{wait / 1000:,.2f} ms, other {other / 1000:,.2f} ms; the longest, {first['name']}, "
-                        f"takes {first['elapsed_us'] / 1000:,.2f} ms with {first['transit_us'] / 1000:,.2f} ms of transit"})
+                        f"takes {first['elapsed_us'] / 1000:,.2f} ms with {first['transit_us'] / 1000:,.2f} ms of transit"
+                        + (f"; {late[3]}" if late else "")})
     if total > 0 and over / total < LOW_OVERLAP_SHARE:
         recs.append({
             "what": "Overlap the gradient all-reduce with backward: DDP reduces each bucket while backward still "

@@ -182,3 +182,25 @@ def test_host_wait_idle_time_is_split_by_its_named_causes(level1_rank0):
         ev["host wait per step"] - ev["host wait explained by the cited causes per step"], abs=0.1)
     # predicted syncs (no sync measured) explain nothing
     assert all(c["host_wait_explained_us"] == 0 for c in f["details"]["causes"] if c["rule"] == "NPA302")
+
+
+def test_the_late_peer_rank_is_named_from_hccl_notify_waits(level1_rank0):
+    doc, _ = level1_rank0
+    raw = json.loads((TEXT1 / "rank0_ascend_pt" / "ASCEND_PROFILER_OUTPUT" / "trace_view.json").read_text())
+    hccl = {e["pid"] for e in raw if e.get("ph") == "M" and e.get("name") == "process_name"
+            and e["args"]["name"] == "HCCL"}
+    waits = [e for e in raw if e.get("ph") == "X" and e["pid"] in hccl
+             and (e.get("args") or {}).get("task type") == "Notify_Wait"]
+    first = next(e for e in raw if e.get("ph") == "X" and e["name"] == "hcom_allReduce__586_0_1")
+    lo, hi = float(first["ts"]), float(first["ts"]) + float(first["dur"])
+    longest = max((e for e in waits if lo <= float(e["ts"]) < hi), key=lambda e: float(e["dur"]))
+    (f,) = [f for f in doc["findings"] if f["rule"] == "NPA213"]
+    coll = {c["name"]: c for c in f["details"]["collectives"]}["hcom_allReduce__586_0_1"]
+    assert coll["late_peer"] == longest["args"]["dst rank"] == 5
+    assert coll["longest_peer_wait_us"] == pytest.approx(float(longest["dur"]), abs=0.01)   # 78.76 ms
+    assert "wait" in f["title"] and "rank 5" in f["title"]
+    assert "Rank 5 arrives last: it is not among the profiled ranks (0, 1)" in f["fix"]["description"]
+    # the DB export has the same HCCL tasks (COMMUNICATION_TASK_INFO): its run waits for rank 6
+    t = load_profile(DB1)[0]
+    db = communication.collectives(t).set_index("name").loc["hcom_allReduce__210_0_1"]
+    assert db["late_peer"] == 6 and db["longest_peer_wait_us"] == pytest.approx(88423.507, abs=0.01)

@@ -91,6 +91,8 @@ def build_trace(raw: R.RawProfile, path: str, fmt: str, kernel_details: pd.DataF
     trace.extras["call_stacks"] = o["call_stack"].to_numpy(dtype=object)
     # The operator type of each device task (TransData, Conv2D, ...; row-aligned with `kernels`).
     trace.extras["kernel_types"] = pd.Series(kinds_extra, dtype=object)
+    if len(raw.peer_waits):
+        trace.extras["peer_waits"] = raw.peer_waits.sort_values("ts").reset_index(drop=True)
     if len(raw.overlap):
         trace.extras["overlap"] = raw.overlap[["kind", "ts", "dur"]].sort_values("ts").reset_index(drop=True)
     return trace

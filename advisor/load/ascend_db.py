@@ -112,6 +112,14 @@ def _read(con, db_path: Path, analysis_path) -> tuple:
         raw.has_cann = len(raw.runtime) > 0
 
     raw.kernels = _kernels(con, tables, strings)
+    if {"COMMUNICATION_TASK_INFO", "TASK"} <= tables:
+        waits = [i for i, v in strings.items() if v == R.NOTIFY_WAIT]
+        if waits:
+            w = _frame(con, "SELECT t.startNs, t.endNs, c.dstRank FROM COMMUNICATION_TASK_INFO c JOIN TASK t "
+                            f"ON t.globalTaskId = c.globalTaskId WHERE c.taskType IN ({','.join(map(str, waits))})")
+            raw.peer_waits = pd.DataFrame({"ts": w["startNs"].astype(np.int64),
+                                           "dur": (w["endNs"] - w["startNs"]).astype(np.int64),
+                                           "peer": pd.to_numeric(w["dstRank"], errors="coerce").fillna(-1).astype(np.int64)})
     # Flows: host ops with a connection id -> the tasks/collectives sharing one of its connection ids.
     has = api["connectionId"].notna().to_numpy() & (kind == _PYTORCH_OP)
     src = pd.DataFrame({"host_ts": start[has], "host_tid": tid[has], "cid": api["connectionId"].to_numpy()[has]})

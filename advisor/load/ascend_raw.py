@@ -25,6 +25,8 @@ RUNTIME_COLUMNS = ("ts", "dur", "name", "tid", "corr")
 KERNEL_COLUMNS = ("ts", "dur", "name", "stream", "corr", "task_type", "op_type", "core", "kind")
 FLOW_COLUMNS = ("host_ts", "host_tid", "kernel")
 OVERLAP_COLUMNS = ("kind", "ts", "dur")
+PEER_WAIT_COLUMNS = ("ts", "dur", "peer")     # HCCL Notify_Wait tasks: this rank waiting for rank `peer`
+NOTIFY_WAIT = "Notify_Wait"
 PYTHON_COLUMNS = ("ts", "dur", "tid", "name")
 
 # Task types of the HCCL communication tasks on the device streams (notify/record handshakes and the
@@ -48,6 +50,7 @@ class RawProfile:
     kernels: pd.DataFrame = field(default_factory=lambda: empty(KERNEL_COLUMNS))
     flows: pd.DataFrame = field(default_factory=lambda: empty(FLOW_COLUMNS))
     overlap: pd.DataFrame = field(default_factory=lambda: empty(OVERLAP_COLUMNS))
+    peer_waits: pd.DataFrame = field(default_factory=lambda: empty(PEER_WAIT_COLUMNS))
     has_cann: bool = False          # the CANN layer (Level1+) was recorded
     metadata: dict = field(default_factory=dict)
 

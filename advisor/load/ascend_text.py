@@ -30,6 +30,9 @@ class TvArgs(msgspec.Struct):
     connection_id: _Id = -1
     correlation_id: _Id = -1
     task_type: Optional[str] = msgspec.field(name="Task Type", default="")
+    # HCCL plane tasks; kept raw (any JSON type) and decoded only for HCCL events
+    hccl_task: msgspec.Raw = msgspec.field(name="task type", default=msgspec.Raw(b""))
+    dst_rank: msgspec.Raw = msgspec.field(name="dst rank", default=msgspec.Raw(b""))
     name: Optional[str] = ""          # process_name / thread_name metadata
 
 
@@ -83,6 +86,19 @@ def _int(v) -> int:
         return int(v)
     except ValueError:
         return -1
+
+
+def _raw_value(raw: msgspec.Raw):
+    b = bytes(raw)
+    try:
+        return msgspec.json.decode(b) if b else None
+    except msgspec.DecodeError:
+        return None
+
+
+def _peer(raw: msgspec.Raw) -> int:
+    v = _raw_value(raw)
+    return v if isinstance(v, int) and not isinstance(v, bool) else _int(v) if isinstance(v, str) else -1
 
 
 def _dims_text(raw: msgspec.Raw):
@@ -212,6 +228,11 @@ def _classify(col: _Collector, path: str) -> R.RawProfile:
     raw.flows = pd.DataFrame({"host_ts": np.asarray(host_ts, dtype=np.int64),
                               "host_tid": np.asarray(host_tid, dtype=np.int64),
                               "kernel": np.asarray(kern, dtype=np.int64)})
+    # HCCL "Plane" threads: a Notify_Wait is this rank waiting for the peer rank of that link.
+    w = rows((proc == "HCCL") & ~np.isin(np.arange(n), k))
+    w = w[[args[i] is not None and _raw_value(args[i].hccl_task) == R.NOTIFY_WAIT for i in w]]
+    raw.peer_waits = pd.DataFrame({"ts": ts[w], "dur": dur[w],
+                                   "peer": np.asarray([_peer(args[i].dst_rank) for i in w], dtype=np.int64)})
     o = rows(proc == "Overlap Analysis")
     thread = [col.thread.get((x["pid"][i], x["tid"][i])) or x["name"][i] for i in o]
     raw.overlap = pd.DataFrame({"kind": np.asarray(thread, dtype=object), "ts": ts[o], "dur": dur[o]})
