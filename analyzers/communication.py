@@ -218,6 +218,11 @@ def analyze(trace, ctx) -> Analysis:
     coll = collectives(trace)
     n_steps = max(int(coll["step"].nunique()), 1) if len(coll) else max(stats.count, 1)
     link_table = links(trace, n_steps)
+    if len(coll) and coll["transit_us"].isna().all():
+        trace.limitations.append(
+            "The collectives' kernels carry no transit/wait split, transferred bytes or link type (Kineto records the "
+            "kernel only): per-collective waiting for peer ranks and bandwidth per link are not computed; the "
+            "collective kernel time includes the wait for the slowest rank.")
     out.tables["communication.steps"] = split.round(3)
     out.tables["communication.collectives"] = coll
     if link_table:

@@ -204,3 +204,9 @@ def test_the_late_peer_rank_is_named_from_hccl_notify_waits(level1_rank0):
     t = load_profile(DB1)[0]
     db = communication.collectives(t).set_index("name").loc["hcom_allReduce__210_0_1"]
     assert db["late_peer"] == 6 and db["longest_peer_wait_us"] == pytest.approx(88423.507, abs=0.01)
+
+
+def test_kineto_trace_says_what_it_cannot_tell_about_collectives():
+    t = load_profile(NCCL)[0]
+    communication.analyze(t, Context())
+    assert any("no transit/wait split" in l for l in t.limitations)
