@@ -50,16 +50,28 @@ def fused_rewrite(match, text: str, msda_checks: Optional[dict] = None, add_shap
 
 
 def fused_finding(match, rel: str, text: str, severity: str, evidence=(), details=None, rewrite=None,
-                  attach=None) -> Finding:
+                  attach=None, checks: Optional[dict] = None) -> Finding:
+    """`checks`: the op's constraints checked against recorded shapes ({"verified", "violations", "covered"});
+    a failed one is said in the title with the value seen."""
     rule = FUSED_OP_RULES[match.kind]
     entry = load().ref(match.catalog_ref)
+    op = match.op or f"{entry['import']}.{entry['name']}"
+    checks = checks or {}
+    violations = list(checks.get("violations", []))
+    title = f"{rule.name}: `{match.text}` can use {op}" + (
+        f" -- but a constraint fails: {'; '.join(violations)}" if violations else "")
     finding = Finding(
-        rule=rule.code, category="fused_op",
-        title=f"{rule.name}: `{match.text}` can use {entry['import']}.{entry['name']}",
-        severity=severity, evidence=list(evidence), locations=[Location(rel, match.line, match.function)],
+        rule=rule.code, category="fused_op", title=title,
+        severity=severity, evidence=list(evidence),
+        locations=[Location(rel, match.line, match.function)]
+                  + [Location(rel, l, match.function) for l in match.related if l != match.line],
         details={"kind": match.kind, "catalog_ref": match.catalog_ref, "matched": match.text, "col": match.col,
-                 **(details or {})})
-    _attach(finding, rel, text, rewrite, match.catalog_ref, rule.fix, entry.get("constraints", []), attach)
+                 "replacement": op, **({"recognized_by": match.how} if match.how else {}), **(details or {})})
+    if violations:
+        finding.details["constraint_violations"] = violations
+    constraints = violations + [f"verified: {v}" for v in checks.get("verified", [])] + [
+        c for c in entry.get("constraints", []) if c not in checks.get("covered", ())]
+    _attach(finding, rel, text, rewrite, match.catalog_ref, rule.fix, constraints, attach)
     if rewrite is None:
         finding.details["fix_requires"] = [entry["import"]]
     return finding

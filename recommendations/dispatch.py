@@ -120,15 +120,24 @@ class _Bindings:
                 self.fn_classes.add(node.name)
             elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in self.fn_classes:
                 self.fn_classes |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            elif isinstance(node, ast.Import):
                 for a in node.names:
-                    mod = a.name if isinstance(node, ast.Import) else f"{node.module or ''}.{a.name}"
-                    bound = a.asname or a.name.split(".")[0]
-                    if a.name.rsplit(".", 1)[-1].endswith(suffixes) or mod.rsplit(".", 1)[-1].endswith(suffixes):
+                    if a.name.rsplit(".", 1)[-1].endswith(suffixes):
+                        bound = a.asname or a.name.split(".")[0]
                         self.modules.add(bound)
-                        self.loads.append((node, f"import of `{mod.lstrip('.')}`", [a.name.rsplit('.', 1)[-1]], bound))
-                    elif isinstance(node, ast.ImportFrom) and (node.module or "").rsplit(".", 1)[-1].endswith(suffixes):
-                        self.functions.add(bound)
+                        self.loads.append((node, f"import of `{a.name}`", [a.name.rsplit(".", 1)[-1]], bound))
+            elif isinstance(node, ast.ImportFrom):
+                from_ext = (node.module or "").rsplit(".", 1)[-1].endswith(suffixes)
+                names = [a for a in node.names if from_ext or a.name.endswith(suffixes)]
+                for a in names:
+                    # `from x_ext import op` binds an op of the extension; `from pkg import x_cuda` its module
+                    (self.functions if from_ext else self.modules).add(a.asname or a.name)
+                if names:
+                    mod = "." * node.level + (node.module or "")
+                    what = mod if from_ext else ", ".join(f"{mod}.{a.name}".lstrip(".") for a in names)
+                    self.loads.append((node, f"import of `{what.lstrip('.') or what}`",
+                                       [mod.rsplit(".", 1)[-1]] if from_ext else [a.name for a in names],
+                                       (names[0].asname or names[0].name) if not from_ext else None))
             elif isinstance(node, ast.Call):
                 q = sf.qualified(node.func) or dotted(node.func) or ""
                 if q in loader_q or (q.endswith(".load_ext") and "ext_loader" in q):

@@ -13,17 +13,19 @@ from typing import Optional
 
 from .catalog import load
 from .pyast import SourceFile, callee_text, last_name, one_line
+from .structure import structural_matches
 
 DCN_NAMES = {"DeformConv2d": "deform_conv2d", "DeformConv2dPack": "deform_conv2d", "deform_conv2d": "deform_conv2d",
              "DeformConv2dFunction": "deform_conv2d", "ModulatedDeformConv2d": "modulated_deform_conv2d",
              "ModulatedDeformConv2dPack": "modulated_deform_conv2d", "modulated_deform_conv2d": "modulated_deform_conv2d",
              "ModulatedDeformConv2dFunction": "modulated_deform_conv2d"}
 SPARSE_NAMES = ("SparseConv3d", "SubMConv3d", "SparseInverseConv3d", "SparseConvTensor", "SparseSequential")
-CENTERPOINT_LOOP_CALLS = ("draw_heatmap_gaussian", "gaussian_radius", "draw_gaussian")
 HOST_COPY_METHODS = ("cpu", "numpy", "detach", "tolist")
 MAXPOOL_QUALIFIED = {"torch.nn.MaxPool2d", "torch.nn.modules.pooling.MaxPool2d"}
 HUNGARIAN_QUALIFIED = {"scipy.optimize.linear_sum_assignment", "scipy.optimize._lsap.linear_sum_assignment"}
 RELU_QUALIFIED = ("torch.relu", "torch.nn.functional.relu", "torch.relu_", "torch.nn.functional.relu_")
+# A callee whose name says it solves an assignment (a host matcher when it reads a host copy of a cost matrix).
+ASSIGNMENT_WORDS = ("assignment", "hungarian", "bipartite_match")
 # Names the qualified-name checks in `scan` compare with (the first or last part of each).
 QUALIFIED_TOKENS = ("MaxPool2d", "mmcv", "spconv", "torch_scatter", "linear_sum_assignment")
 # Statement lists that are indented blocks (the add+relu pair sits in a function or loop body).
@@ -32,19 +34,22 @@ _BLOCK_FIELDS = ("body", "orelse", "finalbody")
 
 def scan_tokens() -> tuple:
     """Every match needs one of these written in the file: the callee names the catalog maps (MSDA,
-    bev_pool_v2), the names of the qualified-name checks, the CenterPoint target function."""
+    bev_pool_v2), the names of the qualified-name checks, the names the structural detectors look for."""
     return tuple(load().replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
-        "get_targets_single",)
+        "grid_sample", "argsort", "sort(", "unique", "gaussian", "assign", "match", "abs")
 
 
 @dataclass
 class SourceMatch:
-    kind: str          # msda | bev_pool_v2 | add_relu | maxpool | deform_conv | sparse_conv | centerpoint_targets | torch_scatter | hungarian_host
+    kind: str          # a key of rule_docs.FUSED_OP_RULES: msda | msda_structure | deformable_aggregation | points_in_box | bev_pool_v2 | voxel_pooling | add_relu | maxpool | deform_conv | sparse_conv | centerpoint_targets | torch_scatter | group_loop | hungarian_host
     line: int
     function: str      # enclosing function ("<module>" at top level)
     text: str          # the matched code, one line
     catalog_ref: str
     col: int = 1       # 1-based column of the matched node
+    related: tuple = ()  # other lines of the same computation (a host copy the call reads, ...)
+    how: str = ""      # what in the syntax tree it was recognized by (structural matches)
+    op: str = ""       # the replacing op when not the catalog entry's own name (scatter_mean of `scatter`)
 
 
 def _is_maxpool_3_2_1(call: ast.Call) -> bool:
@@ -65,14 +70,36 @@ def _copies_to_host(node) -> bool:
                for c in ast.walk(node))
 
 
-def _host_copied(function, arg) -> bool:
-    """True when `arg` is (or was assigned in `function` from) an expression that copies a tensor to the host."""
+def _root_name(node) -> Optional[str]:
+    while isinstance(node, (ast.Subscript, ast.Attribute, ast.Call)):
+        node = node.value if not isinstance(node, ast.Call) else node.func
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _host_copy_line(sf: SourceFile, function, arg, depth: int = 0) -> Optional[int]:
+    """The line where `arg` -- or the tensor it was assigned or iterated from in `function` -- is copied to
+    the host (`.cpu()`, `.numpy()`, `.tolist()`, `.detach()`); None when it is not."""
     if _copies_to_host(arg):
-        return True
-    if isinstance(arg, ast.Name) and function is not None:
-        return any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == arg.id for t in n.targets)
-                   and _copies_to_host(n.value) for n in ast.walk(function))
-    return False
+        return arg.lineno
+    name = _root_name(arg)
+    if name is None or function is None or depth > 3:
+        return None
+    for n in ast.walk(function):
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in n.targets):
+            found = _host_copy_line(sf, function, n.value, depth + 1)
+            if found is not None:
+                return found
+        elif isinstance(n, (ast.For, ast.comprehension)) and name in {x.id for x in ast.walk(n.target) if isinstance(x, ast.Name)}:
+            found = _host_copy_line(sf, function, n.iter, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _is_assignment_call(call: ast.Call) -> bool:
+    """A call of the project's own assignment solver (`greedy_assignment(...)`, `hungarian_match(...)`)."""
+    name = (last_name(call) or "").lower()
+    return any(w in name for w in ASSIGNMENT_WORDS) and not name.startswith(("np.", "torch."))
 
 
 def may_match(source: str) -> bool:
@@ -91,11 +118,11 @@ def scan(source: str, sf: Optional[SourceFile] = None) -> list:
     cat = load()
     out = []
 
-    def add(kind, node, ref, text=None):
+    def add(kind, node, ref, text=None, related=(), how="", op=""):
         out.append(SourceMatch(kind, node.lineno, sf.function_name(node), one_line(text or sf.segment(node)), ref,
-                               node.col_offset + 1))
+                               node.col_offset + 1, tuple(related), how, op))
 
-    for node in sf.of(ast.Call, ast.FunctionDef):
+    for node in sf.of(ast.Call):
         if isinstance(node, ast.Call):
             q = sf.qualified(node.func) or ""
             last = q.rsplit(".", 1)[-1]
@@ -112,13 +139,13 @@ def scan(source: str, sf: Optional[SourceFile] = None) -> list:
                 add("sparse_conv", node, "fused_ops.sparse_conv3d")
             elif q.startswith("torch_scatter.") or q == "torch_scatter":
                 add("torch_scatter", node, "fused_ops.scatter")
-            elif q in HUNGARIAN_QUALIFIED and node.args and _host_copied(sf.enclosing_function(node), node.args[0]):
-                add("hungarian_host", node, "fused_ops.hungarian_match")
-        elif isinstance(node, ast.FunctionDef) and node.name == "get_targets_single":
-            called = {last_name(c) for c in ast.walk(node) if isinstance(c, ast.Call)} & set(CENTERPOINT_LOOP_CALLS)
-            if called and any(isinstance(n, ast.For) for n in ast.walk(node)):
-                add("centerpoint_targets", node, "fused_ops.npu_gaussian",
-                    text=f"def get_targets_single(...): per-object loop with {', '.join(sorted(called))}")
+            elif node.args and (q in HUNGARIAN_QUALIFIED or _is_assignment_call(node)):
+                copy = _host_copy_line(sf, sf.enclosing_function(node), node.args[0])
+                if copy is not None:
+                    add("hungarian_host", node, "fused_ops.hungarian_match",
+                        related=(copy,) if copy != node.lineno else ())
+    for kind, node, ref, text, how, op in structural_matches(sf):
+        add(kind, node, ref, text=text, how=how, op=op)
 
     for first, second, var, other in add_relu_pairs(sf):
         out.append(SourceMatch("add_relu", first.lineno, sf.function_name(first),

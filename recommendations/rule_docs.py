@@ -1,4 +1,4 @@
-"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA809 (matchers.py; the
+"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA811 (matchers.py, structure.py; the
 keys are `SourceMatch.kind`), CUDA-only code NPA907-NPA909 (dispatch.py) and NPA602 (check.py).
 
 They live apart from the matchers, which need libcst, so that `npu_advise.rules.all_rules()` and a
@@ -13,14 +13,18 @@ _WHY_LAUNCH = ("every small op is one host dispatch and one kernel launch; on th
 FUSED_OP_RULES = {
     "msda": Rule("NPA801", "msda-fused-op", "fused_op",
                  "A call of multi_scale_deformable_attn_pytorch / MultiScaleDeformableAttnFunction*.apply / "
-                 "MSDeformAttnFunction.apply (BEVFormer, Deformable-DETR, mmcv).",
+                 "MSDeformAttnFunction.apply (BEVFormer, Deformable-DETR, mmcv), or a function of any name that "
+                 "computes it: a value split by the levels' sizes, one grid_sample per level in a loop, stacked and "
+                 "weighted-summed (reported at the loop). Recorded shapes check heads, levels x points and dims.",
                  "The pytorch reference runs one grid_sample per level plus stacks, transposes and a weighted "
                  "sum (forward and backward); " + _WHY_LAUNCH + ".",
                  "Call mx_driving.multi_scale_deformable_attn(value, spatial_shapes, level_start_index, "
                  "sampling_locations, attention_weights): drop im2col_step, derive level_start_index from "
                  "spatial_shapes when absent. Valid for heads <= 8, dims <= 256 and % 8, levels*points <= 64, fp32."),
     "bev_pool_v2": Rule("NPA802", "bev-pool-v3", "fused_op",
-                        "A call of BEVDet's bev_pool_v2(...).",
+                        "A call of BEVDet's bev_pool_v2(...), or hand-written voxel pooling (LSS): points sorted by "
+                        "voxel rank, then a cumulative sum over ranks or a scatter into the BEV grid (reported at the "
+                        "sort).",
                         "bev_pool_v2 is a CUDA extension; on the NPU it needs the sorted interval tensors and a "
                         "slower kernel.",
                         "Call mx_driving.bev_pool_v3(depth, feat, ranks_depth, ranks_feat, ranks_bev, "
@@ -44,20 +48,44 @@ FUSED_OP_RULES = {
                         "spconv is CUDA-only.",
                         "mx_driving.SparseConv3d / SubMConv3d / SparseConvTensor (kernel 1-3, dilation = groups = 1)."),
     "centerpoint_targets": Rule("NPA807", "centerpoint-gaussian-targets", "fused_op",
-                                "CenterPoint-style get_targets_single with a per-object Python loop drawing gaussians.",
+                                "A per-object Python loop drawing gaussian heatmap targets (it calls a "
+                                "draw_*gaussian* / gaussian_radius helper), as in CenterPoint's get_targets_single.",
                                 "Each object costs several tiny ops and `.item()` syncs; " + _WHY_LAUNCH + ".",
                                 "mx_driving.npu_gaussian(...) computes center_int, radius, mask, ind and anno_box for "
                                 "all objects at once (see the seed's BEVDet rewrite)."),
     "torch_scatter": Rule("NPA808", "torch-scatter", "fused_op",
-                          "torch_scatter.scatter_* calls.",
-                          "torch_scatter is a CUDA extension without NPU kernels.",
+                          "torch_scatter.scatter_* calls, or a Python loop over unique() ids that masks each group "
+                          "(`ids == g`) and reduces it (max / mean / sum).",
+                          "torch_scatter is a CUDA extension without NPU kernels; a per-group loop is one mask, "
+                          "one boolean-index read (a sync) and one reduction per group.",
                           "mx_driving.scatter_max / scatter_mean / scatter_add (fp32 src, int32 index; scatter_max "
                           "reduces dim 0 only and takes (updates, indices, out))."),
     "hungarian_host": Rule("NPA809", "host-hungarian-match", "fused_op",
-                           "scipy.optimize.linear_sum_assignment on a cost matrix copied from the device (.cpu()/.numpy()).",
+                           "scipy.optimize.linear_sum_assignment, or the project's own assignment solver "
+                           "(`*assignment*`, `*hungarian*`), on a cost matrix copied from the device (.cpu()/.numpy()); "
+                           "the copy's line is a second location.",
                            "The device->host copy blocks the stream (a sync) and the assignment runs on the host.",
                            "mx_driving.hungarian_match(cost_matrix) on the device (fp32); the results stay on the device."),
+    "deformable_aggregation": Rule("NPA810", "deformable-aggregation", "fused_op",
+                                   "Deformable aggregation written as loops: nested loops with one grid_sample per "
+                                   "camera and level, or one loop whose samples are weighted and accumulated "
+                                   "(Sparse4D / SparseDrive, multi-camera BEV lifting); reported at the outer loop.",
+                                   "One grid_sample plus a multiply and an add per camera and level, forward and "
+                                   "backward; " + _WHY_LAUNCH + ".",
+                                   "mx_driving.deformable_aggregation(mc_ms_feat, spatial_shape, scale_start_index, "
+                                   "sampling_location, weights) samples every camera and level in one kernel "
+                                   "(group == 8, cameras <= 6, scales <= 4, fp16/fp32)."),
+    "points_in_box": Rule("NPA811", "points-in-boxes", "fused_op",
+                          "A per-box Python loop testing which points lie inside each (rotated) box: offsets "
+                          "compared with half the box size (`abs(local) <= size / 2`), reduced with `.all` or `&`.",
+                          "Several small ops per box (subtract, rotate, abs, compare, reduce); " + _WHY_LAUNCH + ".",
+                          "mx_driving.points_in_box(boxes, pts) tests every point against every box in one kernel "
+                          "(argument order reversed against mmcv; fp32; check the result layout)."),
 }
+# Structural matches (structure.py) of the same ops share their rule.
+FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]
+FUSED_OP_RULES["voxel_pooling"] = FUSED_OP_RULES["bev_pool_v2"]
+FUSED_OP_RULES["group_loop"] = FUSED_OP_RULES["torch_scatter"]
 
 SOURCE_RULES = {
     "cuda_dispatch": Rule(

@@ -14,14 +14,14 @@ from ..registry import source_scanner
 
 @source_scanner("fused_ops", order=10)
 def fused_op_findings(src, files: list) -> list:
-    """NPA8xx fused-op matches and NPA907 CUDA-only dispatches; a match inside a reported dispatch is what
-    the dispatch's NPU arm replaces, so it is not reported twice."""
+    """NPA8xx fused-op matches, NPA907 CUDA-only dispatches and NPA908 compiled extensions; a match inside a
+    reported dispatch is what the dispatch's NPU arm replaces, so it is not reported twice."""
     out = []
     for path in files:
         text = src.text(path)
         if text is None:
             continue
-        from .. import dispatch, matchers
+        from .. import build, dispatch, matchers
         from ..pyast import SourceFile
 
         sf = SourceFile.parse(text)
@@ -34,6 +34,7 @@ def fused_op_findings(src, files: list) -> list:
         for match in matchers.scan(text, sf):
             if not any(a <= match.line <= b for a, b in covered):
                 out.append(_fused_finding(match, path, text, src))
+        out += [build.extension_finding(e, src.rel(path)) for e in dispatch.find_extensions(sf)]
     return out
 
 
@@ -41,14 +42,16 @@ def _attacher(src, path: Path, text: str):
     return lambda finding, rewrite, ref: src.attach(finding, src.candidate(path, text, rewrite, ref))
 
 
-def _replaced_code_evidence(src, path: Path, line: int, msda: bool, rel: str) -> tuple:
-    """(loc ids at `line`, those plus -- for MSDA -- the pytorch reference's body when the project defines it,
-    evidence, share of the step) of the ops the trace recorded there."""
+def _replaced_code_evidence(src, path: Path, line: int, function: Optional[str], rel: str) -> tuple:
+    """(loc ids at `line`, those plus the body of `function` when the project defines it -- the pytorch
+    reference a call runs, or the function a structural match is in --, evidence, share of the step) of
+    the ops the trace recorded there."""
     index = src.index
     loc_ids = index.loc_ids(path, {line})
-    callee_ids = index.function_loc_ids(path, "multi_scale_deformable_attn_pytorch") if msda else []
+    callee_ids = index.function_loc_ids(path, function) if function else []
     all_ids = sorted(set(loc_ids.tolist()) | set(getattr(callee_ids, "tolist", lambda: callee_ids)()))
-    evidence, per_step = index.host_evidence(all_ids, f"{rel}:{line}" + (" and the replaced function" if len(callee_ids) else ""))
+    where = f"{rel}:{line}" + ((" and the replaced function" if function != "<module>" else "") if len(callee_ids) else "")
+    evidence, per_step = index.host_evidence(all_ids, where)
     return loc_ids, all_ids, evidence, index.step_share(per_step)
 
 
@@ -65,12 +68,17 @@ def _fused_finding(match, path: Path, text: str, src) -> Finding:
     from .. import build
 
     rel = src.rel(path)
-    loc_ids, all_ids, evidence, share = _replaced_code_evidence(src, path, match.line, match.kind == "msda", rel)
+    msda = match.kind in ("msda", "msda_structure")
+    # a structural match (match.how) is the whole function it is in; a call of the pytorch MSDA runs its body
+    function = match.function if match.how else ("multi_scale_deformable_attn_pytorch" if match.kind == "msda" else None)
+    loc_ids, all_ids, evidence, share = _replaced_code_evidence(src, path, match.line, function, rel)
     severity = severity_for_share(share) if share is not None else ("low" if src.index.files() else "info")
-    rewrite = build.fused_rewrite(match, text, _msda_shape_checks(src.index, all_ids) if match.kind == "msda" else None,
+    checks = _msda_shape_checks(src.index, all_ids) if msda else (
+        _aggregation_shape_checks(src.index, all_ids) if match.kind == "deformable_aggregation" else None)
+    rewrite = build.fused_rewrite(match, text, checks if msda else None,
                                   _add_shapes_equal(src.index, loc_ids) if match.kind == "add_relu" else None)
     return build.fused_finding(match, rel, text, severity, evidence, _saving_details(evidence, share), rewrite,
-                               _attacher(src, path, text))
+                               _attacher(src, path, text), checks)
 
 
 def _dispatch_finding(d, path: Path, text: str, src) -> Finding:
@@ -79,7 +87,8 @@ def _dispatch_finding(d, path: Path, text: str, src) -> Finding:
 
     rel = src.rel(path)
     msda = d.fused_key == "multi_scale_deformable_attn"
-    _, all_ids, evidence, share = _replaced_code_evidence(src, path, d.other_line, msda, rel)
+    _, all_ids, evidence, share = _replaced_code_evidence(
+        src, path, d.other_line, "multi_scale_deformable_attn_pytorch" if msda else None, rel)
     checks = _msda_shape_checks(src.index, all_ids) if msda else None
     severity = severity_for_share(share) if share is not None else ("low" if src.index.files() else None)
     return build.dispatch_finding(d, rel, text, severity, evidence, _saving_details(evidence, share), checks,
@@ -110,6 +119,21 @@ def _msda_shape_checks(index, loc_ids) -> dict:
         covered.append("embed dims per head <= 256 and a multiple of 8")
         complete = True
     return {"verified": verified, "violations": violations, "covered": covered, "complete": complete}
+
+
+def _aggregation_shape_checks(index, loc_ids) -> dict:
+    """Deformable aggregation's scale limit against the recorded grid_sampler inputs (N, C, H, W): the
+    distinct (H, W) are the scales sampled. Cameras and groups are not in these shapes: left to check."""
+    limits = load().fused_ops["deformable_aggregation"].limits
+    inputs = [dims[0] for name, dims in index.shapes(loc_ids) if "grid_sampler" in name and dims and len(dims[0]) == 4]
+    if not inputs:
+        return {}
+    sizes = sorted({tuple(s[2:]) for s in inputs})
+    how = f"recorded grid_sampler inputs: {len(inputs)} calls, feature sizes {', '.join(f'{h}x{w}' for h, w in sizes)}"
+    ok = len(sizes) <= limits["max_scales"]
+    return {"verified": [f"scales = {len(sizes)} (limit {limits['max_scales']}; {how})"] if ok else [],
+            "violations": [] if ok else [f"scales = {len(sizes)} exceeds the kernel's limit {limits['max_scales']} ({how})"],
+            "covered": ["scales <= 4"], "complete": False}
 
 
 def _add_shapes_equal(index, loc_ids) -> Optional[str]:

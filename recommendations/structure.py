@@ -1,0 +1,234 @@
+"""Fused-op opportunities recognized by what a function computes -- the shape of its syntax tree -- rather
+than by the names it calls, so a renamed or copied reference implementation is found too:
+
+* a loop with one `grid_sample` per level over a value `split` by the levels' sizes, then a stack and a
+  weighted sum: multi-scale deformable attention (mx_driving.multi_scale_deformable_attn);
+* nested loops of `grid_sample` (cameras x levels), or one loop whose samples are weighted and
+  accumulated: deformable aggregation (mx_driving.deformable_aggregation);
+* a sort of the points' ranks followed by a cumulative sum or a scatter into a grid: hand-written voxel
+  pooling (mx_driving.bev_pool_v3);
+* a loop over `unique()` ids that masks each group and reduces it: mx_driving.scatter_max / scatter_mean /
+  scatter_add;
+* a per-object loop that draws gaussians (`*gaussian*` helpers): mx_driving.npu_gaussian;
+* a per-box loop testing which points lie inside it (`abs(local) <= size / 2`, reduced with `.all` or `&`):
+  mx_driving.points_in_box.
+
+Each detector requires every part of its shape; a part alone (one grid_sample, one sort) is no match.
+The trace then checks the op's constraints against the recorded shapes (generators/fused_ops.py).
+"""
+from __future__ import annotations
+
+import ast
+from typing import Optional
+
+from .catalog import load
+from .pyast import SourceFile, last_name
+
+GROUP_REDUCTIONS = {"max": "scatter_max", "amax": "scatter_max", "mean": "scatter_mean", "sum": "scatter_add"}
+GAUSSIAN_TARGET_WORDS = ("draw", "radius", "heatmap")
+SCATTER_METHODS = ("index_add_", "index_add", "scatter_add_", "scatter_add", "index_put_", "scatter_", "scatter_reduce_")
+
+
+def _walk_local(node):
+    """Nodes under `node`, not descending into nested defs, classes or lambdas."""
+    todo = list(ast.iter_child_nodes(node))
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        yield n
+        todo.extend(ast.iter_child_nodes(n))
+
+
+def _is_grid_sample(sf: SourceFile, call) -> bool:
+    return isinstance(call, ast.Call) and (sf.qualified(call.func) == "torch.nn.functional.grid_sample"
+                                           or last_name(call) == "grid_sample")
+
+
+def _calls(nodes, names) -> list:
+    return [n for n in nodes if isinstance(n, ast.Call) and last_name(n) in names]
+
+
+def _weighted_reduction(nodes) -> bool:
+    """A product reduced by `.sum(...)` or accumulated (`acc = acc + a * w`, `acc += a * w`)."""
+    for n in nodes:
+        if isinstance(n, ast.Call) and last_name(n) == "sum":
+            inner = n.func.value if isinstance(n.func, ast.Attribute) else (n.args[0] if n.args else None)
+            if inner is not None and any(isinstance(b, ast.BinOp) and isinstance(b.op, ast.Mult) for b in ast.walk(inner)):
+                return True
+        if isinstance(n, ast.AugAssign) and isinstance(n.op, ast.Add) and _has_mult(n.value):
+            return True
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.BinOp) and isinstance(n.value.op, ast.Add) \
+                and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) \
+                and n.targets[0].id in {x.id for x in ast.walk(n.value) if isinstance(x, ast.Name)} and _has_mult(n.value):
+            return True
+    return False
+
+
+def _has_mult(node) -> bool:
+    return any(isinstance(b, ast.BinOp) and isinstance(b.op, ast.Mult) for b in ast.walk(node))
+
+
+def _split_by_sizes(nodes) -> bool:
+    """`value.split([h * w for h, w in shapes], dim=1)`: a tensor split by per-level sizes."""
+    for n in _calls(nodes, {"split"}):
+        sizes = n.args[0] if n.args else None
+        if isinstance(sizes, (ast.ListComp, ast.GeneratorExp)) and _has_mult(sizes.elt):
+            return True
+    return False
+
+
+def _sampling_loops(sf: SourceFile, fn) -> list:
+    """(outer loop, nested) for the outermost loops of `fn` whose bodies call grid_sample; `nested` when
+    another such loop is inside it."""
+    loops = [n for n in _walk_local(fn) if isinstance(n, (ast.For, ast.While))
+             and any(_is_grid_sample(sf, c) for c in _walk_local(n))]
+    ids = {id(l) for l in loops}
+    inside = {o: [n for n in _walk_local(o) if id(n) in ids] for o in loops}
+    nested_ids = {id(n) for found in inside.values() for n in found}
+    return [(o, bool(inside[o])) for o in loops if id(o) not in nested_ids]
+
+
+def sampling_matches(sf: SourceFile, fn) -> list:
+    out = []
+    local = list(_walk_local(fn))
+    for loop, nested in _sampling_loops(sf, fn):
+        in_loop = list(_walk_local(loop))
+        if nested and _weighted_reduction(in_loop + local):
+            out.append(("deformable_aggregation", loop, "fused_ops.deformable_aggregation",
+                        "nested loops with one grid_sample per camera and level, weighted and summed"))
+        elif not nested and _split_by_sizes(local) and _calls(local, {"stack", "cat"}) and _weighted_reduction(local):
+            out.append(("msda_structure", loop, "fused_ops.multi_scale_deformable_attn",
+                        "a value split by the levels' sizes, one grid_sample per level, stacked and weighted-summed"))
+        elif not nested and _weighted_reduction(in_loop):
+            out.append(("deformable_aggregation", loop, "fused_ops.deformable_aggregation",
+                        "one grid_sample per loop iteration, weighted and accumulated"))
+    return out
+
+
+def _scatters_into_grid(nodes) -> bool:
+    """A scatter of features into a grid: `grid[b, z, y, x] = feats` with tensor indices, or index_add_ /
+    scatter_add_."""
+    if _calls(nodes, set(SCATTER_METHODS)):
+        return True
+    for n in nodes:
+        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Subscript):
+            index = n.targets[0].slice
+            parts = index.elts if isinstance(index, ast.Tuple) else [index]
+            tensors = [p for p in parts if isinstance(p, (ast.Subscript, ast.Name, ast.Attribute)) and not isinstance(p, ast.Slice)]
+            if len(tensors) >= 3:
+                return True
+    return False
+
+
+def voxel_pooling_match(sf: SourceFile, fn) -> Optional[tuple]:
+    local = list(_walk_local(fn))
+    sorts = _calls(local, {"argsort", "sort"})
+    if not sorts or not _scatters_into_grid(local):
+        return None
+    cumsum = _calls(local, {"cumsum"})
+    multi_index = any(isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Subscript)
+                      and isinstance(n.targets[0].slice, ast.Tuple) and len(n.targets[0].slice.elts) >= 4 for n in local)
+    if not cumsum and not multi_index:
+        return None
+    first = min(sorts, key=lambda c: (c.lineno, c.col_offset))
+    return ("voxel_pooling", first, "fused_ops.bev_pool_v3",
+            "points sorted by voxel rank, " + ("a cumulative sum over ranks, " if cumsum else "")
+            + "features scattered into the BEV grid")
+
+
+def group_loop_matches(sf: SourceFile, fn) -> list:
+    """`for g in ids.unique(): ... x[ids == g].max(0)` -> scatter_max (mean, sum likewise)."""
+    local = list(_walk_local(fn))
+    unique_names = {t.id for n in local if isinstance(n, ast.Assign) and _calls(list(ast.walk(n.value)), {"unique"})
+                    for t in n.targets if isinstance(t, ast.Name)}
+    out = []
+    for loop in (n for n in local if isinstance(n, ast.For) and isinstance(n.target, ast.Name)):
+        it = loop.iter
+        over_unique = bool(_calls([it], {"unique"})) or (isinstance(it, ast.Name) and it.id in unique_names)
+        if not over_unique:
+            continue
+        var = loop.target.id
+        body = list(_walk_local(loop))
+        masks = any(isinstance(n, ast.Compare) and any(isinstance(o, ast.Eq) for o in n.ops)
+                    and var in {x.id for x in ast.walk(n) if isinstance(x, ast.Name)} for n in body)
+        reductions = [GROUP_REDUCTIONS[last_name(c)] for c in _calls(body, set(GROUP_REDUCTIONS))]
+        if masks and reductions:
+            out.append(("group_loop", loop, "fused_ops.scatter",
+                        "a loop over unique ids masking each group and reducing it", f"mx_driving.{reductions[0]}"))
+    return out
+
+
+def _draws_gaussian(name: str) -> bool:
+    """draw_heatmap_gaussian, draw_umich_gaussian, gaussian_radius -- not gaussian_blur and the like."""
+    name = name.lower()
+    return "gaussian" in name and any(w in name for w in GAUSSIAN_TARGET_WORDS)
+
+
+def gaussian_loop_matches(sf: SourceFile, fn) -> list:
+    loops = [n for n in _walk_local(fn) if isinstance(n, (ast.For, ast.While))]
+    hits = [l for l in loops if any(_draws_gaussian(last_name(c) or "") for c in _walk_local(l) if isinstance(c, ast.Call))]
+    inner = {id(i) for o in hits for i in _walk_local(o) if i in hits}
+    return [("centerpoint_targets", l, "fused_ops.npu_gaussian",
+             "a per-object loop drawing gaussian heatmap targets") for l in hits if id(l) not in inner]
+
+
+def _half(node) -> bool:
+    """`x / 2`, `x * 0.5`, `0.5 * x`."""
+    return any(isinstance(b, ast.BinOp) and (
+        isinstance(b.op, ast.Div) and isinstance(b.right, ast.Constant) and b.right.value == 2
+        or isinstance(b.op, ast.Mult) and any(isinstance(o, ast.Constant) and o.value == 0.5 for o in (b.left, b.right)))
+        for b in ast.walk(node))
+
+
+def _is_abs(node) -> bool:
+    return any(isinstance(c, ast.Call) and last_name(c) == "abs" for c in ast.walk(node))
+
+
+def points_in_box_matches(sf: SourceFile, fn) -> list:
+    """`for box in boxes: inside = (abs(rotated - box[:3]) <= box[3:6] / 2).all(-1)` -> points_in_box."""
+    out = []
+    for loop in (n for n in _walk_local(fn) if isinstance(n, ast.For)):
+        body = list(_walk_local(loop))
+        tests = [n for n in body if isinstance(n, ast.Compare) and len(n.ops) == 1
+                 and isinstance(n.ops[0], (ast.LtE, ast.Lt)) and _is_abs(n.left) and _half(n.comparators[0])]
+        combined = _calls(body, {"all"}) or any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitAnd) for n in body)
+        if tests and combined:
+            out.append(("points_in_box", loop, "fused_ops.points_in_box",
+                        "a per-box loop comparing the points' offsets with half the box size"))
+    return out
+
+
+def _head(sf: SourceFile, node) -> str:
+    """A loop's header (`for lvl, (h, w) in enumerate(shapes):`) or a call as written, without comments."""
+    if isinstance(node, ast.For):
+        return f"for {sf.segment(node.target)} in {sf.segment(node.iter)}:"
+    if isinstance(node, ast.While):
+        return f"while {sf.segment(node.test)}:"
+    return sf.segment(node)
+
+
+def structural_matches(sf: SourceFile) -> list:
+    """(kind, node, catalog ref, text, how, op) of every structural match in the file."""
+    src = sf.source
+    cat = load()
+    out = []
+    for fn in sf.of(ast.FunctionDef, ast.AsyncFunctionDef):
+        if cat.replacement_for_callee(fn.name) is not None:
+            continue        # a reference the catalog knows by name: its call sites are matched (with a diff)
+        found = []
+        if "grid_sample" in src:
+            found += sampling_matches(sf, fn)
+        if "sort" in src:
+            vp = voxel_pooling_match(sf, fn)
+            found += [vp] if vp else []
+        if "unique" in src:
+            found += group_loop_matches(sf, fn)
+        if "gaussian" in src.lower():
+            found += gaussian_loop_matches(sf, fn)
+        if "abs" in src:
+            found += points_in_box_matches(sf, fn)
+        for kind, node, ref, how, *op in found:      # op: the replacing op, when not the catalog entry's own
+            out.append((kind, node, ref, f"{_head(sf, node)} ... ({how})", how, op[0] if op else ""))
+    return out
+

@@ -1,0 +1,193 @@
+"""Fused-op opportunities found by what the code computes (recommendations/structure.py), not by names:
+each shape is matched when complete and left alone when a part is missing; through the real `check` CLI,
+and with constraint checks against the shapes a real profile records."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import run_cli
+
+MSDA_RENAMED = '''\
+import torch
+import torch.nn.functional as F
+
+
+def sample_levels(value, shapes, locations, weights):
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = locations.shape
+    per_level = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2 * locations - 1
+    samples = []
+    for lvl, (h, w) in enumerate(shapes):
+        v = per_level[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        samples.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
+    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+
+
+def warp_frames(frames, flows):
+    """Not MSDA: one grid_sample per frame, concatenated, no weighted sum."""
+    out = []
+    for f, g in zip(frames, flows):
+        out.append(F.grid_sample(f, g, align_corners=False))
+    return torch.cat(out, 1)
+
+
+def pyramid_conv(feats, convs):
+    """Not anything: one conv per FPN level."""
+    return [conv(f) for conv, f in zip(convs, feats)]
+'''
+
+AGGREGATION = '''\
+import torch
+import torch.nn.functional as F
+
+
+def aggregate(feature_maps, grid, weights, cams):
+    out = 0
+    for cam in range(cams):
+        for lvl, feat in enumerate(feature_maps):
+            sampled = F.grid_sample(feat[:, cam], grid[:, cam], align_corners=False)
+            out = out + (sampled * weights[:, cam, lvl]).sum(-1)
+    return out
+'''
+
+VOXEL_POOL = '''\
+import torch
+
+
+def voxel_pooling(geom, feats, nx):
+    ranks = geom[:, 0] * (nx[1] * nx[2] * nx[3]) + geom[:, 1] * (nx[2] * nx[3]) + geom[:, 2] * nx[3] + geom[:, 3]
+    order = ranks.argsort()
+    feats, geom, ranks = feats[order], geom[order], ranks[order]
+    feats = feats.cumsum(0)
+    keep = torch.ones_like(ranks, dtype=torch.bool)
+    keep[:-1] = ranks[1:] != ranks[:-1]
+    feats, geom = feats[keep], geom[keep]
+    feats = torch.cat((feats[:1], feats[1:] - feats[:-1]))
+    final = feats.new_zeros(int(nx[0]), feats.shape[1], int(nx[3]), int(nx[2]), int(nx[1]))
+    final[geom[:, 0], :, geom[:, 3], geom[:, 2], geom[:, 1]] = feats
+    return final
+
+
+def top_scores(scores):
+    """Not voxel pooling: a sort alone."""
+    order = scores.argsort(descending=True)
+    return scores[order][:10]
+'''
+
+GROUPS_AND_BOXES = '''\
+import torch
+
+
+def pool_groups(feats, ids):
+    groups = torch.unique(ids)
+    pooled = []
+    for g in groups:
+        pooled.append(feats[ids == g].mean(0))
+    return torch.stack(pooled)
+
+
+def count_groups(ids):
+    """Not a segment reduction: a count per id, no reduction of features."""
+    return [int(i) for i in torch.unique(ids)]
+
+
+def points_in_boxes(points, boxes):
+    masks = []
+    for box in boxes:
+        local = points - box[:3]
+        masks.append((local.abs() <= box[3:6] / 2).all(-1))
+    return torch.stack(masks)
+
+
+def clip_boxes(boxes, limit):
+    """Not points in boxes: a clamp per box, no containment test."""
+    return [b.clamp(-limit, limit) for b in boxes]
+
+
+def targets(boxes, heatmap):
+    for k in range(len(boxes)):
+        radius = gaussian_radius(boxes[k, 3:5])
+        draw_heatmap_gaussian(heatmap, boxes[k, :2], radius)
+    return heatmap
+
+
+def augment(images, sigmas):
+    """Not gaussian targets: a blur per sigma."""
+    return [gaussian_blur(images, s) for s in sigmas]
+'''
+
+
+def _check(tmp_path, name, source) -> list:
+    (tmp_path / name).write_text(textwrap.dedent(source), encoding="utf-8")
+    r = run_cli("check", "--format", "json", "--no-cache", "--select", "NPA8", "--fail-on", "none", name, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    return [(f["rule"], f["locations"][0]["line"], f["locations"][0]["function"], f["details"].get("replacement"))
+            for f in json.loads(r.stdout)["findings"]]
+
+
+def _line(source: str, text: str) -> int:
+    return next(i for i, l in enumerate(source.splitlines(), 1) if l.strip().startswith(text))
+
+
+def test_msda_under_another_name_found_by_shape(tmp_path):
+    assert _check(tmp_path, "attn.py", MSDA_RENAMED) == [
+        ("NPA801", _line(MSDA_RENAMED, "for lvl, (h, w)"), "sample_levels", "mx_driving.multi_scale_deformable_attn")]
+
+
+def test_cameras_by_levels_sampling_is_deformable_aggregation(tmp_path):
+    assert _check(tmp_path, "agg.py", AGGREGATION) == [
+        ("NPA810", _line(AGGREGATION, "for cam in"), "aggregate", "mx_driving.deformable_aggregation")]
+
+
+def test_hand_written_voxel_pooling(tmp_path):
+    assert _check(tmp_path, "pool.py", VOXEL_POOL) == [
+        ("NPA802", _line(VOXEL_POOL, "order = ranks.argsort()"), "voxel_pooling", "mx_driving.bev_pool_v3")]
+
+
+def test_group_loops_points_in_boxes_and_gaussian_targets(tmp_path):
+    assert _check(tmp_path, "ops.py", GROUPS_AND_BOXES) == [
+        ("NPA808", _line(GROUPS_AND_BOXES, "for g in groups"), "pool_groups", "mx_driving.scatter_mean"),
+        ("NPA811", _line(GROUPS_AND_BOXES, "for box in boxes"), "points_in_boxes", "mx_driving.points_in_box"),
+        ("NPA807", _line(GROUPS_AND_BOXES, "for k in range"), "targets", "mx_driving.npu_gaussian")]
+
+
+def test_structural_msda_checks_constraints_against_recorded_shapes(tmp_path):
+    """A real profile of a script calling the renamed MSDA with 16 heads: the finding says the kernel's head
+    limit fails, with the shape it was read from."""
+    (tmp_path / "attn.py").write_text(MSDA_RENAMED, encoding="utf-8")
+    (tmp_path / "train.py").write_text(textwrap.dedent('''\
+        import torch
+        from attn import sample_levels
+
+        torch.manual_seed(0)
+        shapes = [(8, 8), (4, 4)]
+        proj = torch.nn.Linear(8, 8)
+        opt = torch.optim.SGD(proj.parameters(), lr=0.1)
+        for step in range(6):
+            value = proj(torch.randn(1, 80, 16, 8))
+            loc = torch.rand(1, 5, 16, 2, 3, 2)
+            w = torch.rand(1, 5, 16, 2, 3).softmax(-1)
+            loss = sample_levels(value, shapes, loc, w).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            print("loss", float(loss))
+        '''), encoding="utf-8")
+    r = run_cli("profile", "--out", tmp_path / "out", "train.py", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = [f for f in json.loads((tmp_path / "out" / "findings.json").read_text())["findings"] if f["rule"] == "NPA801"]
+    assert len(found) == 1
+    f = found[0]
+    assert f["locations"][0]["file"] == "attn.py" and f["locations"][0]["line"] == _line(MSDA_RENAMED, "for lvl, (h, w)")
+    assert f["details"]["constraint_violations"] == [
+        "num_heads = 16 (limit 8; recorded shapes: sampling_locations [1, 5, 16, 2, 3, 2], value [1, 80, 16, 8])"]
+    assert "a constraint fails: num_heads = 16" in f["title"]
+    assert any(c.startswith("verified: num_levels * num_points = 6 (limit 64") for c in f["fix"]["constraints"])
+    assert f["evidence"] and f["evidence"][0]["unit"] == "us/step" and f["evidence"][0]["value"] > 0
