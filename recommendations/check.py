@@ -36,7 +36,8 @@ MIN_FILES_FOR_WORKERS = 8
 STATIC_SEVERITY = {"fused_op": "medium", "npu_ddp": "low", "local_rank": "medium", "optimizer": "low",
                    "config_optimizer": "info"}
 # The code whose behaviour the cached results depend on.
-_CHECKER_FILES = ("check.py", "build.py", "dispatch.py", "matchers.py", "pyast.py", "catalog.json",
+_CHECKER_FILES = ("check.py", "build.py", "dispatch.py", "matchers.py", "structure.py", "pyast.py", "catalog.json",
+                  "candidates.py",
                   "rule_docs.py", "codemods/dispatch.py", "codemods/fused_ops.py", "codemods/migration.py",
                   "codemods/optimizer.py", "codemods/base.py")
 

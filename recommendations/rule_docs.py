@@ -1,4 +1,4 @@
-"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA811 (matchers.py, structure.py; the
+"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA814 (matchers.py, structure.py; the
 keys are `SourceMatch.kind`), CUDA-only code NPA907-NPA909 (dispatch.py) and NPA602 (check.py).
 
 They live apart from the matchers, which need libcst, so that `npu_advise.rules.all_rules()` and a
@@ -81,6 +81,26 @@ FUSED_OP_RULES = {
                           "Several small ops per box (subtract, rotate, abs, compare, reduce); " + _WHY_LAUNCH + ".",
                           "mx_driving.points_in_box(boxes, pts) tests every point against every box in one kernel "
                           "(argument order reversed against mmcv; fp32; check the result layout)."),
+    "rms_norm": Rule("NPA812", "rms-norm", "fused_op",
+                     "RMSNorm written out: the input times the reciprocal square root of its mean square plus eps "
+                     "(`x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)`, or `x / sqrt(...)`).",
+                     "Four to six element-wise and reduction kernels per norm layer, each a launch and a full pass "
+                     "over the activations; " + _WHY_LAUNCH + ".",
+                     "torch_npu.npu_rms_norm(x, gamma, epsilon)[0] (used by Cosmos, GR00T, OpenVLA, MagicDrive in "
+                     "DrivingSDK)."),
+    "rotary_mul": Rule("NPA813", "rotary-embedding", "fused_op",
+                       "Rotary position embedding written out: `x * cos + rotate_half(x) * sin` where rotate_half "
+                       "returns `torch.cat((-x2, x1), dim=-1)`.",
+                       "A slice, a negation, a concatenation, two multiplies and an add per query and key tensor; "
+                       + _WHY_LAUNCH + ".",
+                       "torch_npu.npu_rotary_mul(x, cos, sin)."),
+    "fusion_attention": Rule("NPA814", "fusion-attention", "fused_op",
+                             "Attention written out in one function: `q @ k.transpose(-2, -1)`, a softmax of it, then "
+                             "the probabilities `@ v` (masks, scaling and dropout in between allowed).",
+                             "Two batched matmuls, a softmax and the scaling/mask/dropout kernels, with the full "
+                             "attention matrix written to and read from device memory.",
+                             "torch_npu.npu_fusion_attention(q, k, v, head_num, input_layout, ...)[0] (float16 / "
+                             "bfloat16), as in DrivingSDK's DiffusionDrive, GameFormer, StreamPETR, VAD."),
 }
 # Structural matches (structure.py) of the same ops share their rule.
 FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]

@@ -11,7 +11,10 @@ than by the names it calls, so a renamed or copied reference implementation is f
   scatter_add;
 * a per-object loop that draws gaussians (`*gaussian*` helpers): mx_driving.npu_gaussian;
 * a per-box loop testing which points lie inside it (`abs(local) <= size / 2`, reduced with `.all` or `&`):
-  mx_driving.points_in_box.
+  mx_driving.points_in_box;
+* RMSNorm (`x * rsqrt(mean(x ** 2) + eps)`), rotary embedding (`x * cos + rotate_half(x) * sin` with
+  `rotate_half = cat(-x2, x1)`) and attention (`softmax(q @ k^T) @ v`): torch_npu.npu_rms_norm,
+  npu_rotary_mul, npu_fusion_attention.
 
 Each detector requires every part of its shape; a part alone (one grid_sample, one sort) is no match.
 The trace then checks the op's constraints against the recorded shapes (generators/fused_ops.py).
@@ -137,15 +140,27 @@ def voxel_pooling_match(sf: SourceFile, fn) -> Optional[tuple]:
             + "features scattered into the BEV grid")
 
 
+def _torch_unique(sf: SourceFile, node) -> bool:
+    """`torch.unique(...)` or `t.unique()` -- not numpy's or pandas' (host arrays: no device ops to fuse)."""
+    for c in _calls(list(ast.walk(node)), {"unique"}):
+        q = sf.qualified(c.func) or ""
+        if q == "torch.unique":
+            return True
+        if not q and isinstance(c.func, ast.Attribute) and "torch" in sf.imports.values() \
+                and not {"numpy", "pandas"} & {v.split(".")[0] for v in sf.imports.values()}:
+            return True
+    return False
+
+
 def group_loop_matches(sf: SourceFile, fn) -> list:
     """`for g in ids.unique(): ... x[ids == g].max(0)` -> scatter_max (mean, sum likewise)."""
     local = list(_walk_local(fn))
-    unique_names = {t.id for n in local if isinstance(n, ast.Assign) and _calls(list(ast.walk(n.value)), {"unique"})
+    unique_names = {t.id for n in local if isinstance(n, ast.Assign) and _torch_unique(sf, n.value)
                     for t in n.targets if isinstance(t, ast.Name)}
     out = []
     for loop in (n for n in local if isinstance(n, ast.For) and isinstance(n.target, ast.Name)):
         it = loop.iter
-        over_unique = bool(_calls([it], {"unique"})) or (isinstance(it, ast.Name) and it.id in unique_names)
+        over_unique = _torch_unique(sf, it) or (isinstance(it, ast.Name) and it.id in unique_names)
         if not over_unique:
             continue
         var = loop.target.id
@@ -199,6 +214,100 @@ def points_in_box_matches(sf: SourceFile, fn) -> list:
     return out
 
 
+def _squares(node) -> bool:
+    """`x.pow(2)`, `x ** 2`, `torch.square(x)`, `x * x`."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call) and last_name(n) in ("pow", "square") and (
+                last_name(n) == "square" or any(isinstance(a, ast.Constant) and a.value == 2 for a in n.args)):
+            return True
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) and isinstance(n.right, ast.Constant) and n.right.value == 2:
+            return True
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult) and ast.dump(n.left) == ast.dump(n.right) \
+                and isinstance(n.left, (ast.Name, ast.Attribute)):
+            return True
+    return False
+
+
+def rms_norm_matches(sf: SourceFile, fn) -> list:
+    """`x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)` (or `/ sqrt(...)`): the mean of squares
+    under a reciprocal square root, multiplying or dividing the input."""
+    out = []
+    for n in _walk_local(fn):
+        if not (isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Mult, ast.Div))):
+            continue
+        root = n.right if isinstance(n.right, ast.Call) else (n.left if isinstance(n.left, ast.Call) else None)
+        if root is None or last_name(root) not in (("rsqrt",) if isinstance(n.op, ast.Mult) else ("sqrt",)):
+            continue
+        means = _calls(list(ast.walk(root)), {"mean"})
+        if means and any(_squares(m) for m in means) and any(
+                isinstance(b, ast.BinOp) and isinstance(b.op, ast.Add) for b in ast.walk(root)):
+            out.append(("rms_norm", n, "torch_npu_features.npu_rms_norm",
+                        "the input scaled by the reciprocal square root of its mean square plus eps"))
+    return out
+
+
+def _rotate_half_functions(sf: SourceFile) -> set:
+    """Functions returning `torch.cat((-x2, x1), dim=-1)`: rotate_half of rotary embeddings."""
+    out = set()
+    for fn in sf.of(ast.FunctionDef):
+        for r in (n for n in _walk_local(fn) if isinstance(n, ast.Return) and isinstance(n.value, ast.Call)):
+            c = r.value
+            if last_name(c) == "cat" and c.args and isinstance(c.args[0], (ast.Tuple, ast.List)) and len(c.args[0].elts) == 2 \
+                    and isinstance(c.args[0].elts[0], ast.UnaryOp) and isinstance(c.args[0].elts[0].op, ast.USub):
+                out.add(fn.name)
+    return out
+
+
+def rotary_matches(sf: SourceFile, fn, rotate_half: set) -> list:
+    """`x * cos + rotate_half(x) * sin`."""
+    out = []
+    for n in _walk_local(fn):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add) and all(
+                isinstance(t, ast.BinOp) and isinstance(t.op, ast.Mult) for t in (n.left, n.right)):
+            calls = [c for t in (n.left, n.right) for c in (t.left, t.right) if isinstance(c, ast.Call)]
+            if any(last_name(c) in rotate_half for c in calls):
+                out.append(("rotary_mul", n, "torch_npu_features.npu_rotary_mul",
+                            "x * cos + rotate_half(x) * sin, rotate_half = cat(-x2, x1)"))
+    return out
+
+
+def _transposed_key(node) -> bool:
+    """`k.transpose(-2, -1)`, `k.transpose(-1, -2)`, `k.mT`."""
+    if isinstance(node, ast.Attribute) and node.attr == "mT":
+        return True
+    return isinstance(node, ast.Call) and last_name(node) == "transpose" and len(node.args) == 2 and all(
+        isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub) and isinstance(a.operand, ast.Constant) for a in node.args)
+
+
+def attention_matches(sf: SourceFile, fn) -> list:
+    """`scores = q @ k.transpose(-2, -1)`, `attn = scores.softmax(-1)`, `out = attn @ v` in one function: the
+    softmax reads the first product and the second product reads the softmax (by name or inline)."""
+    local = list(_walk_local(fn))
+    products = [n for n in local if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult)]
+    first = [p for p in products if _transposed_key(p.right)]
+    if not first:
+        return []
+    scores = {n.targets[0].id for n in local if isinstance(n, ast.Assign) and len(n.targets) == 1
+              and isinstance(n.targets[0], ast.Name) and any(p in list(ast.walk(n.value)) for p in first)}
+    softmaxes = [c for c in _calls(local, {"softmax"}) if any(p in list(ast.walk(c)) for p in first) or (
+        scores and {x.id for x in ast.walk(c) if isinstance(x, ast.Name)} & scores)]
+    if not softmaxes:
+        return []
+    probs = {n.targets[0].id for n in local if isinstance(n, ast.Assign) and len(n.targets) == 1
+             and isinstance(n.targets[0], ast.Name) and any(s in list(ast.walk(n.value)) for s in softmaxes)}
+    for n in local:      # dropout and masks may sit between the softmax and the second product
+        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) \
+                and {x.id for x in ast.walk(n.value) if isinstance(x, ast.Name)} & probs:
+            probs.add(n.targets[0].id)
+    second = [p for p in products if p not in first and (any(s in list(ast.walk(p.left)) for s in softmaxes)
+                                                        or {x.id for x in ast.walk(p.left) if isinstance(x, ast.Name)} & probs)]
+    if not second:
+        return []
+    start = min(first, key=lambda p: (p.lineno, p.col_offset))
+    return [("fusion_attention", start, "torch_npu_features.npu_fusion_attention",
+             "q @ k^T, softmax, then @ v in one function")]
+
+
 def _head(sf: SourceFile, node) -> str:
     """A loop's header (`for lvl, (h, w) in enumerate(shapes):`) or a call as written, without comments."""
     if isinstance(node, ast.For):
@@ -212,6 +321,7 @@ def structural_matches(sf: SourceFile) -> list:
     """(kind, node, catalog ref, text, how, op) of every structural match in the file."""
     src = sf.source
     cat = load()
+    rotate_half = _rotate_half_functions(sf) if "cat" in src else set()
     out = []
     for fn in sf.of(ast.FunctionDef, ast.AsyncFunctionDef):
         if cat.replacement_for_callee(fn.name) is not None:
@@ -228,6 +338,12 @@ def structural_matches(sf: SourceFile) -> list:
             found += gaussian_loop_matches(sf, fn)
         if "abs" in src:
             found += points_in_box_matches(sf, fn)
+        if "rsqrt" in src or "sqrt" in src:
+            found += rms_norm_matches(sf, fn)
+        if rotate_half:
+            found += rotary_matches(sf, fn, rotate_half)
+        if "softmax" in src and "@" in src:
+            found += attention_matches(sf, fn)
         for kind, node, ref, how, *op in found:      # op: the replacing op, when not the catalog entry's own
             out.append((kind, node, ref, f"{_head(sf, node)} ... ({how})", how, op[0] if op else ""))
     return out

@@ -191,3 +191,49 @@ def test_structural_msda_checks_constraints_against_recorded_shapes(tmp_path):
     assert "a constraint fails: num_heads = 16" in f["title"]
     assert any(c.startswith("verified: num_levels * num_points = 6 (limit 64") for c in f["fix"]["constraints"])
     assert f["evidence"] and f["evidence"][0]["unit"] == "us/step" and f["evidence"][0]["value"] > 0
+
+
+TRANSFORMER = '''\
+import torch
+import torch.nn as nn
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(q, cos, sin):
+    return q * cos + rotate_half(q) * sin
+
+
+class RMSNorm(nn.Module):
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class Attention(nn.Module):
+    def forward(self, q, k, v, mask):
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        scores = scores.masked_fill(mask, float("-inf"))
+        probs = self.drop(scores.softmax(dim=-1))
+        return probs @ v
+
+
+def not_attention(a, b, c):
+    """Two matmuls and no softmax between them."""
+    return (a @ b.transpose(-2, -1)) @ c
+
+
+def layer_norm_like(x):
+    """Not RMSNorm: the variance after subtracting the mean, no rsqrt of a mean square."""
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / (x.std(-1, keepdim=True) + 1e-5)
+'''
+
+
+def test_transformer_blocks_map_to_torch_npu_fused_ops(tmp_path):
+    assert _check(tmp_path, "blocks.py", TRANSFORMER) == [
+        ("NPA813", _line(TRANSFORMER, "return q * cos"), "apply_rotary", "torch_npu.npu_rotary_mul"),
+        ("NPA812", _line(TRANSFORMER, "return self.weight * (x * torch.rsqrt"), "forward", "torch_npu.npu_rms_norm"),
+        ("NPA814", _line(TRANSFORMER, "scores = (q @ k.transpose"), "forward", "torch_npu.npu_fusion_attention")]
