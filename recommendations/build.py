@@ -50,9 +50,10 @@ def fused_rewrite(match, text: str, msda_checks: Optional[dict] = None, add_shap
 
 
 def fused_finding(match, rel: str, text: str, severity: str, evidence=(), details=None, rewrite=None,
-                  attach=None, checks: Optional[dict] = None) -> Finding:
+                  attach=None, checks: Optional[dict] = None, dispatch=None) -> Finding:
     """`checks`: the op's constraints checked against recorded shapes ({"verified", "violations", "covered"});
-    a failed one is said in the title with the value seen."""
+    a failed one is said in the title with the value seen. `dispatch`: the CUDA-only dispatch the match is in,
+    whose NPA907 finding carries the diff (the NPU arm)."""
     rule = FUSED_OP_RULES[match.kind]
     entry = load().ref(match.catalog_ref)
     op = match.op or f"{entry['import']}.{entry['name']}"
@@ -69,6 +70,9 @@ def fused_finding(match, rel: str, text: str, severity: str, evidence=(), detail
                  "replacement": op, **({"recognized_by": match.how} if match.how else {}), **(details or {})})
     if violations:
         finding.details["constraint_violations"] = violations
+    if dispatch is not None:
+        finding.details["dispatch_line"] = dispatch.line
+        finding.title += f" (the CUDA-only branch at line {dispatch.line}, NPA907, adds it as an NPU arm)"
     constraints = violations + [f"verified: {v}" for v in checks.get("verified", [])] + [
         c for c in entry.get("constraints", []) if c not in checks.get("covered", ())]
     _attach(finding, rel, text, rewrite, match.catalog_ref, rule.fix, constraints, attach)

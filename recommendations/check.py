@@ -30,6 +30,8 @@ from .pyast import SourceFile, one_line
 
 MAX_FILES = 20000
 MAX_FILE_BYTES = 2_000_000
+# Optimizer keywords that already make the update multi-tensor.
+MULTI_TENSOR_FLAGS = ("foreach", "fused")
 # Below this many files to scan, worker processes cost more than they save.
 MIN_FILES_FOR_WORKERS = 8
 # Static severities: no trace says what a finding costs, so they follow what the code certainly does.
@@ -80,12 +82,10 @@ def check_source(rel: str, text: str, fixes: bool = True) -> dict:
     dispatches = dispatch.find_dispatches(sf)
     for d in dispatches:
         out.append(build.dispatch_finding(d, rel, text, with_fix=fixes))
-    covered = [(d.line, d.end_line) for d in dispatches]
-    for match in matchers.scan(text, sf):
-        if any(a <= match.line <= b for a, b in covered):
-            continue        # the dispatch finding's NPU arm is this replacement
+    for match, d in dispatch.with_dispatches(dispatches, matchers.scan(text, sf)):
         out.append(build.fused_finding(match, rel, text, STATIC_SEVERITY["fused_op"],
-                                       rewrite=build.fused_rewrite(match, text) if fixes else None))
+                                       rewrite=build.fused_rewrite(match, text) if fixes and d is None else None,
+                                       dispatch=d))
     out += [build.extension_finding(e, rel) for e in dispatch.find_extensions(sf)]
     out += _migration_findings(sf, rel, text, fixes)
     out += _optimizer_findings(sf, rel, text, fixes)
@@ -153,8 +153,9 @@ def _optimizer_findings(sf: SourceFile, rel: str, text: str, fixes: bool) -> lis
     out = []
     for call in sf.calls():
         opt = by_qname.get(sf.qualified(call.func))
-        if opt is None:
-            continue
+        if opt is None or any(k.arg in MULTI_TENSOR_FLAGS and not (isinstance(k.value, ast.Constant) and not k.value.value)
+                              for k in call.keywords):
+            continue        # foreach=True / fused=True: already one multi-tensor update (NPA601 measures the rest)
         out.append(_static_finding(
             "optimizer", rule, rel, text, call, sf.function_name(call),
             f"{rule.name}: `{one_line(sf.segment(call), 80)}` can be {opt.replacement} (one fused update for all "

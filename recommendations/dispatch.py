@@ -21,6 +21,15 @@ from typing import Optional
 from .catalog import load
 from .pyast import SourceFile, callee_text, dotted, one_line
 
+# Packages whose functions are compiled (CUDA) ops: mmcv.ops.modulated_deform_conv2d, ... -- except their
+# pure-PyTorch references (mmcv.ops.multi_scale_deform_attn.multi_scale_deformable_attn_pytorch).
+COMPILED_OP_PACKAGES = ("mmcv.ops.", "mmcv._ext", "spconv.", "torch_scatter.")
+
+
+def _compiled_op(qualified: str) -> bool:
+    return qualified.startswith(COMPILED_OP_PACKAGES) and not qualified.endswith("_pytorch")
+
+
 @dataclass
 class Dispatch:
     line: int
@@ -109,6 +118,7 @@ class _Bindings:
     """Names of one file bound to extension modules, their ops, and autograd Function classes."""
 
     def __init__(self, sf: SourceFile):
+        self.sf = sf
         cfg = _cfg()
         self.modules, self.functions, self.fn_classes = set(), set(), set()
         self.loads = []            # (node, what, ops, bound name or None)
@@ -162,7 +172,8 @@ class _Bindings:
             return last in self.fn_classes or "Function" in last
         d = dotted(f) or ""
         head = d.split(".", 1)[0]
-        return (head in self.modules and "." in d) or (isinstance(f, ast.Name) and f.id in self.functions)
+        return ((head in self.modules and "." in d) or (isinstance(f, ast.Name) and f.id in self.functions)
+                or _compiled_op(self.sf.qualified(f) or ""))
 
 
 def _calls_in(stmts) -> list:
@@ -237,6 +248,20 @@ def find_dispatches(sf: SourceFile) -> list:
             mapped_line=mapped[0].lineno if mapped else None,
             device_object=obj or (dotted(mapped[0].args[0]) if mapped and mapped[0].args else None)))
     return sorted(out, key=lambda d: d.line)
+
+
+def with_dispatches(dispatches: list, matches: list) -> list:
+    """(match, dispatch or None) for the fused-op matches to report: outside every dispatch all of them;
+    inside one, only the match nearest the arm an NPU runs (the other arm), since the dispatch finding's NPU
+    arm is that replacement."""
+    out, kept = [], {}
+    for m in matches:
+        d = next((d for d in dispatches if d.line <= m.line <= d.end_line), None)
+        if d is None:
+            out.append((m, None))
+        elif d.line not in kept or abs(m.line - d.other_line) < abs(kept[d.line][0].line - d.other_line):
+            kept[d.line] = (m, d)
+    return sorted(out + list(kept.values()), key=lambda md: (md[0].line, md[0].col))
 
 
 def _has_npu_arm(sf: SourceFile, node: ast.If) -> bool:

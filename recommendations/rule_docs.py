@@ -1,4 +1,4 @@
-"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA814 (matchers.py, structure.py; the
+"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA815 (matchers.py, structure.py; the
 keys are `SourceMatch.kind`), CUDA-only code NPA907-NPA909 (dispatch.py) and NPA602 (check.py).
 
 They live apart from the matchers, which need libcst, so that `npu_advise.rules.all_rules()` and a
@@ -101,6 +101,13 @@ FUSED_OP_RULES = {
                              "attention matrix written to and read from device memory.",
                              "torch_npu.npu_fusion_attention(q, k, v, head_num, input_layout, ...)[0] (float16 / "
                              "bfloat16), as in DrivingSDK's DiffusionDrive, GameFormer, StreamPETR, VAD."),
+    "host_nms": Rule("NPA815", "greedy-nms-loop", "fused_op",
+                     "Greedy non-maximum suppression as a Python loop: boxes sorted by score, then a loop that keeps "
+                     "the first and refilters the order by an IoU threshold (`order = order[1:][ious <= thr]`).",
+                     "Per kept box: an IoU computation, a comparison and a boolean-mask read (a device->host sync); "
+                     + _WHY_LAUNCH + ".",
+                     "mx_driving.nms3d / nms3d_normal for BEV boxes, torch_npu.npu_nms_rotated for 2-D boxes: one "
+                     "kernel for the whole suppression (argument layouts differ: map boxes and scores)."),
 }
 # Structural matches (structure.py) of the same ops share their rule.
 FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]

@@ -7,11 +7,12 @@ than by the names it calls, so a renamed or copied reference implementation is f
   accumulated: deformable aggregation (mx_driving.deformable_aggregation);
 * a sort of the points' ranks followed by a cumulative sum or a scatter into a grid: hand-written voxel
   pooling (mx_driving.bev_pool_v3);
-* a loop over `unique()` ids that masks each group and reduces it: mx_driving.scatter_max / scatter_mean /
-  scatter_add;
+* a loop over `unique()` ids (or `range(n)`) that masks each group (`ids == g`) and reduces it:
+  mx_driving.scatter_max / scatter_mean / scatter_add;
 * a per-object loop that draws gaussians (`*gaussian*` helpers): mx_driving.npu_gaussian;
 * a per-box loop testing which points lie inside it (`abs(local) <= size / 2`, reduced with `.all` or `&`):
   mx_driving.points_in_box;
+* greedy NMS (`order = scores.argsort()`, a loop refiltering `order = order[1:][iou <= thr]`): mx_driving.nms3d;
 * RMSNorm (`x * rsqrt(mean(x ** 2) + eps)`), rotary embedding (`x * cos + rotate_half(x) * sin` with
   `rotate_half = cat(-x2, x1)`) and attention (`softmax(q @ k^T) @ v`): torch_npu.npu_rms_norm,
   npu_rotary_mul, npu_fusion_attention.
@@ -153,7 +154,8 @@ def _torch_unique(sf: SourceFile, node) -> bool:
 
 
 def group_loop_matches(sf: SourceFile, fn) -> list:
-    """`for g in ids.unique(): ... x[ids == g].max(0)` -> scatter_max (mean, sum likewise)."""
+    """`for g in ids.unique(): ... x[ids == g].max(0)` (or `for i in range(n)` with `index == i`) -> scatter_max
+    (mean, sum likewise): every group is one mask, one boolean read and one reduction."""
     local = list(_walk_local(fn))
     unique_names = {t.id for n in local if isinstance(n, ast.Assign) and _torch_unique(sf, n.value)
                     for t in n.targets if isinstance(t, ast.Name)}
@@ -161,10 +163,17 @@ def group_loop_matches(sf: SourceFile, fn) -> list:
     for loop in (n for n in local if isinstance(n, ast.For) and isinstance(n.target, ast.Name)):
         it = loop.iter
         over_unique = _torch_unique(sf, it) or (isinstance(it, ast.Name) and it.id in unique_names)
-        if not over_unique:
+        over_range = isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"
+        if not over_unique and not over_range:
             continue
         var = loop.target.id
         body = list(_walk_local(loop))
+        # over range(n), only a scatter: each group's reduction written to `out[i]` (not, say, a per-class loss)
+        if over_range and not any(
+                isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Subscript)
+                and isinstance(n.targets[0].slice, ast.Name) and n.targets[0].slice.id == var
+                and _calls(list(ast.walk(n.value)), set(GROUP_REDUCTIONS)) for n in body):
+            continue
         masks = any(isinstance(n, ast.Compare) and any(isinstance(o, ast.Eq) for o in n.ops)
                     and var in {x.id for x in ast.walk(n) if isinstance(x, ast.Name)} for n in body)
         reductions = [GROUP_REDUCTIONS[last_name(c)] for c in _calls(body, set(GROUP_REDUCTIONS))]
@@ -186,6 +195,26 @@ def gaussian_loop_matches(sf: SourceFile, fn) -> list:
     inner = {id(i) for o in hits for i in _walk_local(o) if i in hits}
     return [("centerpoint_targets", l, "fused_ops.npu_gaussian",
              "a per-object loop drawing gaussian heatmap targets") for l in hits if id(l) not in inner]
+
+
+def greedy_nms_matches(sf: SourceFile, fn) -> list:
+    """`order = scores.argsort(descending=True)`, then a loop that keeps `order[0]` and refilters
+    `order = order[1:][ious <= thr]`: greedy non-maximum suppression, one IoU and one mask read per kept box."""
+    local = list(_walk_local(fn))
+    orders = {t.id for n in local if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+              and last_name(n.value) in ("argsort", "sort") for t in n.targets if isinstance(t, ast.Name)}
+    out = []
+    for loop in (n for n in local if isinstance(n, (ast.While, ast.For))):
+        for n in _walk_local(loop):
+            if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) \
+                    and n.targets[0].id in orders and isinstance(n.value, ast.Subscript) \
+                    and n.targets[0].id in {x.id for x in ast.walk(n.value.value) if isinstance(x, ast.Name)} \
+                    and any(isinstance(c, ast.Compare) and isinstance(c.ops[0], (ast.LtE, ast.Lt))
+                            for c in ast.walk(n.value.slice)):
+                out.append(("host_nms", loop, "fused_ops.nms",
+                            "a loop keeping the best-scored box and dropping the boxes overlapping it"))
+                break
+    return out
 
 
 def _half(node) -> bool:
@@ -332,12 +361,14 @@ def structural_matches(sf: SourceFile) -> list:
         if "sort" in src:
             vp = voxel_pooling_match(sf, fn)
             found += [vp] if vp else []
-        if "unique" in src:
+        if "unique" in src or "range(" in src:
             found += group_loop_matches(sf, fn)
         if "gaussian" in src.lower():
             found += gaussian_loop_matches(sf, fn)
         if "abs" in src:
             found += points_in_box_matches(sf, fn)
+        if "sort" in src:
+            found += greedy_nms_matches(sf, fn)
         if "rsqrt" in src or "sqrt" in src:
             found += rms_norm_matches(sf, fn)
         if rotate_half:

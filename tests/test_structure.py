@@ -106,6 +106,23 @@ def points_in_boxes(points, boxes):
     return torch.stack(masks)
 
 
+def greedy_nms(boxes, scores, thr):
+    order = scores.argsort(descending=True)
+    keep = []
+    while order.numel() > 0:
+        i = order[0]
+        keep.append(i)
+        ious = box_iou(boxes[i][None], boxes[order[1:]])[0]
+        order = order[1:][ious <= thr]
+    return keep
+
+
+def top_k(scores, k):
+    """Not NMS: a sort and a slice, no refiltering loop."""
+    order = scores.argsort(descending=True)
+    return [order[i] for i in range(k)]
+
+
 def clip_boxes(boxes, limit):
     """Not points in boxes: a clamp per box, no containment test."""
     return [b.clamp(-limit, limit) for b in boxes]
@@ -155,6 +172,7 @@ def test_group_loops_points_in_boxes_and_gaussian_targets(tmp_path):
     assert _check(tmp_path, "ops.py", GROUPS_AND_BOXES) == [
         ("NPA808", _line(GROUPS_AND_BOXES, "for g in groups"), "pool_groups", "mx_driving.scatter_mean"),
         ("NPA811", _line(GROUPS_AND_BOXES, "for box in boxes"), "points_in_boxes", "mx_driving.points_in_box"),
+        ("NPA815", _line(GROUPS_AND_BOXES, "while order.numel()"), "greedy_nms", "mx_driving.nms3d"),
         ("NPA807", _line(GROUPS_AND_BOXES, "for k in range"), "targets", "mx_driving.npu_gaussian")]
 
 

@@ -14,8 +14,8 @@ from ..registry import source_scanner
 
 @source_scanner("fused_ops", order=10)
 def fused_op_findings(src, files: list) -> list:
-    """NPA8xx fused-op matches, NPA907 CUDA-only dispatches and NPA908 compiled extensions; a match inside a
-    reported dispatch is what the dispatch's NPU arm replaces, so it is not reported twice."""
+    """NPA8xx fused-op matches, NPA907 CUDA-only dispatches and NPA908 compiled extensions; inside a dispatch
+    one match is kept, without a diff of its own (the dispatch's NPU arm is that replacement)."""
     out = []
     for path in files:
         text = src.text(path)
@@ -27,13 +27,10 @@ def fused_op_findings(src, files: list) -> list:
         sf = SourceFile.parse(text)
         if sf is None:
             continue
-        covered = []
-        for d in dispatch.find_dispatches(sf):
-            out.append(_dispatch_finding(d, path, text, src))
-            covered.append((d.line, d.end_line))
-        for match in matchers.scan(text, sf):
-            if not any(a <= match.line <= b for a, b in covered):
-                out.append(_fused_finding(match, path, text, src))
+        dispatches = dispatch.find_dispatches(sf)
+        out += [_dispatch_finding(d, path, text, src) for d in dispatches]
+        for match, d in dispatch.with_dispatches(dispatches, matchers.scan(text, sf)):
+            out.append(_fused_finding(match, path, text, src, d))
         out += [build.extension_finding(e, src.rel(path)) for e in dispatch.find_extensions(sf)]
     return out
 
@@ -64,7 +61,7 @@ def _saving_details(evidence, share) -> dict:
     return d
 
 
-def _fused_finding(match, path: Path, text: str, src) -> Finding:
+def _fused_finding(match, path: Path, text: str, src, in_dispatch=None) -> Finding:
     from .. import build
 
     rel = src.rel(path)
@@ -75,10 +72,10 @@ def _fused_finding(match, path: Path, text: str, src) -> Finding:
     severity = severity_for_share(share) if share is not None else ("low" if src.index.files() else "info")
     checks = _msda_shape_checks(src.index, all_ids) if msda else (
         _aggregation_shape_checks(src.index, all_ids) if match.kind == "deformable_aggregation" else None)
-    rewrite = build.fused_rewrite(match, text, checks if msda else None,
-                                  _add_shapes_equal(src.index, loc_ids) if match.kind == "add_relu" else None)
+    rewrite = None if in_dispatch is not None else build.fused_rewrite(
+        match, text, checks if msda else None, _add_shapes_equal(src.index, loc_ids) if match.kind == "add_relu" else None)
     return build.fused_finding(match, rel, text, severity, evidence, _saving_details(evidence, share), rewrite,
-                               _attacher(src, path, text), checks)
+                               _attacher(src, path, text), checks, in_dispatch)
 
 
 def _dispatch_finding(d, path: Path, text: str, src) -> Finding:
