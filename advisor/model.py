@@ -29,6 +29,7 @@ OPS_COLUMNS = {  # host operators: Kineto `cpu_op`/`Operator`, torch_npu `cpu_op
     "depth": "int32",         # nesting depth among host ops on the same thread (0 = top level)
     "parent": "int64",        # row index of the innermost enclosing host op on the same thread, -1 at top level
     "step": "int64", "loc": "int64",
+    "call": "int64",          # row in `calls` of the collector-recorded torch call that issued the op, -1 if none
 }
 PYTHON_COLUMNS = {  # python_function frames (with_stack=True); empty when the trace has none
     "ts": "int64", "dur": "int64", "tid": "int64", "py_id": "int64", "parent_id": "int64",
@@ -53,6 +54,18 @@ ANNOTATION_COLUMNS = {  # user_annotation ranges other than steps (e.g. "Optimiz
     "ts": "int64", "dur": "int64", "name": "object", "tid": "int64", "step": "int64", "on_device": "bool",
 }
 STEP_COLUMNS = {"step": "int64", "ts": "int64", "dur": "int64"}  # ProfilerStep#N on the host
+# Torch calls made from user code, recorded by npu-advise's collector (one per `npa.src:` range), with
+# where their tensors would live on the target machine (`npu_advise.load.placement`). Empty for traces
+# from other profilers, and without placement columns (-1) for collector traces made before it tracked it.
+CALL_COLUMNS = {
+    "ts": "int64", "dur": "int64", "tid": "int64", "step": "int64", "loc": "int64",
+    "on_device": "int8",      # 1: touched device tensors (launches on the NPU), 0: host tensors only, -1: not recorded
+    "sync": "int8",           # sync-prone call: 1 reads a device tensor (a sync on the NPU), 0 reads a host
+                              # tensor (none), 2 writes through a mask (never a sync); -1 not sync-prone
+    "api": "object",          # what a sync-prone call was (`item`, `x[mask]`, `cpu`), None otherwise
+    "component": "object",    # torch component whose code made the call (optimizer, grad_scaler, ...), None
+    "root": "int64",          # index into the recorded placement roots (why its tensor is a device tensor)
+}
 # `exact`: the line is the executing line (collector markers, torch_npu call stacks); False when only the
 # enclosing function is known (Kineto python_function events carry the def line).
 LOCATION_COLUMNS = {"file": "object", "line": "int64", "function": "object", "exact": "bool"}
@@ -99,6 +112,7 @@ class Trace:
     annotations: pd.DataFrame = field(default_factory=lambda: empty_frame(ANNOTATION_COLUMNS))
     steps: pd.DataFrame = field(default_factory=lambda: empty_frame(STEP_COLUMNS))
     locations: pd.DataFrame = field(default_factory=lambda: empty_frame(LOCATION_COLUMNS))
+    calls: pd.DataFrame = field(default_factory=lambda: empty_frame(CALL_COLUMNS))
     rank: Optional[int] = None
     world_size: Optional[int] = None
     # Recorded context: device properties, torch/torch_npu versions, environment variables (`env`),
@@ -117,6 +131,21 @@ class Trace:
     @property
     def env(self) -> dict:
         return self.metadata.get("env") or {}
+
+    @property
+    def placement_recorded(self) -> bool:
+        """Whether the collector recorded where each call's tensors would live (see CALL_COLUMNS)."""
+        return bool(len(self.calls)) and bool((self.calls["on_device"].to_numpy() >= 0).any())
+
+    @property
+    def placement_inferred(self) -> bool:
+        """Placement was inferred by tracking (a CPU run), not read from real tensor devices."""
+        return bool((self.metadata.get("placement") or {}).get("inferred", True))
+
+    def placement_root(self, root: int) -> Optional[str]:
+        """Why a tensor was taken to be a device tensor (a recorded root description), or None."""
+        roots = (self.metadata.get("placement") or {}).get("roots") or []
+        return str(roots[root]) if 0 <= root < len(roots) else None
 
     def step_ids(self) -> np.ndarray:
         return self.steps["step"].to_numpy()

@@ -28,7 +28,7 @@ from npu_advise.findings import Evidence, Finding, Location, severity_for_share
 from npu_advise.load.locations import is_user_file
 from npu_advise.rules import Rule
 
-from . import Analysis, source
+from . import Analysis, placement, source
 from .common import relative_path, resolve_source, step_stats, us
 from .optimizer import ops_inside, step_ranges
 
@@ -133,6 +133,10 @@ def _top_level_ops(trace, stats) -> pd.DataFrame:
     keep = (loc >= 0) & (parent_loc != loc) & ~in_bwd & ~_in_optimizer_steps(trace)
     if stats.from_ranges:
         keep &= ops["step"].to_numpy() >= 0
+    if placement.recorded(trace):
+        # Only ops that would launch on the NPU pay its dispatch cost; work that torch components
+        # (optimizer, grad scaler, clip_grad) do for one user call is theirs (NPA601), not a loop's.
+        keep &= (placement.per_op(trace, "on_device", -1) == 1) & ~placement.by_component(trace)
     rows = np.flatnonzero(keep)
     # Ops nested under each top-level op (its implementation), for the "aten ops incl. nested" count:
     # climb each nested op to its top-level ancestor at the same line.
@@ -147,8 +151,9 @@ def _top_level_ops(trace, stats) -> pd.DataFrame:
                 break
             anc = np.where(climb, up, anc)
         np.add.at(nested, anc, 1)
+    root = placement.per_op(trace, "root", -1)[rows] if placement.recorded(trace) else np.full(len(rows), -1)
     return pd.DataFrame({"row": rows, "loc": loc[rows], "name": np.asarray(cats, dtype=object)[codes[rows]],
-                         "dur": ops["dur"].to_numpy()[rows], "nested": nested[rows]})
+                         "dur": ops["dur"].to_numpy()[rows], "nested": nested[rows], "root": root})
 
 
 def _line_stats(group: pd.DataFrame) -> dict:
@@ -181,6 +186,7 @@ def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
         loop = enclosing[0]
         entry = loops.setdefault((file, loop.line), {"loop": loop, "path": path, "lines": {},
                                                      "function": str(locs.at[int(where), "function"])})
+        entry.setdefault("roots", []).extend(group["root"].tolist())
         st = _line_stats(group)
         # One source line can appear under several function names (a comprehension): merge.
         prev = entry["lines"].get(line)
@@ -243,6 +249,11 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
                              "host time per step - vectorized cost estimate"
                              + (" (CPU host time: dispatch + compute of each op; on an NPU the dispatch part stays)"
                                 if predicted else "")))
+    if predicted:
+        placed = placement.provenance(trace, entry.get("roots", [])) if placement.recorded(trace) else None
+        evidence.append(Evidence("placement", "device tensors" if placed else "not recorded", "",
+                                 f"the counted ops would launch on the NPU: {placed}" if placed else
+                                 "no placement records: every op of the loop's lines is counted"))
     locations = [Location(rel, loop.line, function_name)]
     for line in sorted(lines, key=lambda l: -lines[l]["ops"]):
         if line != loop.line:
@@ -257,6 +268,8 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         "function": function_name, "idiom": idiom, "idiom_line": idiom_line, "busiest_line": busiest,
         "item_calls_per_step": round(items / n, 3), "lines": per_line,
     }
+    if predicted:
+        details["placement"] = placed or "not recorded: every op of the loop's lines counted"
     what = {"affine_interpolation": "A per-point interpolation loop", "prefix_mask": "A per-row mask loop",
             "item_loop": "A loop that reads tensor values with .item()"}.get(idiom, f"A Python {loop.kind} loop")
     return Finding(

@@ -25,7 +25,7 @@ from npu_advise import model
 from npu_advise.findings import Evidence, Finding, severity_for_share
 from npu_advise.rules import Rule
 
-from . import Analysis
+from . import Analysis, placement
 from .common import category_codes, category_mask, location, step_stats, us
 from npu_advise.model import covered_before, merge_intervals
 
@@ -197,6 +197,7 @@ def analyze(trace, ctx) -> Analysis:
     out = Analysis()
     if not len(ops) and not len(trace.runtime):
         return out
+    placement.note_if_not_recorded(trace)
     depth, parent = model.op_tree(ops) if len(ops) else (np.zeros(0, np.int32), np.zeros(0, np.int64))
     flagged, label, root = sync_causing_ops(trace, depth, parent) if len(ops) else \
         (np.zeros(0, bool), np.zeros(0, object), np.zeros(0, np.int64))
@@ -208,8 +209,10 @@ def analyze(trace, ctx) -> Analysis:
 
     groups: dict = {}
 
-    def group_for(op_row: int, fallback: str):
-        if op_row >= 0 and op_loc[op_row] >= 0:
+    def group_for(op_row, fallback: str):
+        if isinstance(op_row, tuple):        # a group key given directly
+            key = op_row
+        elif op_row >= 0 and op_loc[op_row] >= 0:
             key = ("loc", int(op_loc[op_row]))
         else:
             key = ("op", names[op_row] if op_row >= 0 else fallback)
@@ -222,6 +225,9 @@ def analyze(trace, ctx) -> Analysis:
 
     # 1. Sync-causing host ops, counted once per chain (at the outermost).
     is_root = flagged & (root == np.arange(len(ops))) & in_step_op
+    placed = placement.recorded(trace)
+    if placed:
+        is_root &= _reads_device(trace)
     nested = root[flagged & in_step_op]
     nested_events = np.bincount(nested[nested >= 0], minlength=len(ops))
     for r in np.flatnonzero(is_root):
@@ -230,6 +236,11 @@ def analyze(trace, ctx) -> Analysis:
         g["events"] += int(nested_events[r]) or 1
         g["ops"][names[r]] = g["ops"].get(names[r], 0) + 1
         g["causes"].add(label[r])
+        g.setdefault("roots", []).append(int(trace.calls["root"].iat[ops["call"].iat[r]]) if placed else -1)
+    # 1b. Sync-prone calls that read a device tensor but issue no sync-named op on a CPU run (.cpu(),
+    #     .tolist(), .numpy(), unique, equal, ...): the collector's record is the evidence.
+    if placed:
+        _add_device_reads(trace, stats, is_root, group_for)
 
     # 2. Runtime sync calls, attributed to the outermost sync-causing op (or copy chain) around them.
     rt_all = trace.runtime
@@ -331,6 +342,58 @@ def _waits_for(trace, rt: pd.DataFrame):
         waited[i] = [(c_name[j], int(c_ts[j]), int(c_end[j] - c_ts[j]),
                       int(min(c_end[j], t1[i]) - max(c_ts[j], t0[i]))) for j in hit[np.argsort(c_ts[hit])]]
     return explained, waited
+
+# What the user wrote, for the collector's sync-prone call names.
+_API_LABELS = {
+    "item": ".item()", "tolist": ".tolist()", "__bool__": "bool(tensor) / `if tensor:`", "__int__": "int(tensor)",
+    "__float__": "float(tensor)", "__index__": "tensor as an index", "slice bound (__index__)":
+    "tensor as a slice bound (__index__)", "__format__": "formatting a tensor (f-string)", "__repr__": "printing a tensor",
+    "__str__": "printing a tensor", "__array__": "np.asarray(tensor)", "numpy": ".numpy()",
+    "cpu": ".cpu() device-to-host copy", "to(cpu)": ".to('cpu') device-to-host copy", "nonzero": "nonzero()",
+    "argwhere": "argwhere()", "masked_select": "masked_select (output size depends on device data)",
+    "unique": "unique() (output size depends on device data)", "unique_consecutive": "unique_consecutive()",
+    "bincount": "bincount() (output size depends on device data)", "equal": "torch.equal (a host bool)",
+    "allclose": "torch.allclose (a host bool)", "repeat_interleave": "repeat_interleave without output_size",
+    "x[mask]": "x[mask] boolean-mask indexing", "where": "torch.where(cond) (nonzero)",
+    "copy_ (device -> host)": "copy_ into a host tensor (device-to-host copy)",
+}
+
+
+def _reads_device(trace) -> np.ndarray:
+    """Per op: its call read a device tensor, or (not a sync-prone call by name) touched device tensors;
+    and no torch component (optimizer, grad scaler) made it."""
+    sync = placement.per_op(trace, "sync", -1)
+    on_device = placement.per_op(trace, "on_device", -1)
+    return ((sync == 1) | ((sync == -1) & (on_device == 1))) & ~placement.by_component(trace)
+
+
+def _add_device_reads(trace, stats, counted_roots: np.ndarray, group_for) -> None:
+    calls = trace.calls
+    sync = calls["sync"].to_numpy()
+    rows = np.flatnonzero((sync == 1) & calls["component"].isna().to_numpy() & (calls["loc"].to_numpy() >= 0))
+    if stats.from_ranges:
+        rows = rows[calls["step"].to_numpy()[rows] >= 0]
+    if not len(rows):
+        return
+    ops_call = trace.ops["call"].to_numpy()
+    already = set(np.unique(ops_call[counted_roots]).tolist())
+    loc = calls["loc"].to_numpy()
+    api = calls["api"].to_numpy()
+    root = calls["root"].to_numpy()
+    for c in rows:
+        if int(c) in already:
+            continue
+        g = group_for(-1, "") if loc[c] < 0 else _group_at(group_for, int(loc[c]))
+        g["calls"] += 1
+        g["events"] += 1
+        label = _API_LABELS.get(api[c], str(api[c]))
+        g["ops"][label] = g["ops"].get(label, 0) + 1
+        g["causes"].add(label)
+        g.setdefault("roots", []).append(int(root[c]))
+
+
+def _group_at(group_for, loc: int):
+    return group_for(("loc", loc), "")
 
 
 def _bubbles(trace, rt: pd.DataFrame) -> np.ndarray:
@@ -449,6 +512,14 @@ def _finding(trace, g, stats, ctx):
                    "no sync runtime call inside these ops: the tensors were on the host in this run")]
     details["note"] = ("costs nothing on the CPU; on an NPU each call blocks until the device queue drains"
                        if on_cpu else "no sync was measured here; a sync if these tensors move to the device")
+    if placement.recorded(trace):
+        details["placement"] = placement.provenance(trace, g.get("roots", []))
+        ev.append(Evidence("placement", "device tensor", "", "the read tensor would live on the NPU: "
+                           + details["placement"]))
+    else:
+        details["placement"] = "not recorded: predicted from operator names alone"
+        ev.append(Evidence("placement", "not recorded", "", "the trace has no placement records (made without "
+                           "npu-advise's collector or before it tracked placement): predicted from operator names"))
     title = f"{calls_ps:.1f} sync-prone call{'s' if calls_ps != 1 else ''}/step at {site} ({', '.join(causes)})"
     severity = ("medium" if calls_ps >= PREDICTED_MEDIUM_PER_STEP else "low") if on_cpu else "info"
     return Finding(rule="NPA302", category="sync", title=title + where_note, severity=severity, evidence=ev,

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
 
     marks = MarkState()
     collector = Collector(config, marks)
-    mode = SourceMarkMode(marks)
+    mode = SourceMarkMode(marks, placement=collector.placement)
     # Once the trace is written (--no-stop), the rest of the run should not pay for the mode.
     collector.on_finished = lambda: uninstall(mode)
     owner = os.getpid()

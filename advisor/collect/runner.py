@@ -42,10 +42,12 @@ class ProfileRequest:
     python: str = sys.executable
     window_seconds: Optional[float] = None
     torchrun_args: Optional[list] = None     # None: a single process; else options for torchrun
+    placement: bool = True                   # track where tensors would live while recording
 
     def config(self) -> dict:
         return {"out_dir": str(self.out_dir.resolve()), "wait": self.wait, "warmup": self.warmup,
-                "active": self.active, "stop": self.stop, "window_seconds": self.window_seconds}
+                "active": self.active, "stop": self.stop, "window_seconds": self.window_seconds,
+                "placement": self.placement}
 
 
 @dataclass

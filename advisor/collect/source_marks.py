@@ -7,6 +7,9 @@ torch, site-packages, the standard library and npu-advise. The loader (`npu_advi
 turns those ranges into exact op locations. Inside `__torch_function__` the mode is disabled, so only
 the outermost torch call of a user line is wrapped (e.g. `F.grid_sample`, not its internal ops).
 
+With a placement tracker (`placement.Placement`) each name also carries where the call's tensors would
+live on the target machine: `npa.src:FILE:LINE:FUNC|p=d;s=1;api=item;r=0` (see `placement.flags_text`).
+
 Outside recording the mode just forwards the call. Runs inside the profiled process.
 """
 from __future__ import annotations
@@ -19,6 +22,8 @@ import threading
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from .placement import component_of
 
 MARKER_PREFIX = "npa.src:"
 
@@ -51,6 +56,8 @@ class UserFrames:
         self._is_user: dict = {}      # code object -> bool
         self._files: dict = {}        # code object -> absolute file path
         self._names: dict = {}        # (code, line) -> marker name
+        self._sites: dict = {}        # (code, line, component) -> (marker name, site for the tracker)
+        self._components: dict = {}   # library code object -> torch component or None
 
     def _classify(self, code) -> bool:
         filename = code.co_filename
@@ -80,22 +87,55 @@ class UserFrames:
             frame = frame.f_back
         return None
 
+    def site(self, frame):
+        """(marker name, (file, line, file name, component, direct)) of the innermost user frame at or
+        above `frame`, or None; component: the torch component (optimizer, grad scaler, ...) whose library
+        code stands between that frame and the call, if any; direct: no library frame in between."""
+        is_user = self._is_user
+        component = None
+        direct = True
+        while frame is not None:
+            code = frame.f_code
+            user = is_user.get(code)
+            if user is None:
+                user = self._classify(code)
+            if user:
+                key = (code, frame.f_lineno, component, direct)
+                hit = self._sites.get(key)
+                if hit is None:
+                    name = self.marker_name(frame)
+                    file = self._files[code]
+                    hit = self._sites[key] = (name, (file, frame.f_lineno, os.path.basename(file), component,
+                                                     direct))
+                return hit
+            direct = False
+            if component is None:
+                c = self._components.get(code, False)
+                if c is False:
+                    c = self._components[code] = component_of(code.co_filename or "")
+                component = c
+            frame = frame.f_back
+        return None
+
 
 class MarkState:
     """Flags the collector flips; read by the mode on every torch call (plain attributes: cheap)."""
 
     def __init__(self):
         self.recording = False
+        self.tracking = False            # placement tracked (warmup and recording), see Collector
         self.main_thread = threading.get_ident()
         self.deadline_passed = False     # set by the --window-seconds timer thread
         self.on_deadline = None          # called on the main thread once the deadline has passed
 
 
 class SourceMarkMode(TorchFunctionMode):
-    def __init__(self, state: MarkState, frames: UserFrames = None):
+    def __init__(self, state: MarkState, frames: UserFrames = None, placement=None):
         super().__init__()
         self.state = state
         self.frames = frames or UserFrames()
+        self.placement = placement        # a placement.Placement, or None: locations only
+        self._flagged: dict = {}          # (marker name, flags) -> full range name
         self._record = torch._C._profiler._RecordFunctionFast
         # Backward ops get their location from the forward op with the same autograd sequence number
         # (see the loader); a marker around `loss.backward()` would claim all of them for that line.
@@ -109,13 +149,62 @@ class SourceMarkMode(TorchFunctionMode):
                 and threading.get_ident() == state.main_thread:
             callback, state.on_deadline = state.on_deadline, None
             callback()   # stops the profiler, writes the trace; may raise SystemExit to end the script
+        tracker = self.placement
         if not state.recording or func in self._unmarked:
+            if tracker is None or not state.tracking:
+                return func(*args, **kwargs)
+            return self._track_only(tracker, func, args, kwargs)
+        if tracker is None:
+            name = self.frames.marker_name(sys._getframe(1))
+            if name is None:
+                return func(*args, **kwargs)
+            with self._record(name):
+                return func(*args, **kwargs)
+        caller = sys._getframe(1)
+        site = self.frames.site(caller)
+        if site is None:
             return func(*args, **kwargs)
-        name = self.frames.marker_name(sys._getframe(1))
+        try:
+            flags, rule = tracker.before(func, args, kwargs, site[1], caller)
+        except Exception as exc:   # never break the user's script over placement: stop tracking
+            tracker.failed(exc)
+            self.placement = None
+            with self._record(site[0]):
+                return func(*args, **kwargs)
+        key = (site[0], flags)
+        name = self._flagged.get(key)
         if name is None:
-            return func(*args, **kwargs)
+            name = self._flagged[key] = f"{site[0]}|{flags}"
         with self._record(name):
+            result = func(*args, **kwargs)
+        try:
+            result = tracker.after(result, rule)
+        except Exception as exc:
+            tracker.failed(exc)
+            self.placement = None
+        return result
+
+
+    def _track_only(self, tracker, func, args, kwargs):
+        """The profiler's warmup step (not recorded): placement is tracked, nothing is marked, so the
+        tensors that the first recorded step reads (last step's loss) are known."""
+        caller = sys._getframe(2)
+        site = self.frames.site(caller)
+        if site is None:
             return func(*args, **kwargs)
+        try:
+            _, rule = tracker.before(func, args, kwargs, site[1], caller)
+        except Exception as exc:
+            tracker.failed(exc)
+            self.placement = None
+            return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        try:
+            result = tracker.after(result, rule)
+        except Exception as exc:
+            tracker.failed(exc)
+            self.placement = None
+        return result
 
 
 def install(mode: SourceMarkMode):

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from . import env_record
+from .placement import Placement
 from .source_marks import MarkState
 
 
@@ -75,6 +76,12 @@ class Collector:
         self.profiler_name = {"npu": "torch_npu.profiler", "cuda": "torch.profiler",
                               "cpu": "torch.profiler"}[self.device]
         self.record = env_record.environment_record(self.device, self.profiler_name)
+        # Where tensors would live: inferred on CPU runs, the real tensor.device on CUDA/NPU runs.
+        self.placement = Placement(inferred=self.device == "cpu", device_type=self.device) \
+            if config.get("placement", True) else None
+        self._roots_announced = False
+        if self.placement is not None:
+            self.record["placement"] = self.placement.summary()
         self.steps_seen = 0          # optimizer steps taken so far
         self.steps_recorded = 0      # optimizer steps completed while recording
         self._profiler_steps = 0     # prof.step() calls made
@@ -189,6 +196,19 @@ class Collector:
 
     def _sync_recording(self):
         self.marks.recording = (not self.finished) and self._recording()
+        if self.placement is not None:
+            # Placement is tracked from the profiler's warmup step on: it is not recorded, so tracking
+            # there costs the trace nothing, and the first recorded step finds last step's tensors known.
+            first = self.wait + self.warmup
+            warming = not self.finished and not self.window and self.wait <= self._profiler_steps < first
+            if self.marks.recording and not self._roots_announced:
+                self._roots_announced = True
+                self.placement.announce_all()
+            self.marks.tracking = self.marks.recording or warming
+            if self.marks.tracking:
+                self.placement.start()
+            else:
+                self.placement.stop()
 
     def _on_optimizer_step(self, optimizer, args, kwargs):
         self.steps_seen += 1
@@ -229,6 +249,9 @@ class Collector:
             return
         self.finished = True
         self.marks.recording = False
+        self.marks.tracking = False
+        if self.placement is not None:
+            self.placement.stop()
         if self._timer is not None:
             self._timer.cancel()
         if self.on_finished is not None:

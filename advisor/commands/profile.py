@@ -26,6 +26,8 @@ TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "mas
 @click.option("--window-seconds", type=float, default=None, metavar="S",
               help="Profile the first S seconds of wall time instead of optimizer steps "
                    "(for scripts without an optimizer).")
+@click.option("--no-placement", is_flag=True,
+              help="Do not track where tensors would live (placement-based predictions then fall back to op names).")
 @click.option("--rank", type=int, default=None, help="Multi-rank: analyze this rank in detail (default: the slowest).")
 @click.option("--nproc-per-node", type=str, default=None,
               help="Launch through torchrun with this many processes per node.")
@@ -43,7 +45,7 @@ TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "mas
               help="Any other torchrun argument, passed as is (repeatable).")
 @click.argument("script", type=click.Path(path_type=Path))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
-def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, rank, script, script_args,
+def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, no_placement, rank, script, script_args,
             torchrun_extra, **torchrun):
     """Run SCRIPT [ARGS]... as `python SCRIPT ARGS` would, profile a few training steps, write a report.
 
@@ -70,7 +72,7 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, rank
     out_dir = out_dir or default_out_dir(script)
     req = ProfileRequest(script=script, args=list(script_args), out_dir=out_dir, wait=wait, warmup=warmup,
                          active=active, stop=not no_stop, python=python or sys.executable,
-                         window_seconds=window_seconds, torchrun_args=torchrun_args)
+                         window_seconds=window_seconds, torchrun_args=torchrun_args, placement=not no_placement)
     how = f"the first {window_seconds:g} s" if window_seconds else f"{active} optimizer steps"
     launcher = " via torchrun " + " ".join(torchrun_args) if torchrun_args else ""
     click.echo(f"npu-advise: profiling {how} of {script}{launcher}; output -> {out_dir}", err=True)

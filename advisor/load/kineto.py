@@ -25,6 +25,7 @@ from .columns import (META_CAT, ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_
                       fix_mmap_threshold, has_labels, merge_role, piece_rows)
 from .jsonstream import ChunkedArray
 from .locations import attach_locations
+from .placement import placement_roots
 
 # Categories we keep, by role. Everything else (flows, instant/memory events, counters) is skipped.
 OP_CATS = ("cpu_op", "Operator", "operator")
@@ -36,6 +37,8 @@ ANNOT_CATS = ("user_annotation", "gpu_user_annotation")
 
 STEP_NAME = re.compile(r"^ProfilerStep#(\d+)$")
 SOURCE_MARKER = "npa.src:"   # ranges our collector wraps around each torch call: npa.src:FILE:LINE:FUNC
+PLACEMENT_ROOT = "npa.root:"  # empty ranges naming each placement root: npa.root:N:DESCRIPTION
+_COLLECTOR_RANGES = (SOURCE_MARKER, PLACEMENT_ROOT)
 
 
 class Args(msgspec.Struct, frozen=True, gc=False):
@@ -395,13 +398,13 @@ def _categorical(codes: np.ndarray, values: list) -> pd.Categorical:
 
 def _frame(columns: dict, schema: dict) -> pd.DataFrame:
     """A table in the schema's column order, built without copying or consolidating the arrays; the
-    trailing `loc` column (if the schema has one) is added later by attach_locations."""
+    trailing `loc` and `call` columns (if the schema has them) are added later by attach_locations."""
     n = len(next(iter(columns.values())))
     out = {}
     for col, dtype in schema.items():
         if col in columns:
             out[col] = columns[col]
-        elif col == "loc":
+        elif col in ("loc", "call"):
             continue
         elif dtype == "category":
             out[col] = _categorical(np.zeros(n, dtype=np.int8), [""])
@@ -457,7 +460,8 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
     # Host ops, minus steps and our source markers.
     marker = ~op_is_step & _per_value(op, "name", lambda n: n.startswith(SOURCE_MARKER), bool)
     keep_op, op_codes, op_names = _select(op["name"], op["name_values"],
-                                          lambda n: not n.startswith(SOURCE_MARKER) and _step_number(n) < 0)
+                                          lambda n: not n.startswith(_COLLECTOR_RANGES) and _step_number(n) < 0)
+    roots = [n for n in op["name_values"] if n.startswith(PLACEMENT_ROOT)]
     if keep_op.all():       # steps as user_annotations, no markers: the columns as they are, no copy
         keep_op = slice(None)
     op_ts = op["ts"][keep_op]
@@ -516,6 +520,8 @@ def _build_trace(path: str, t: dict, header: dict, meta_names: list) -> model.Tr
                             "name": marker_names})
     attach_locations(trace, markers=markers, call_stacks=op["call_stack"][keep_op])
     _metadata(trace, header, meta_names)
+    if roots:
+        placement_roots(trace, roots)
     _limitations(trace)
     return trace
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import model
+from .placement import calls_table, split_marker
 
 # Path fragments that mark library code. Kineto shortens paths relative to sys.path entries, so a
 # library file can also look like "torch/nn/modules/module.py": its first component is then checked
@@ -72,20 +73,23 @@ def attach_locations(trace: model.Trace, markers: pd.DataFrame = None, call_stac
     ops = trace.ops
     table = _LocationTable()
     loc = np.full(len(ops), -1, dtype=np.int64)
+    call = np.full(len(ops), -1, dtype=np.int64)
 
     if markers is not None and len(markers):
         names = pd.Series(markers["name"].to_numpy(), dtype=object)
         uniq, codes = np.unique(names.to_numpy().astype(str), return_inverse=True)
-        ids = []
+        ids, parsed = [], []
         for u in uniq:
-            body = u[len("npa.src:"):]
-            file, line, func = body.rsplit(":", 2)
-            ids.append(table.id(file, int(line), func, True))
+            file, line, func, flags = split_marker(u)
+            ids.append(table.id(file, line, func, True))
+            parsed.append(flags)
         marker_loc = np.asarray(ids, dtype=np.int64)[codes]
         m_ts = markers["ts"].to_numpy()
         hit = model.innermost_enclosing(m_ts, m_ts + markers["dur"].to_numpy(), markers["tid"].to_numpy(),
                                         ops["ts"].to_numpy(), ops["tid"].to_numpy())
         loc = np.where(hit >= 0, marker_loc[np.where(hit >= 0, hit, 0)], -1)
+        call = hit
+        trace.calls = calls_table(markers, parsed, codes, marker_loc, trace.steps)
 
     if call_stacks is not None and (loc < 0).any():
         stacks = np.asarray(call_stacks, dtype=object)
@@ -127,6 +131,7 @@ def attach_locations(trace: model.Trace, markers: pd.DataFrame = None, call_stac
     _inherit_from_parents(loc, parent)
 
     ops["loc"] = loc
+    ops["call"] = call
     trace.locations = table.frame()
     op_loc = np.append(loc, -1)  # position -1 -> -1
     for df in (trace.runtime, trace.kernels):

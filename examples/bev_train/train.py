@@ -281,7 +281,7 @@ def synthetic_batch(batch_size, generator):
 def lane_loss(pred_ctrl, gt_lanes, valid_len):
     pred_pts = LaneHead.densify(pred_ctrl).flatten(0, 1)                          # (bs*lanes, P, 2)
     gt_pts = gt_lanes.flatten(0, 1)
-    gt_pts_mask = torch.zeros(gt_pts.shape[:2], dtype=gt_pts.dtype)
+    gt_pts_mask = torch.zeros(gt_pts.shape[:2], dtype=gt_pts.dtype, device=gt_pts.device)
     for i, ll in enumerate(valid_len):
         gt_pts_mask[i][:ll] = 1  # npa-example: valid-len-mask
     diff = (pred_pts - gt_pts).abs().sum(-1) * gt_pts_mask
@@ -302,13 +302,15 @@ def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    model = BEVModel()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = BEVModel().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)  # npa-example: adamw
     model.train()
     for epoch in range(args.epochs):
         started = time.perf_counter()
         for step in range(args.steps_per_epoch):
-            imgs, gt_lanes, valid_len, heatmap, gt_traj, avails = synthetic_batch(args.batch_size, generator)
+            batch = synthetic_batch(args.batch_size, generator)
+            imgs, gt_lanes, valid_len, heatmap, gt_traj, avails = (t.to(device) for t in batch)
             lanes, heat_logits, (traj, conf, cov) = model(imgs)
             loss_lane = lane_loss(lanes, gt_lanes, valid_len)
             loss_heat = F.binary_cross_entropy_with_logits(heat_logits, heatmap)
