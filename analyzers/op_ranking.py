@@ -16,7 +16,7 @@ from npu_advise import model
 from npu_advise.findings import Evidence, Finding, severity_for_share
 from npu_advise.rules import Rule
 
-from . import Analysis
+from . import Analysis, placement
 from .common import category_codes, category_mask, location, step_stats, us
 
 # A hotspot finding for each operator / kernel that takes at least this share of the average step.
@@ -121,10 +121,15 @@ def analyze(trace, ctx) -> Analysis:
     keep = ~category_mask(ops["name"], WRAPPER_NAME.match)
     if stats.from_ranges:
         keep &= ops["step"].to_numpy() >= 0
+    if placement.recorded(trace) and not trace.has_device_timeline:
+        # Predicting for the NPU: ops on host-only tensors (data preparation) will not run there, and
+        # what torch components (optimizer, grad scaler) do is their rules' (NPA601), not a user line's.
+        keep &= (placement.per_op(trace, "on_device", -1) != 0) & ~placement.by_component(trace)
     host_table, host_locs = _rank(trace, codes[keep], cats, self_ns[keep], ops["loc"].to_numpy()[keep], stats,
                                   ctx.project_root)
     out.tables["op_ranking.host"] = host_table
-    out.findings += _hotspots(host_table, host_locs, stats, "NPA101", "host")
+    out.findings += _hotspots(host_table, host_locs, stats, "NPA101", "host",
+                              predicted=not trace.has_device_timeline)
 
     if trace.has_device_timeline:
         k = trace.kernels
@@ -139,7 +144,9 @@ def analyze(trace, ctx) -> Analysis:
     return out
 
 
-def _hotspots(table: pd.DataFrame, locmap: dict, stats, rule: str, side: str) -> list:
+def _hotspots(table: pd.DataFrame, locmap: dict, stats, rule: str, side: str, predicted: bool = False) -> list:
+    """Hotspot findings; on a CPU trace (`predicted`) at most "low": CPU time of an op is context for
+    the NPU, not a problem to fix there."""
     findings = []
     steps_how = (f"averaged over {stats.count} ProfilerStep(s)" if stats.from_ranges
                  else "the whole trace counted as one step (no ProfilerStep ranges)")
@@ -153,7 +160,7 @@ def _hotspots(table: pd.DataFrame, locmap: dict, stats, rule: str, side: str) ->
             rule=rule, category="op_hotspot",
             title=f"{'Host op' if side == 'host' else 'Device kernel'} {short} takes "
                   f"{100 * row.share_of_step:.1f}% of the step",
-            severity=severity_for_share(row.share_of_step),
+            severity="low" if predicted else severity_for_share(row.share_of_step),
             evidence=[
                 Evidence("calls per step", round(row.count / stats.count, 2), "calls", f"count {steps_how}"),
                 Evidence(f"{measure} per step", row.per_step_us, "us", f"sum of {measure} {steps_how}"),

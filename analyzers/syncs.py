@@ -343,6 +343,7 @@ def _waits_for(trace, rt: pd.DataFrame):
                       int(min(c_end[j], t1[i]) - max(c_ts[j], t0[i]))) for j in hit[np.argsort(c_ts[hit])]]
     return explained, waited
 
+
 # What the user wrote, for the collector's sync-prone call names.
 _API_LABELS = {
     "item": ".item()", "tolist": ".tolist()", "__bool__": "bool(tensor) / `if tensor:`", "__int__": "int(tensor)",
