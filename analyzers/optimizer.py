@@ -203,7 +203,10 @@ def _finding(trace, ctx, stats, cls: str, ranges: pd.DataFrame) -> Optional[Find
         rule=RULE.code, category="optimizer",
         title=f"{'Foreach' if foreach else 'Unfused'} {cls} step issues {top_per_step:.0f} ops per step "
               f"({step_us_per_step:.0f} us){where}; use {fix_txt}",
-        severity=severity_for_share(share) if saving is not None else "medium",
+        # A foreach step is already multi-tensor: its op count does not grow with the parameters, so on a
+        # prediction it is a note, not a problem.
+        severity="info" if foreach and trace.device_type != "npu" else
+                 severity_for_share(share) if saving is not None else "medium",
         evidence=evidence, locations=locations, estimated_saving_us=round(saving, 3) if saving is not None else None,
         details=details, predicted=trace.device_type != "npu")
 

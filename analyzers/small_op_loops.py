@@ -28,7 +28,7 @@ from npu_advise.findings import Evidence, Finding, Location, severity_for_share
 from npu_advise.load.locations import is_user_file
 from npu_advise.rules import Rule
 
-from . import Analysis, placement, source
+from . import Analysis, dispatch_cost, placement, source
 from .common import relative_path, resolve_source, step_stats, us
 from .optimizer import ops_inside, step_ranges
 
@@ -38,6 +38,11 @@ MIN_ITERATIONS_PER_STEP = 8
 MIN_OPS_PER_STEP = 32
 # ... and its ops are "small": mean host duration per op at most this (µs).
 MAX_MEAN_OP_US = 100.0
+# On a CPU trace with placement records (only ops that would launch on the NPU counted): from this many
+# iterations, with mean CPU op time at most MAX_MEAN_OP_US_PREDICTED (excludes loops of big ops, such as
+# recurrent cells, whose device time would dominate their dispatch).
+MIN_ITERATIONS_PREDICTED = 2
+MAX_MEAN_OP_US_PREDICTED = 500.0
 # Function-level (non-exact) locations: a function is reported when it issues at least this many
 # small top-level ops per step and its source contains a loop.
 MIN_FUNCTION_OPS_PER_STEP = 200
@@ -57,7 +62,9 @@ RULE = Rule(
         "arange of ratios, masks with arange(n) < lengths[:, None]); batch per-element work along a new "
         "dimension; use an mx_driving fused operator where one exists.",
     thresholds={"MIN_ITERATIONS_PER_STEP": MIN_ITERATIONS_PER_STEP, "MIN_OPS_PER_STEP": MIN_OPS_PER_STEP,
-                "MAX_MEAN_OP_US": MAX_MEAN_OP_US, "MIN_FUNCTION_OPS_PER_STEP": MIN_FUNCTION_OPS_PER_STEP},
+                "MAX_MEAN_OP_US": MAX_MEAN_OP_US, "MIN_FUNCTION_OPS_PER_STEP": MIN_FUNCTION_OPS_PER_STEP,
+                "MIN_ITERATIONS_PREDICTED": MIN_ITERATIONS_PREDICTED,
+                "MAX_MEAN_OP_US_PREDICTED": MAX_MEAN_OP_US_PREDICTED},
 )
 
 
@@ -187,6 +194,7 @@ def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
         entry = loops.setdefault((file, loop.line), {"loop": loop, "path": path, "lines": {},
                                                      "function": str(locs.at[int(where), "function"])})
         entry.setdefault("roots", []).extend(group["root"].tolist())
+        entry.setdefault("names", []).extend(group["name"].tolist())
         st = _line_stats(group)
         # One source line can appear under several function names (a comprehension): merge.
         prev = entry["lines"].get(line)
@@ -215,7 +223,13 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     items = sum(s["items"] for s in lines.values())
     ops_per_step = ops_total / n
     mean_op_us = host_ns / ops_total / 1000.0
-    if iterations < MIN_ITERATIONS_PER_STEP or ops_per_step < MIN_OPS_PER_STEP or mean_op_us > MAX_MEAN_OP_US:
+    if placement.recorded(trace) and not trace.has_device_timeline:
+        # Only ops that launch on the NPU were counted: each pays its dispatch cost there whatever its CPU
+        # time, so a loop is worth vectorizing from fewer iterations, and "small" is judged loosely on CPU time.
+        min_iterations, max_mean_us = MIN_ITERATIONS_PREDICTED, MAX_MEAN_OP_US_PREDICTED
+    else:
+        min_iterations, max_mean_us = MIN_ITERATIONS_PER_STEP, MAX_MEAN_OP_US
+    if iterations < min_iterations or ops_per_step < MIN_OPS_PER_STEP or mean_op_us > max_mean_us:
         return None
     ops_per_iteration = ops_per_step / iterations
     host_us = host_ns / n / 1000.0
@@ -235,7 +249,9 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
                  "top-level ops issued by the loop's lines (forward only) / steps"),
         Evidence("aten ops per step incl. nested", round((ops_total + nested_total) / n, 3), "ops",
                  "top-level ops plus the ops nested inside them / steps"),
-        Evidence("host time per step", round(host_us, 3), "us", "sum of top-level op host durations / steps"),
+        Evidence("host time per step", round(host_us, 3), "us", "sum of top-level op host durations / steps"
+                 + (" (CPU time under the profiler on this run: not what an NPU pays)"
+                    if not trace.has_device_timeline else "")),
         Evidence("mean op time", round(mean_op_us, 3), "us", "host time / top-level ops"),
         Evidence("vectorized cost estimate", round(vectorized_us, 3), "us",
                  "ops per iteration x mean op time: one pass of the body over all iterations at once"),
@@ -243,12 +259,20 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     if items:
         evidence.append(Evidence("item() calls per step", round(items / n, 3), "calls",
                                  "aten::item / _local_scalar_dense among the loop's ops: one stream sync each on an NPU"))
-    share = saving * 1000.0 / stats.mean_ns if stats.mean_ns else 0.0
     predicted = not trace.has_device_timeline
-    evidence.append(Evidence("estimated saving per step", round(saving, 3), "us",
-                             "host time per step - vectorized cost estimate"
-                             + (" (CPU host time: dispatch + compute of each op; on an NPU the dispatch part stays)"
-                                if predicted else "")))
+    if predicted:
+        # The CPU time under the profiler is not what the NPU pays: cost the launches with the NPU
+        # dispatch-cost model; one vectorized pass of the body (ops per iteration) stays.
+        npu_us, npu_how = dispatch_cost.launches(entry["names"], n)
+        saving = npu_us * (1.0 - 1.0 / iterations)
+        evidence.append(Evidence("NPU dispatch time per step", round(npu_us, 3), "us", npu_how))
+        evidence.append(Evidence("estimated saving per step", round(saving, 3), "us",
+                                 "NPU dispatch time per step x (1 - 1 / iterations): a vectorized body dispatches "
+                                 "its ops once, not once per iteration"))
+    else:
+        evidence.append(Evidence("estimated saving per step", round(saving, 3), "us",
+                                 "host time per step - vectorized cost estimate"))
+    share = saving * 1000.0 / stats.mean_ns if stats.mean_ns else 0.0
     if predicted:
         placed = placement.provenance(trace, entry.get("roots", [])) if placement.recorded(trace) else None
         evidence.append(Evidence("placement", "device tensors" if placed else "not recorded", "",

@@ -25,7 +25,7 @@ from npu_advise import model
 from npu_advise.findings import Evidence, Finding, severity_for_share
 from npu_advise.rules import Rule
 
-from . import Analysis, placement
+from . import Analysis, dispatch_cost, placement
 from .common import category_codes, category_mask, location, step_stats, us
 from npu_advise.model import covered_before, merge_intervals
 
@@ -57,6 +57,8 @@ MIN_SYNCS_PER_STEP = 1
 MAX_FINDINGS = 20
 # Predicted syncs (CPU trace): severity "medium" from this many calls per step, else "low".
 PREDICTED_MEDIUM_PER_STEP = 10
+# ... and "info" below this many per step: a periodic read (logging every N steps) costs one sync per N steps.
+PERIODIC_BELOW_PER_STEP = 0.5
 
 RULE_MEASURED = Rule(
     "NPA301", "device-sync", "sync",
@@ -80,7 +82,8 @@ RULE_PREDICTED = Rule(
         "for the device to drain its queue and then restarts the launch pipeline.",
     fix="Same as NPA301: keep the value on the device (tensor ops, torch.where instead of x[mask], fixed-size "
         "outputs), or read it once every N steps instead of every step.",
-    thresholds={"PREDICTED_MEDIUM_PER_STEP": PREDICTED_MEDIUM_PER_STEP, "MAX_FINDINGS": MAX_FINDINGS},
+    thresholds={"PREDICTED_MEDIUM_PER_STEP": PREDICTED_MEDIUM_PER_STEP, "PERIODIC_BELOW_PER_STEP": PERIODIC_BELOW_PER_STEP,
+                "MAX_FINDINGS": MAX_FINDINGS},
 )
 
 
@@ -361,11 +364,10 @@ _API_LABELS = {
 
 
 def _reads_device(trace) -> np.ndarray:
-    """Per op: its call read a device tensor, or (not a sync-prone call by name) touched device tensors;
-    and no torch component (optimizer, grad scaler) made it."""
-    sync = placement.per_op(trace, "sync", -1)
-    on_device = placement.per_op(trace, "on_device", -1)
-    return ((sync == 1) | ((sync == -1) & (on_device == 1))) & ~placement.by_component(trace)
+    """Per op: its call is a sync-prone read of a device tensor, not made by a torch component (optimizer,
+    grad scaler). A sync-named op inside another call (`one_hot`'s range check, `inverse`'s error check
+    on the CPU) is that CPU kernel's implementation, not what the NPU kernel does."""
+    return (placement.per_op(trace, "sync", -1) == 1) & ~placement.by_component(trace)
 
 
 def _add_device_reads(trace, stats, counted_roots: np.ndarray, group_for) -> None:
@@ -513,8 +515,13 @@ def _finding(trace, g, stats, ctx):
                    "no sync runtime call inside these ops: the tensors were on the host in this run")]
     details["note"] = ("costs nothing on the CPU; on an NPU each call blocks until the device queue drains"
                        if on_cpu else "no sync was measured here; a sync if these tensors move to the device")
+    saving = None
     if placement.recorded(trace):
         details["placement"] = placement.provenance(trace, g.get("roots", []))
+        if on_cpu:
+            saving, how = dispatch_cost.syncs(round(calls_ps, 2))
+            saving = round(saving, 3)
+            ev.append(Evidence("estimated saving per step", saving, "us", how))
         ev.append(Evidence("placement", "device tensor", "", "the read tensor would live on the NPU: "
                            + details["placement"]))
     else:
@@ -523,6 +530,10 @@ def _finding(trace, g, stats, ctx):
                            "npu-advise's collector or before it tracked placement): predicted from operator names"))
     title = f"{calls_ps:.1f} sync-prone call{'s' if calls_ps != 1 else ''}/step at {site} ({', '.join(causes)})"
     severity = ("medium" if calls_ps >= PREDICTED_MEDIUM_PER_STEP else "low") if on_cpu else "info"
+    if stats.from_ranges and calls_ps < PERIODIC_BELOW_PER_STEP:
+        # in fewer than half of the recorded steps: periodic logging, one sync every N steps
+        severity = "info"
+        details["note"] += "; it ran in fewer than half of the recorded steps (periodic, e.g. logging every N steps)"
     return Finding(rule="NPA302", category="sync", title=title + where_note, severity=severity, evidence=ev,
-                   locations=[loc] if loc else [], estimated_saving_us=None, predicted=True,
+                   locations=[loc] if loc else [], estimated_saving_us=saving, predicted=True,
                    subject=None if loc else site, details=details)

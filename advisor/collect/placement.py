@@ -46,6 +46,7 @@ _READS = {
 _MASK_WRITES = {"masked_fill", "masked_fill_", "masked_scatter", "masked_scatter_"}
 _HOST_RESULTS = {"cpu", "pin_memory", "numpy", "tolist", "item"}
 _DEVICE_RESULTS = {"cuda", "npu"}
+_PLACING = {"to", "cuda", "npu"}
 _HOST_FACTORIES = {"tensor", "from_numpy", "as_tensor", "asarray", "frombuffer"}
 # Library code that belongs to a torch component, by path fragment: its calls are the component's work
 # (NPA601 for the optimizer), never the user line that called it.
@@ -220,6 +221,11 @@ class Placement:
         return None
 
     # -- per call ---------------------------------------------------------------------------
+    def places(self, func, kwargs) -> bool:
+        """Whether a call places a tensor explicitly (`.to(...)`, `.cuda()`, `.npu()`, `device=`): these are
+        tracked from the script's start, so tensors made at start-up (anchors) keep their placement; one
+        dictionary lookup per torch call outside tracking."""
+        return bool(kwargs and "device" in kwargs) or self._name(func) in _PLACING
     def _name(self, func) -> str:
         try:
             name = self._names.get(func)

@@ -151,9 +151,11 @@ class SourceMarkMode(TorchFunctionMode):
             callback()   # stops the profiler, writes the trace; may raise SystemExit to end the script
         tracker = self.placement
         if not state.recording or func in self._unmarked:
-            if tracker is None or not state.tracking:
+            if tracker is None:
                 return func(*args, **kwargs)
-            return self._track_only(tracker, func, args, kwargs)
+            if state.tracking or tracker.places(func, kwargs):
+                return self._track_only(tracker, func, args, kwargs)
+            return func(*args, **kwargs)
         if tracker is None:
             name = self.frames.marker_name(sys._getframe(1))
             if name is None:
@@ -187,7 +189,8 @@ class SourceMarkMode(TorchFunctionMode):
 
     def _track_only(self, tracker, func, args, kwargs):
         """The profiler's warmup step (not recorded): placement is tracked, nothing is marked, so the
-        tensors that the first recorded step reads (last step's loss) are known."""
+        tensors that the first recorded step reads (last step's loss) are known. Before it, only explicit
+        placements (anchors made with `.to(device)` at start-up) are."""
         caller = sys._getframe(2)
         site = self.frames.site(caller)
         if site is None:

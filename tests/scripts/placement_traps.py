@@ -37,6 +37,7 @@ def main():
     torch.manual_seed(0)
     model = Head().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    anchors = torch.linspace(-1, 1, 8).to(device)    # placed before recording starts
     for step in range(8):
         x = torch.randn(64, 16)
         targets = make_targets(64)
@@ -58,7 +59,8 @@ def main():
         snapshot = pred_d.cpu()                   # real: device -> host copy
         first = snapshot[0, 0].item()             # trap: item on a tensor already on the host
         value = loss.item()                       # real: item on the loss
-    print(value, scale, total, first)
+        lowest = anchors[0].item()                # real: item on a device tensor placed at start-up
+    print(value, scale, total, first, lowest)
 
 
 if __name__ == "__main__":
