@@ -98,6 +98,28 @@ def measure(src: Path, root: Path, rtol: float, ac) -> dict:
     return res
 
 
+def ground_truth_coverage(results: list, dirs: list, root: Path, score) -> dict:
+    """The corpus scorer's fix coverage (high+medium loop/sync ground-truth items, missed ones included), with
+    a fix proven statically, and proven or accepted at script level."""
+    rows = {(r["script"], row["rule"], row["file"], row["line"]): row for r in results for row in r.get("findings", [])}
+    items = proven = covered = 0
+    for d in dirs:
+        doc = root / d.name / "before" / "findings.json"
+        if not doc.exists():
+            continue
+        s = score.score_script(score.load_truth(d), json.loads(doc.read_text()), d)
+        items += sum(1 for it in s.misses if it.categories & score.FIXABLE_CATEGORIES)
+        for it, fs in s.recalled:
+            if not it.categories & score.FIXABLE_CATEGORIES:
+                continue
+            items += 1
+            got = [rows.get((d.name, f["rule"], f["locations"][0]["file"], f["locations"][0]["line"]))
+                   or {"proven": bool((f.get("fix") or {}).get("auto_applicable")), "accepted": False} for f in fs]
+            proven += any(g["proven"] for g in got)
+            covered += any(g["proven"] or g["accepted"] for g in got)
+    return {"items": items, "proven": proven, "covered": covered}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=str(REPO / "tests" / "corpus"))
@@ -118,6 +140,7 @@ def main(argv=None) -> int:
     try:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             results = list(pool.map(lambda d: measure(d, root, args.rtol, ac), dirs))
+        truth = ground_truth_coverage(results, dirs, root, score)
     finally:
         if tmp:
             tmp.cleanup()
@@ -138,13 +161,17 @@ def main(argv=None) -> int:
               f"{sum(r.get('proven', 0) for r in results)} ({100 * sum(r.get('proven', 0) for r in results) / hm:.0f}%); "
               f"proven or accepted at script level: {sum(r.get('covered', 0) for r in results)} "
               f"({100 * sum(r.get('covered', 0) for r in results) / hm:.0f}%)")
+    if truth["items"]:
+        print(f"ground-truth high+medium loop/sync items (score.py's fix coverage): {truth['items']}; with a proven fix: "
+              f"{truth['proven']} ({100 * truth['proven'] / truth['items']:.0f}%); proven or accepted at script level: "
+              f"{truth['covered']} ({100 * truth['covered'] / truth['items']:.0f}%)")
     cuts = [r["host_ops_cut"] for r in results if "host_ops_cut" in r and r.get("loop_case")]
     if cuts:
         print(f"median host-ops cut over {len(cuts)} loop cases with applied fixes: {100 * statistics.median(cuts):.0f}%")
     broken = [r["script"] for r in results if r["status"] == "broken"]
     print(f"scripts broken by applied fixes: {len(broken)}" + (f" ({', '.join(broken)})" if broken else ""))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"scripts": results, "ground_truth": truth}, indent=1))
     return 1 if broken else 0
 
 

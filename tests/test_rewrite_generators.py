@@ -522,3 +522,21 @@ def test_foreach_updates(shapes):
         old(ps, 0.1)
         new(qs, 0.1)
     _same([p.detach() for p in ps], qs)
+
+
+def test_scalar_reads_through_a_one_step_alias():
+    src = '''import torch
+
+
+def draw(heat, labels, n):
+    labels = labels.long()
+    for k in range(n):
+        cls = labels[k]
+        heat[cls] += 1
+    return heat
+'''
+    [r] = scalar_reads.candidates(src, line_of(src, "heat[cls] += 1"))
+    assert "cls = labels_host[k]" in r.new_source and r.auto_applicable
+    old, new = _pair(src, r, "draw")
+    labels = torch.tensor([2, 0, 2, 1])
+    _same(old(torch.zeros(3, 2), labels, 4), new(torch.zeros(3, 2), labels, 4))

@@ -337,12 +337,12 @@ def _rewrite_indexed(meta, module, loop: cst.For) -> Optional[Rewrite]:
     i = index.value
     parents = parents_of(loop.body)
     reads = {}          # code(T) -> [(subscript node, context)]
+    function = enclosing_function(meta, loop)
     for sub in _subscripts_by(loop.body, i):
-        ctx = scalar_context(sub, parents)
+        ctx = scalar_context(sub, parents) or _alias_context(meta, function, loop, sub, parents)
         if ctx is not None:
             reads.setdefault(code(sub.value), []).append((sub, ctx))
     chosen = {}
-    function = enclosing_function(meta, loop)
     for seq_c, hits in reads.items():
         seq = hits[0][0].value
         names = names_in(seq)
@@ -379,6 +379,44 @@ def _rewrite_indexed(meta, module, loop: cst.For) -> Optional[Rewrite]:
                    verified=[f"{what} {'is' if len(chosen) == 1 else 'are'} not assigned or changed in place in the loop "
                              f"and read there as `[{i}]` element(s) in scalar contexts (each such element is one value, "
                              f"so the flattened list holds them at the same index)"])
+
+
+def _alias_context(meta, function, loop, sub, parents: dict) -> Optional[str]:
+    """The scalar context of `name` in `name = T[i]` when every later use of `name` in the body is a scalar
+    read and `name` is bound only there and not read after the loop (`cls = labels[k]; heat[cls]`)."""
+    assign = parents.get(sub)
+    if not (isinstance(assign, cst.Assign) and assign.value is sub and len(assign.targets) == 1
+            and isinstance(assign.targets[0].target, cst.Name)):
+        return None
+    name = assign.targets[0].target.value
+    uses = [u for u in _uses(loop.body, name) if u is not assign.targets[0].target]
+    contexts = [scalar_context(u, parents) for u in uses]
+    if not uses or None in contexts or _bindings(loop.body, name) != 1 or used_after(meta, function, loop, {name}):
+        return None
+    return _INEXACT if _INEXACT in contexts else _EXACT
+
+
+def _bindings(body, name: str) -> int:
+    found = []
+
+    def binds(target) -> bool:
+        return any(n.value == name for n in _target_names(target))
+
+    class _V(cst.CSTVisitor):
+        def visit_AssignTarget(self, node) -> None:
+            if binds(node.target):
+                found.append(node)
+
+        def visit_AugAssign(self, node) -> None:
+            if binds(node.target):
+                found.append(node)
+
+        def visit_For(self, node) -> None:
+            if binds(node.target):
+                found.append(node)
+
+    body.visit(_V())
+    return len(found)
 
 
 def _is_listed(meta, function, seq, loop) -> bool:
