@@ -61,12 +61,13 @@ class Net(nn.Module):
 def main():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    model = Net()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = Net().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for step in range(6):
-        points = torch.randn(ROWS, 20, 3, generator=gen)
-        labels = torch.randint(0, NUM_CLASSES, (ROWS,), generator=gen)
-        lengths = torch.randint(1, WIDTH, (ROWS,), generator=gen)
+        points = torch.randn(ROWS, 20, 3, generator=gen).to(device)
+        labels = torch.randint(0, NUM_CLASSES, (ROWS,), generator=gen).to(device)
+        lengths = torch.randint(1, WIDTH, (ROWS,), generator=gen).to(device)
         loss = model(points, labels, lengths)
         opt.zero_grad()
         loss.backward()
