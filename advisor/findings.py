@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"   # 1.1: Fix.function, Fix.function_lines, Fix.verification
 
 CATEGORIES = (
     "op_hotspot", "host_bound", "communication", "sync", "cpu_fallback", "small_op_loop",
@@ -54,6 +54,10 @@ class Fix:
     # (first, last) line before the change; what the verification stage swaps in.
     function: Optional[str] = None
     function_lines: Optional[list] = None
+    # What the verification stage found on the user's own run (npu_advise.verify): status "verified",
+    # "rejected" (then auto_applicable is False) or "not_verifiable", the reason, the numbers and a
+    # one-sentence "summary". None when the stage did not run.
+    verification: Optional[dict] = None
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The analysis pipeline: load -> analyze -> recommend -> render. Shared by `profile` and `analyze`."""
+"""The analysis pipeline: load -> analyze -> recommend (-> verify, npu_advise.verify) -> render. Shared by
+`profile`, `analyze` and `verify`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class Report:
     ranks: Optional[object] = None        # cross-rank Analysis (multi-rank profiles), else None
     collection: dict = field(default_factory=dict)   # how the profile was collected (profile command)
     project_root: Optional[str] = None
+    candidates: dict = field(default_factory=dict)   # finding id -> Candidate, for the verification stage
 
 
 def analyze_profile(path, project_root: Optional[Path] = None, rank: Optional[int] = None,
@@ -42,7 +44,7 @@ def analyze_profile(path, project_root: Optional[Path] = None, rank: Optional[in
     ctx.findings.extend(recommend(trace, ctx))
     return Report(trace=trace, findings=F.rank(ctx.findings), tables=ctx.tables,
                   limitations=list(trace.limitations), ranks=ranks, collection=collection or {},
-                  project_root=str(project_root) if project_root else None)
+                  project_root=str(project_root) if project_root else None, candidates=ctx.candidates)
 
 
 def _pick_rank(traces: list, rank: Optional[int], ranks) -> object:

@@ -114,8 +114,8 @@ class Candidate:
         self.npu_calls = _calls_into(self.function_source, self.requires)
 
 
-def _defs(tree: ast.Module) -> dict:
-    """qualified name -> (first line incl. decorators, last line) of every def, as Python's __qualname__."""
+def function_defs(tree: ast.Module) -> dict:
+    """qualified name (as Python's __qualname__) -> (def node, the statement list holding it)."""
     out = {}
 
     def walk(body, prefix: str, in_function: bool):
@@ -124,8 +124,7 @@ def _defs(tree: ast.Module) -> dict:
                 name = f"{prefix}{'<locals>.' if in_function else ''}{node.name}"
                 is_def = not isinstance(node, ast.ClassDef)
                 if is_def and name not in out:      # a redefinition keeps the first (a rare, unverifiable case)
-                    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-                    out[name] = (first, node.end_lineno)
+                    out[name] = (node, body)
                 walk(node.body, name + ".", is_def)
             else:
                 for child_body in _bodies(node):
@@ -133,6 +132,12 @@ def _defs(tree: ast.Module) -> dict:
 
     walk(tree.body, "", False)
     return out
+
+
+def _defs(tree: ast.Module) -> dict:
+    """qualified name -> (first line incl. decorators, last line) of every def."""
+    return {name: (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno)
+            for name, (node, _) in function_defs(tree).items()}
 
 
 def _bodies(node) -> list:

@@ -1,0 +1,216 @@
+"""Parent side of the verification stage: which candidates can be run, in how many extra runs, and what
+each result means for the finding's fix.
+
+A candidate is run when it replaces one function (not module-level code), its file is unchanged since
+the analysis, and every NPU-only API its new code calls has a pure-PyTorch reference. Candidates that
+replace the same function go into separate runs; identical candidates (the NPA501 and NPA302 findings
+of one loop) are run once and share the result. Each run is the profiled script again (same argv, cwd,
+interpreter), in a child process with a time limit, for at most the profile's wait + warmup + active
+optimizer steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from npu_advise.apply.safety import sha256_text
+from npu_advise.recommendations.candidates import MODULE_LEVEL
+
+from . import summary
+from .references import REFERENCES
+
+CHILD_MODULE = "npu_advise.verify.child"
+MAX_CALLS = 24                 # compared calls per candidate
+CALL_TIMEOUT_S = 30.0          # one call of a rewrite
+MIN_RUN_TIMEOUT_S = 120.0      # the whole run: at least this, else 3x the profiled run's wall time
+
+
+@dataclass
+class RunStats:
+    runs: int = 0
+    wall_seconds: float = 0.0
+    steps: int = 0
+    outcomes: list = field(default_factory=list)
+
+
+def verify_report(report, candidates: dict, collection: dict, max_calls: int = MAX_CALLS,
+                  timeout_s: Optional[float] = None, echo=None) -> RunStats:
+    """Verify the report's candidates on a re-run of the profiled script; sets `fix.verification` on every
+    finding with a candidate (a rejected one stops being auto-applicable)."""
+    stats = RunStats()
+    pending = {}                                  # target id -> (spec, [findings])
+    for f in report.findings:
+        c = candidates.get(f.id)
+        if c is None or f.fix is None or not f.fix.diff:
+            continue
+        why = _not_runnable(c, collection)
+        if why is not None:
+            _set(f, {"status": "not_verifiable", "reason": why, "on_this_machine": bool(c.requires)})
+            continue
+        tid = _target_id(c)
+        spec = pending.get(tid, ({"id": tid, "file": str(c.path), "function": c.function,
+                                  "function_source": c.function_source, "npu_calls": list(c.npu_calls)}, []))
+        spec[1].append(f)
+        pending[tid] = spec
+    if not pending:
+        return stats
+    for round_ in _rounds(list(pending.values())):
+        specs = [s for s, _ in round_]
+        results, outcome, wall = _run(specs, collection, max_calls, timeout_s, echo)
+        stats.runs += 1
+        stats.wall_seconds += wall
+        stats.steps = max(stats.steps, results.get("steps") or 0)
+        stats.outcomes.append(outcome)
+        by_id = {r["id"]: r for r in results.get("targets", [])}
+        for spec, findings in round_:
+            result = _final(by_id.get(spec["id"]), results, outcome, spec)
+            for f in findings:
+                _set(f, dict(result))
+    return stats
+
+
+def _not_runnable(c, collection: dict) -> Optional[str]:
+    if collection.get("launcher") == "torchrun":
+        return "multi-process (torchrun) runs are not re-run for verification"
+    if not collection.get("script"):
+        return "the report does not record the script that was profiled (analyze of a foreign trace)"
+    if c.function in (None, MODULE_LEVEL):
+        what = "module-level code (imports, the entry point's set-up)"
+        if c.requires:
+            return f"changes {what} and needs {', '.join(c.requires)}, which is not installed here"
+        return f"changes {what}, which cannot be run beside the original"
+    missing = [n for n in c.npu_calls if n not in REFERENCES]
+    if missing:
+        return (f"the new code calls {', '.join(missing)} ({', '.join(c.requires)} is not installed here), which "
+                f"has no pure-PyTorch reference")
+    if c.requires and not c.npu_calls:
+        return f"the new code needs {', '.join(c.requires)}, which is not installed here"
+    try:
+        on_disk = Path(c.path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return f"{c.file} cannot be read"
+    if sha256_text(on_disk) != sha256_text(c.old_source):
+        return f"{c.file} changed since the analysis"
+    return None
+
+
+def _target_id(c) -> str:
+    key = "\0".join([str(c.path), c.function, c.function_source or "", ",".join(c.npu_calls)])
+    return "T" + hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def _rounds(items: list) -> list:
+    """Greedy grouping: no two targets of one run replace the same function."""
+    rounds = []
+    for spec, findings in items:
+        key = (spec["file"], spec["function"])
+        for r in rounds:
+            if all((s["file"], s["function"]) != key for s, _ in r):
+                r.append((spec, findings))
+                break
+        else:
+            rounds.append([(spec, findings)])
+    return rounds
+
+
+def _python_of(collection: dict) -> str:
+    try:
+        return shlex.split(collection.get("command") or "")[0]
+    except (ValueError, IndexError):
+        return sys.executable
+
+
+def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[float], echo):
+    from npu_advise.collect.runner import _child_env
+
+    schedule = collection.get("schedule") or {}
+    max_steps = 0 if collection.get("mode") == "window" else \
+        int(schedule.get("wait", 1)) + int(schedule.get("warmup", 1)) + int(schedule.get("active", 3))
+    if timeout_s is None:
+        timeout_s = max(MIN_RUN_TIMEOUT_S, 3 * float(collection.get("wall_seconds") or 0))
+    python = _python_of(collection)
+    with tempfile.TemporaryDirectory(prefix="npu_advise_verify_") as tmp:
+        results_path = Path(tmp) / "results.json"
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps({"results": str(results_path), "max_calls": max_calls, "max_steps": max_steps,
+                                         "call_timeout_s": CALL_TIMEOUT_S, "targets": specs}), encoding="utf-8")
+        cmd = [python, "-m", CHILD_MODULE, str(spec_path), "--", str(collection["script"]),
+               *[str(a) for a in collection.get("args") or []]]
+        if echo is not None:
+            echo(f"npu-advise: verifying {len(specs)} rewrite{'s' if len(specs) != 1 else ''} on a re-run of "
+                 f"{collection['script']} (up to {max_steps or 'the script'} steps, {max_calls} calls each, "
+                 f"time limit {timeout_s:g} s)")
+        started = time.perf_counter()
+        killed = False
+        try:
+            proc = subprocess.Popen(cmd, cwd=collection.get("cwd") or None, env=_child_env(python),
+                                    stdout=sys.stderr, start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                killed, code = True, None
+            except KeyboardInterrupt:
+                _kill(proc)
+                raise
+        except OSError as exc:
+            return {}, f"could not start {python}: {exc}", 0.0
+        wall = time.perf_counter() - started
+        try:
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            results = {}
+    if killed:
+        outcome = f"the verification run was stopped at its time limit of {timeout_s:g} s"
+    elif code is not None and code < 0:
+        outcome = f"the verification run was killed by signal {-code}"
+    else:
+        outcome = results.get("outcome") or f"the verification run ended with status {code} before it started"
+    results["killed"] = killed or (code is not None and code < 0)
+    return results, outcome, wall
+
+
+def _kill(proc) -> None:
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
+
+
+def _final(result: Optional[dict], results: dict, outcome: str, spec: dict) -> dict:
+    """A target's record, with what the run's end means for it (crash or kill during its call)."""
+    if result is None:
+        return {"status": "not_verifiable", "reason": f"no result: {outcome}"}
+    result = {k: v for k, v in result.items() if k != "id"}
+    in_progress = results.get("in_progress") or {}
+    if in_progress.get("id") == spec["id"] and results.get("killed"):
+        result.update(status="rejected", reason=f"call {in_progress.get('call')}: {outcome} while the rewrite ran "
+                                                f"(a hang or a crash of the process)")
+    elif result["status"] == "not_called":
+        result.update(status="not_verifiable",
+                      reason=f"{spec['function']} was not called in the verification run ({outcome} after "
+                             f"{results.get('steps', 0)} optimizer steps)")
+    elif result["status"] == "verified" and not result.get("calls"):
+        result.update(status="not_verifiable", reason=f"no call was compared ({outcome})")
+    if spec.get("npu_calls"):
+        result["reference"] = list(spec["npu_calls"])
+    result["run_outcome"] = outcome
+    return result
+
+
+def _set(finding, result: dict) -> None:
+    result["summary"] = summary.describe(result)
+    finding.fix.verification = result
+    if result["status"] == "rejected":
+        finding.fix.auto_applicable = False
