@@ -20,6 +20,7 @@ COMMANDS = {
     "apply": "npu_advise.commands.apply:apply",
     "compare": "npu_advise.commands.compare:compare",
     "rules": "npu_advise.commands.rules:rules",
+    "verify": "npu_advise.commands.verify:verify",
 }
 
 

@@ -23,6 +23,9 @@ A **fix generator** gives an analyzer's finding its fix::
   when none does, the first advice Fix is kept. The verification stage then runs each Candidate beside
   the function it replaces on the user's own run.
 
+Generators outside this package (a project's own, or a test's) load from the modules named in the
+environment variable NPU_ADVISE_GENERATORS (comma-separated, importable from sys.path).
+
 A **source scanner** finds new findings in the project's source (fused ops, migration steps)::
 
     @source_scanner("fused_ops", order=10)
@@ -33,11 +36,13 @@ A **source scanner** finds new findings in the project's source (fused ops, migr
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
 GENERATOR_PACKAGE = __package__ + ".generators"
+EXTRA_MODULES_ENV = "NPU_ADVISE_GENERATORS"
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,12 @@ def _load() -> None:
     package = importlib.import_module(GENERATOR_PACKAGE)
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         importlib.import_module(f"{GENERATOR_PACKAGE}.{info.name}")
+    for name in filter(None, (m.strip() for m in os.environ.get(EXTRA_MODULES_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            from npu_advise.errors import UserError
+            raise UserError(f"{EXTRA_MODULES_ENV}: cannot import {name} ({type(exc).__name__}: {exc})") from None
     _loaded[0] = True
 
 

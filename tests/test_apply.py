@@ -99,8 +99,16 @@ def project(tmp_path):
     return root, report, {f.rule: f.id for f in findings}
 
 
+VERIFIED = {"status": "verified", "summary": "verified on 1 call in this run (test fixture)"}
+
+
 def _write_report(report, root, findings):
+    """findings.json of `findings`; code fixes without a verification record count as verified (these
+    tests are about patching; test_unverified_and_rejected_fixes covers the verification gate)."""
     report.mkdir(exist_ok=True)
+    for f in findings:
+        if f.fix is not None and f.fix.diff and f.fix.verification is None:
+            f.fix.verification = dict(VERIFIED)
     doc = {"schema_version": SCHEMA_VERSION, "tool": {"name": "npu-advise"}, "project_root": str(root),
            "limitations": [], "findings": [f.to_dict() for f in findings]}
     (report / "findings.json").write_text(json.dumps(doc, indent=2))
@@ -521,3 +529,30 @@ def test_fixes_needing_missing_npu_packages_are_skipped_unless_asked(tmp_path, c
     code, out, err = run(["apply", report, "--include-npu-fixes"], capsys)
     assert code == 0, err
     assert (root / "train.py").read_text() == BOTH_FIXED
+
+
+def test_unverified_and_rejected_fixes(tmp_path, capsys):
+    """apply takes verified fixes only: an unverified one is skipped (applied with --include-unverified,
+    also by --fix), a rejected one is never applied."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "train.py").write_text(ORIGINAL)
+    mask = _code_fix("NPA501", "train.py", ORIGINAL, MASK_FIXED, 9, "build_mask", "small_op_loop")
+    mask.fix.verification = {"status": "not_verifiable", "summary": "not verifiable: build_mask was not called"}
+    rejected = _code_fix("NPA302", "train.py", ORIGINAL, ORIGINAL.replace("torch.zeros(", "torch.ones("), 8,
+                         "build_mask", "sync")
+    rejected.fix.verification = {"status": "rejected", "summary": "rejected: call 1: output[0] differs by 1"}
+    rejected.fix.auto_applicable = False            # as the verification stage leaves a rejected fix
+    report = tmp_path / "out"
+    _write_report(report, root, [mask, rejected])
+    code, out, err = run(["apply", report], capsys)
+    assert code == 0, err
+    assert f"{mask.id} train.py: skipped: not verifiable: build_mask was not called (--include-unverified" in out
+    assert rejected.id not in out and (root / "train.py").read_text() == ORIGINAL
+    code, out, err = run(["apply", report, "--fix", mask.id], capsys)
+    assert code == 2 and "--include-unverified applies it anyway" in err
+    code, out, err = run(["apply", report, "--fix", rejected.id, "--include-unverified"], capsys)
+    assert code == 2 and "rejected: call 1: output[0] differs by 1" in err
+    code, out, err = run(["apply", report, "--include-unverified"], capsys)
+    assert code == 0 and f"{mask.id} train.py: applied" in out
+    assert (root / "train.py").read_text() == MASK_FIXED

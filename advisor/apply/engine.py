@@ -53,17 +53,26 @@ def project_root_of(report: ReportFixes, override) -> Path:
     return root
 
 
-def select(report: ReportFixes, ids, include_npu_fixes: bool = False):
-    """(fixes to apply, fixes skipped): the named ones (each must exist and be auto-applicable), else
-    all auto-applicable code edits in report order — minus, unless `include_npu_fixes`, those whose new
-    code imports packages this environment lacks (torch_npu / mx_driving on a CPU or CUDA machine), which
-    would leave the script unable to run here."""
+def select(report: ReportFixes, ids, include_npu_fixes: bool = False, include_unverified: bool = False):
+    """(fixes to apply, [(fix, why skipped)]): the named ones (each must exist and be auto-applicable),
+    else all auto-applicable code edits in report order. Unless `include_unverified`, only fixes the
+    verification stage verified on the user's run; unless `include_npu_fixes`, not those whose new code
+    imports packages this environment lacks (torch_npu / mx_driving on a CPU or CUDA machine), which would
+    leave the script unable to run here. A rejected fix is never auto-applicable."""
     by_id = report.by_id()
     if not ids:
-        auto = [f for f in report.fixes if f.auto_applicable and f.is_code_edit]
-        if include_npu_fixes:
-            return auto, []
-        return [f for f in auto if not f.missing_requirements()], [f for f in auto if f.missing_requirements()]
+        chosen, skipped = [], []
+        for f in report.fixes:
+            if not (f.auto_applicable and f.is_code_edit):
+                continue
+            if not (f.verified or include_unverified):
+                skipped.append((f, f"{f.why_unverified()} (--include-unverified applies it anyway)"))
+            elif f.missing_requirements() and not include_npu_fixes:
+                skipped.append((f, f"needs {', '.join(f.missing_requirements())}, not importable here "
+                                   f"(--include-npu-fixes applies it anyway)"))
+            else:
+                chosen.append(f)
+        return chosen, skipped
     unknown = [i for i in ids if i not in by_id]
     if unknown:
         known = ", ".join(f.fix_id for f in report.fixes) or "none"
@@ -74,6 +83,9 @@ def select(report: ReportFixes, ids, include_npu_fixes: bool = False):
         if not (f.auto_applicable and f.is_code_edit):
             raise UserError(f"fix {i} ({f.rule}: {f.title}) cannot be applied automatically: it is "
                             f"{f.why_not_applicable()}. What to do: {f.description}")
+        if not (f.verified or include_unverified):
+            raise UserError(f"fix {i} ({f.rule}: {f.title}) is {f.why_unverified()}; "
+                            f"--include-unverified applies it anyway")
         chosen.append(f)
     order = {f.fix_id: k for k, f in enumerate(report.fixes)}
     return sorted(chosen, key=lambda f: order[f.fix_id]), []
@@ -163,14 +175,12 @@ def plan_file(rel: str, fixes: list, all_fixes_of_file: list, root: Path, journa
 
 
 def apply_fixes(report_dir, ids=None, dry_run: bool = False, project_root=None,
-                include_npu_fixes: bool = False) -> list:
+                include_npu_fixes: bool = False, include_unverified: bool = False) -> list:
     report = load_report_fixes(report_dir)
-    chosen, skipped = select(report, ids, include_npu_fixes)
+    chosen, skipped = select(report, ids, include_npu_fixes, include_unverified)
     root = project_root_of(report, project_root)
     journal = load_journal(report.report_dir)
-    outcomes = [Outcome(f.fix_id, f.file, SKIPPED,
-                        f"needs {', '.join(f.missing_requirements())}, not importable here "
-                        f"(--include-npu-fixes applies it anyway)") for f in skipped]
+    outcomes = [Outcome(f.fix_id, f.file, SKIPPED, why) for f, why in skipped]
     plans = []
     for rel in dict.fromkeys(f.file for f in chosen):
         mine = [f for f in chosen if f.file == rel]

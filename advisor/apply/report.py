@@ -25,6 +25,7 @@ class FixEntry:
     file_sha256: Optional[str]
     patched_sha256: Optional[str]
     requires: tuple = ()      # packages the new code imports (torch_npu, mx_driving, ...)
+    verification: Optional[dict] = None   # what the verification stage found (None: it did not run)
 
     def missing_requirements(self) -> list:
         import importlib.util
@@ -34,7 +35,18 @@ class FixEntry:
     def is_code_edit(self) -> bool:
         return bool(self.diff and self.file)
 
+    @property
+    def verified(self) -> bool:
+        return (self.verification or {}).get("status") == "verified"
+
+    def why_unverified(self) -> str:
+        if not self.verification:
+            return "not verified (the report was made without the verification stage)"
+        return self.verification.get("summary") or f"not verified ({self.verification.get('status')})"
+
     def why_not_applicable(self) -> str:
+        if (self.verification or {}).get("status") == "rejected":
+            return self.why_unverified()
         if not self.auto_applicable:
             return "advice-only (its validity cannot be checked from the source and the recorded shapes)"
         return "it carries no diff/file to apply"
@@ -87,6 +99,7 @@ def load_report_fixes(report_dir) -> ReportFixes:
             diff=fx.get("diff"), file=fx.get("file"), file_sha256=fx.get("file_sha256"),
             patched_sha256=fx.get("patched_sha256"),
             requires=tuple(str(m) for m in ((fd.get("details") or {}).get("fix_requires") or [])),
+            verification=fx.get("verification") if isinstance(fx.get("verification"), dict) else None,
         ))
     root = data.get("project_root")
     return ReportFixes(d, Path(root) if root else None, fixes)

@@ -22,11 +22,8 @@ def analyze(path, out_dir, project_root, rank):
 
     started = time.perf_counter()
     collection = _collection_of(path)
-    if project_root is None and collection.get("script"):
-        script = Path(collection["script"])
-        if not script.is_absolute():          # recorded as given on the command line of `profile`
-            script = Path(collection.get("cwd") or ".") / script
-        project_root = script.parent          # as `profile` itself analyzed it
+    if project_root is None:
+        project_root = script_root(collection)
     report = analyze_profile(path, project_root=project_root, rank=rank, collection=collection)
     if out_dir is None:
         stem = Path(path).name.split(".")[0] or "profile"
@@ -36,6 +33,16 @@ def analyze(path, out_dir, project_root, rank):
     click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} from {path} "
                f"(rank {report.trace.rank}, {report.trace.device_type}) in {time.perf_counter() - started:.2f} s")
     echo_top_findings(report, paths)
+
+
+def script_root(collection: dict):
+    """The folder of the profiled script (the project root `profile` itself analyzed with), or None."""
+    if not collection.get("script"):
+        return None
+    script = Path(collection["script"])
+    if not script.is_absolute():          # recorded as given on the command line of `profile`
+        script = Path(collection.get("cwd") or ".") / script
+    return script.parent
 
 
 def _collection_of(path) -> dict:

@@ -17,10 +17,13 @@ from ..errors import UserError
 @click.option("--include-npu-fixes", is_flag=True,
               help="Also apply fixes whose new code needs packages missing here (torch_npu, mx_driving); "
                    "by default they are skipped so the script keeps running on this machine.")
+@click.option("--include-unverified", is_flag=True,
+              help="Also apply fixes the verification stage did not verify on your run (not verifiable "
+                   "here, or the stage did not run); rejected fixes are never applied.")
 @click.option("--project-root", type=click.Path(path_type=Path), default=None,
               help="Root of the training code (default: the one recorded in findings.json).")
-def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, project_root):
-    """Apply the fixes of a report folder written by `profile` or `analyze`.
+def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, include_unverified, project_root):
+    """Apply the verified fixes of a report folder written by `profile`, `analyze` or `verify`.
 
     Refuses files changed since the report and paths outside the project root; writes atomically and
     keeps the originals in REPORT_DIR/applied/ for --revert. Applying twice changes nothing.
@@ -33,7 +36,7 @@ def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, project_root)
         outcomes = engine.revert_fixes(report_dir, fix_ids, project_root)
     else:
         outcomes = engine.apply_fixes(report_dir, fix_ids, dry_run=dry_run, project_root=project_root,
-                                       include_npu_fixes=include_npu_fixes)
+                                       include_npu_fixes=include_npu_fixes, include_unverified=include_unverified)
     if not outcomes:
         click.echo("npu-advise: no auto-applicable fixes in this report "
                    "(advice-only fixes are described in report.html)")

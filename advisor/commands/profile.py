@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import echo_top_findings
+from .verify import run_verification, verify_options
 
 # torchrun options we pass through as `--name value` (the script's own options follow SCRIPT).
 TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend",
@@ -43,10 +44,13 @@ TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "mas
 @click.option("--max-restarts", type=int, default=None, help="torchrun: worker group restarts.")
 @click.option("--torchrun-arg", "torchrun_extra", multiple=True, metavar="ARG",
               help="Any other torchrun argument, passed as is (repeatable).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the verification stage (a re-run of the script that checks every rewrite on your run).")
+@verify_options
 @click.argument("script", type=click.Path(path_type=Path))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, no_placement, rank, script, script_args,
-            torchrun_extra, **torchrun):
+            torchrun_extra, no_verify, verify_calls, verify_timeout, **torchrun):
     """Run SCRIPT [ARGS]... as `python SCRIPT ARGS` would, profile a few training steps, write a report.
 
     Step boundaries come from optimizer.step(); nothing in the script is changed. With --nproc-per-node
@@ -84,11 +88,14 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, no_p
     click.echo(f"npu-advise: analyzing {', '.join(p.name for p in result.traces)}", err=True)
     report = analyze_profile(result.trace_dir, project_root=Path(script).resolve().parent, rank=rank,
                              collection=result.collection)
+    analyzed_s = time.perf_counter() - started
     if result.problem:
         report.limitations.insert(0, result.problem)
+    if not no_verify and report.candidates:
+        run_verification(report, result.collection, verify_calls, verify_timeout, out_dir)
     paths = write_outputs(report, out_dir)
     n = len(report.findings)
-    click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} in {time.perf_counter() - started:.2f} s "
+    click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} in {analyzed_s:.2f} s "
                f"({result.collection.get('steps_recorded', 0)} steps recorded on {report.trace.device_type})")
     echo_top_findings(report, paths)
     if result.failed:

@@ -360,9 +360,12 @@ def _fix_view(f, report_dir) -> Optional[dict]:
     if fix is None:
         return None
     command = None
+    verification = fix.verification or None
     if fix.auto_applicable and fix.fix_id:
         where = shlex.quote(str(report_dir)) if report_dir is not None else "<report dir>"
         command = f"npu-advise apply {where} --fix {shlex.quote(str(fix.fix_id))}"
+        if (verification or {}).get("status") != "verified":
+            command += " --include-unverified"      # apply takes verified fixes only without it
     return {
         "description": str(fix.description),
         "auto": bool(fix.auto_applicable),
@@ -372,6 +375,8 @@ def _fix_view(f, report_dir) -> Optional[dict]:
         "file": fix.file,
         "diff": _diff_lines(fix.diff) if fix.diff else None,
         "command": command,
+        "verification": {"status": verification.get("status"), "summary": verification.get("summary")}
+        if verification else None,
     }
 
 

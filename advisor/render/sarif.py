@@ -60,6 +60,9 @@ def to_sarif(report) -> dict:
                   "partialFingerprints": {"npuAdviseFindingId": f.id},
                   "properties": {"category": f.category, "severity": f.severity, "predicted": f.predicted,
                                  "estimated_saving_us": f.estimated_saving_us}}
+        if f.fix is not None and f.fix.verification:
+            v = f.fix.verification
+            result["properties"]["verification"] = {"status": v.get("status"), "summary": v.get("summary")}
         if len(locs) > 1:
             result["relatedLocations"] = [dict(l, id=i) for i, l in enumerate(locs[1:], start=1)]
         if f.rule in index:

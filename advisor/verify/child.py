@@ -3,11 +3,11 @@ each candidate installed beside the function it rewrites, no profiler.
 
     python -m npu_advise.verify.child SPEC.json -- SCRIPT [ARGS]...
 
-SPEC: {"results": path, "max_calls": N, "max_steps": S, "call_timeout_s": T, "targets": [{"id", "file",
+SPEC: {"results": path, "max_calls": N, "max_steps": S, "call_timeout_s": T, "window_seconds": W, "targets": [{"id", "file",
 "function", "function_source", "npu_calls"}]}. The files holding targets are compiled from their own
 source with the pairing statements added (swap.instrument): the script itself as `__main__`, other
-modules through an import hook. The run stops after S optimizer steps, or as soon as every target has
-been called N times; whatever the script does (finishes, raises, sys.exit, os._exit), the results file
+modules through an import hook. The run stops after S optimizer steps (or, for a --window-seconds profile, at the
+first target call after that window), or as soon as every target has been called N times; whatever the script does (finishes, raises, sys.exit, os._exit), the results file
 says how far it got.
 """
 from __future__ import annotations
@@ -26,11 +26,6 @@ from npu_advise.collect.bootstrap import _exit_code, _last_error_line, _parse, _
 from .swap import PAIR_BUILTIN, instrument
 
 
-class _Stop(SystemExit):
-    def __init__(self):
-        super().__init__(0)
-
-
 def main(argv=None) -> int:
     spec_path, script, script_args = _parse(sys.argv[1:] if argv is None else argv)
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
@@ -42,9 +37,10 @@ def main(argv=None) -> int:
     except Exception as exc:
         results.write_text(json.dumps({"targets": [], "outcome": f"no torch: {_last_error_line(exc)}"}), encoding="utf-8")
         return 4
-    from .session import Session
+    from .session import Session, StopRun
 
-    session = Session(spec["targets"], results, int(spec["max_calls"]), float(spec["call_timeout_s"]))
+    session = Session(spec["targets"], results, int(spec["max_calls"]), float(spec["call_timeout_s"]),
+                      spec.get("window_seconds"))
     setattr(builtins, PAIR_BUILTIN, lambda tid, obj: session.targets[tid].pair(obj))
     by_file = {}
     for t in spec["targets"]:
@@ -65,7 +61,7 @@ def main(argv=None) -> int:
             os._exit(0)
         if session.all_done() or (max_steps and session.step >= max_steps):
             stop["requested"] = True
-            raise _Stop()
+            raise StopRun()
 
     from torch.optim.optimizer import register_optimizer_step_post_hook
     register_optimizer_step_post_hook(on_step)
@@ -82,7 +78,7 @@ def main(argv=None) -> int:
     try:
         _run_script(script, by_file.get(main_file, {}), session)
         session.run_outcome = "completed"
-    except _Stop:
+    except StopRun:
         session.run_outcome = "stopped"
     except SystemExit as exc:
         code = _exit_code(exc)

@@ -43,9 +43,10 @@ class RunStats:
 
 
 def verify_report(report, candidates: dict, collection: dict, max_calls: int = MAX_CALLS,
-                  timeout_s: Optional[float] = None, echo=None) -> RunStats:
+                  timeout_s: Optional[float] = None, log: Optional[Path] = None, echo=None) -> RunStats:
     """Verify the report's candidates on a re-run of the profiled script; sets `fix.verification` on every
-    finding with a candidate (a rejected one stops being auto-applicable)."""
+    finding with a candidate (a rejected one stops being auto-applicable). The script's own output goes
+    to `log` (default: discarded)."""
     stats = RunStats()
     pending = {}                                  # target id -> (spec, [findings])
     for f in report.findings:
@@ -65,7 +66,7 @@ def verify_report(report, candidates: dict, collection: dict, max_calls: int = M
         return stats
     for round_ in _rounds(list(pending.values())):
         specs = [s for s, _ in round_]
-        results, outcome, wall = _run(specs, collection, max_calls, timeout_s, echo)
+        results, outcome, wall = _run(specs, collection, max_calls, timeout_s, log, echo)
         stats.runs += 1
         stats.wall_seconds += wall
         stats.steps = max(stats.steps, results.get("steps") or 0)
@@ -129,7 +130,7 @@ def _python_of(collection: dict) -> str:
         return sys.executable
 
 
-def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[float], echo):
+def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[float], log, echo):
     from npu_advise.collect.runner import _child_env
 
     schedule = collection.get("schedule") or {}
@@ -141,19 +142,23 @@ def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[floa
     with tempfile.TemporaryDirectory(prefix="npu_advise_verify_") as tmp:
         results_path = Path(tmp) / "results.json"
         spec_path = Path(tmp) / "spec.json"
+        call_timeout = min(CALL_TIMEOUT_S, timeout_s / 4)
         spec_path.write_text(json.dumps({"results": str(results_path), "max_calls": max_calls, "max_steps": max_steps,
-                                         "call_timeout_s": CALL_TIMEOUT_S, "targets": specs}), encoding="utf-8")
+                                         "call_timeout_s": call_timeout, "targets": specs,
+                                         "window_seconds": collection.get("window_seconds")}), encoding="utf-8")
         cmd = [python, "-m", CHILD_MODULE, str(spec_path), "--", str(collection["script"]),
                *[str(a) for a in collection.get("args") or []]]
         if echo is not None:
             echo(f"npu-advise: verifying {len(specs)} rewrite{'s' if len(specs) != 1 else ''} on a re-run of "
-                 f"{collection['script']} (up to {max_steps or 'the script'} steps, {max_calls} calls each, "
-                 f"time limit {timeout_s:g} s)")
+                 f"{collection['script']} ({f'up to {max_steps} optimizer steps' if max_steps else 'its profiled window'}, "
+                 f"{max_calls} calls each, time limit {timeout_s:g} s)")
         started = time.perf_counter()
         killed = False
+        sink = open(log, "ab") if log is not None else subprocess.DEVNULL
         try:
             proc = subprocess.Popen(cmd, cwd=collection.get("cwd") or None, env=_child_env(python),
-                                    stdout=sys.stderr, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -164,6 +169,9 @@ def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[floa
                 raise
         except OSError as exc:
             return {}, f"could not start {python}: {exc}", 0.0
+        finally:
+            if log is not None:
+                sink.close()
         wall = time.perf_counter() - started
         try:
             results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -172,11 +180,19 @@ def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[floa
     if killed:
         outcome = f"the verification run was stopped at its time limit of {timeout_s:g} s"
     elif code is not None and code < 0:
-        outcome = f"the verification run was killed by signal {-code}"
+        outcome = f"the verification run crashed ({_signal_name(-code)})"
     else:
         outcome = results.get("outcome") or f"the verification run ended with status {code} before it started"
     results["killed"] = killed or (code is not None and code < 0)
     return results, outcome, wall
+
+
+def _signal_name(num: int) -> str:
+    import signal
+    try:
+        return f"signal {num}, {signal.Signals(num).name}"
+    except ValueError:
+        return f"signal {num}"
 
 
 def _kill(proc) -> None:
@@ -195,8 +211,7 @@ def _final(result: Optional[dict], results: dict, outcome: str, spec: dict) -> d
     result = {k: v for k, v in result.items() if k != "id"}
     in_progress = results.get("in_progress") or {}
     if in_progress.get("id") == spec["id"] and results.get("killed"):
-        result.update(status="rejected", reason=f"call {in_progress.get('call')}: {outcome} while the rewrite ran "
-                                                f"(a hang or a crash of the process)")
+        result.update(status="rejected", reason=f"call {in_progress.get('call')}: {outcome} while the rewrite ran")
     elif result["status"] == "not_called":
         result.update(status="not_verifiable",
                       reason=f"{spec['function']} was not called in the verification run ({outcome} after "

@@ -35,7 +35,11 @@ def describe(r: dict) -> str:
         tail.append(f"{ops['original']} -> {ops['rewrite']} ops per call")
     t = r.get("host_ms")
     if t and not r.get("reference"):
-        tail.append(f"host time {_ms(t['original_per_step'])} -> {_ms(t['rewrite_per_step'])} ms per step")
+        if "original_per_step" in t:
+            tail.append(f"host time {_ms(t['original_per_step'])} -> {_ms(t['rewrite_per_step'])} ms per step "
+                        f"(median call x {t['calls_per_step']:g} calls per step)")
+        else:
+            tail.append(f"host time {_ms(t['original_per_call'])} -> {_ms(t['rewrite_per_call'])} ms per call (median)")
     return f"{head}: " + "; ".join([", ".join(parts)] + tail)
 
 
