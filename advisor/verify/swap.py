@@ -73,7 +73,7 @@ def rewrap(kind: str, fn):
 def compile_candidate(function_source: str, name: str, original) -> types.CodeType:
     """The code object of the rewritten def, compiled inside a scope that gives it the same free variables
     (closure names, and the `__class__` cell of a method) as the original."""
-    fn_src = textwrap.dedent(function_source)
+    fn_src = _dedent(function_source)
     try:
         tree = ast.parse(fn_src)
     except SyntaxError as exc:
@@ -129,7 +129,7 @@ def build_candidate(code: types.CodeType, original, defaults_from: str, globals_
 def _defaults(function_source: str, original):
     """Default values of the rewritten def: the original's when the parameter lists read the same (the
     usual case), else evaluated in the original's globals."""
-    fn = ast.parse(textwrap.dedent(function_source)).body[0]
+    fn = ast.parse(_dedent(function_source)).body[0]
     if ast.dump(fn.args) == _original_args_dump(original):
         return original.__defaults__, original.__kwdefaults__
     ns = dict(original.__globals__)
@@ -142,11 +142,16 @@ def _defaults(function_source: str, original):
 def _original_args_dump(original) -> str:
     import inspect
     try:
-        src = textwrap.dedent(inspect.getsource(original))
+        src = _dedent(inspect.getsource(original))
         node = next(n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef))
         return ast.dump(node.args)
     except (OSError, TypeError, StopIteration, SyntaxError):
         return ""
+
+
+def _dedent(source: str) -> str:
+    # CRLF files: textwrap.dedent does not see a margin on lines ending in \r
+    return textwrap.dedent(source.replace("\r\n", "\n"))
 
 
 class Overlay(dict):
