@@ -5,8 +5,9 @@
 Per repeat, in fresh processes: `npu-advise profile --no-verify` of the script (the profiled run's wall
 time is the child's, from collection.json: interpreter start, imports, wait + warmup + active steps under
 the profiler, trace export), then `npu-advise verify` of that report (the stage's extra run, from
-collection.json's "verification"), and the same re-run with no rewrite installed (the script's own cost
-for those steps without profiler). Medians are printed and written to `.bench/verify.json`.
+findings.json's collection.verification), and the same re-run with no rewrite installed (the script's own cost
+for those steps without profiler). Wall seconds swing with the machine's load; CPU seconds (user + sys of
+the processes, each command's minus one `analyze` of the same trace) much less. Medians are printed and written to `.bench/verify.json`.
 """
 from __future__ import annotations
 
@@ -24,11 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / ".bench"
 
 
-def _cli(*args) -> None:
+def _cpu() -> float:
+    import resource
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def _cli(*args) -> float:
+    """CPU seconds (user + sys) of the command and every process it waited for."""
+    before = _cpu()
     r = subprocess.run([sys.executable, "-m", "npu_advise.cli", *map(str, args)], capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
     if r.returncode != 0:
         raise SystemExit(f"npu-advise {' '.join(map(str, args))} failed:\n{r.stderr[-3000:]}")
+    return _cpu() - before
 
 
 def _bare_rerun(collection: dict) -> float:
@@ -39,10 +49,10 @@ def _bare_rerun(collection: dict) -> float:
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({"results": str(Path(tmp) / "r.json"), "max_calls": 1, "max_steps": steps,
                                     "call_timeout_s": 30, "targets": []}))
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), _cpu()
         subprocess.run([sys.executable, "-m", "npu_advise.verify.child", str(spec), "--", collection["script"],
                         *collection["args"]], cwd=collection["cwd"], capture_output=True, check=True)
-        return time.perf_counter() - t
+        return time.perf_counter() - t, _cpu() - cpu
 
 
 def main():
@@ -55,16 +65,24 @@ def main():
     for k in range(a.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
-            _cli("profile", "--no-verify", "--out", out, a.script, *a.script_args)
-            _cli("verify", out)
+            profile_cpu = _cli("profile", "--no-verify", "--out", out, a.script, *a.script_args)
+            verify_cpu = _cli("verify", out)
+            analyze_cpu = _cli("analyze", out, "--out", Path(tmp) / "again")
             c = json.loads((out / "collection.json").read_text())
-            v = c["verification"]
+            v = json.loads((out / "findings.json").read_text())["collection"]["verification"]
+            bare_s, bare_cpu = _bare_rerun(c)
+            # CPU seconds of the runs alone: each command's total minus one analysis of the same trace
             rows.append({"profiled_run_s": c["wall_seconds"], "verification_run_s": v["wall_seconds"],
-                         "bare_rerun_s": _bare_rerun(c), "steps": v["steps"], "runs": v["runs"],
+                         "bare_rerun_s": bare_s, "profiled_run_cpu_s": profile_cpu - analyze_cpu,
+                         "verification_run_cpu_s": verify_cpu - analyze_cpu, "bare_rerun_cpu_s": bare_cpu,
+                         "steps": v["steps"], "runs": v["runs"],
                          "verified": v["verified"], "rejected": v["rejected"], "not_verifiable": v["not_verifiable"]})
             print(f"repeat {k + 1}: {rows[-1]}", flush=True)
-    med = {key: statistics.median(r[key] for r in rows) for key in ("profiled_run_s", "verification_run_s", "bare_rerun_s")}
-    med["ratio_verification_to_profiled"] = med["verification_run_s"] / med["profiled_run_s"]
+    keys = ("profiled_run_s", "verification_run_s", "bare_rerun_s", "profiled_run_cpu_s", "verification_run_cpu_s",
+            "bare_rerun_cpu_s")
+    med = {key: round(statistics.median(r[key] for r in rows), 3) for key in keys}
+    med["ratio_wall"] = round(med["verification_run_s"] / med["profiled_run_s"], 3)
+    med["ratio_cpu"] = round(med["verification_run_cpu_s"] / med["profiled_run_cpu_s"], 3)
     print(json.dumps(med, indent=2))
     BENCH.mkdir(exist_ok=True)
     (BENCH / "verify.json").write_text(json.dumps({"rows": rows, "median": med}, indent=2))
