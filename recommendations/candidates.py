@@ -181,13 +181,13 @@ def _calls_into(source: str, packages: list) -> list:
     # CRLF files: textwrap.dedent does not see a margin on lines ending in \r
     for node in ast.walk(ast.parse(textwrap.dedent(source.replace("\r\n", "\n")))):
         if isinstance(node, ast.Call):
-            name = _dotted(node.func)
+            name = dotted_name(node.func)
             if name and name.split(".")[0] in roots and name not in found:
                 found.append(name)
     return found
 
 
-def _dotted(node) -> Optional[str]:
+def dotted_name(node) -> Optional[str]:
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)

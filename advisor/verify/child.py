@@ -42,9 +42,14 @@ def main(argv=None) -> int:
     session = Session(spec["targets"], results, int(spec["max_calls"]), float(spec["call_timeout_s"]),
                       spec.get("window_seconds"))
     setattr(builtins, PAIR_BUILTIN, lambda tid, obj: session.targets[tid].pair(obj))
+    from . import optimizers
+
+    watched = [t for t in session.targets.values() if isinstance(t, optimizers.OptimizerTarget)]
+    optimizers.install(watched)
     by_file = {}
     for t in spec["targets"]:
-        by_file.setdefault(os.path.realpath(t["file"]), {})[t["function"]] = t["id"]
+        if t.get("kind") != "optimizer":
+            by_file.setdefault(os.path.realpath(t["file"]), {})[t["function"]] = t["id"]
     main_file = os.path.realpath(script)
     sys.meta_path.insert(0, _Finder(by_file, session, skip=main_file))
 
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
     stop = {"requested": False}
 
     def on_step(optimizer, args, kwargs):
+        if any(optimizer is t.reference for t in watched):
+            return                        # the stage's own reference optimizer, not a step of the script
         session.step += 1
         if stop["requested"]:             # the script caught our stop and went on
             session.run_outcome = "stopped"

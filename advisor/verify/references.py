@@ -5,7 +5,9 @@ semantics are well defined, the verification run calls the reference below in it
 checked on the user's tensors is everything the rewrite itself decides: which arguments it passes, how
 it derives the ones the original did not have (MSDA's `level_start_index`), and that the op computes
 what the replaced code computed. The NPU kernel's own numerics and speed are not checked here, which the
-report says. An API without an entry is "not verifiable on this machine".
+report says. The fused optimizers (torch_npu.optim.NpuFused*) are the torch optimizers of the same update
+rule with the fused classes' documented signatures and defaults (catalog `optimizers`). An API without an
+entry is "not verifiable on this machine".
 """
 from __future__ import annotations
 
@@ -48,11 +50,45 @@ def multi_scale_deformable_attn(value, spatial_shapes, level_start_index, sampli
     return out.transpose(1, 2).contiguous()
 
 
+def fused_optimizer(opt):
+    """torch_npu.optim.NpuFused<X>: the update of torch.optim.<X>, with the fused class's documented signature
+    and defaults (catalog `optimizers`), so a rewrite that passes an argument in the wrong place or relies
+    on a default the fused class does not share builds a different optimizer."""
+    import importlib
+
+    module, name = opt.torch.rsplit(".", 1)
+    torch_class = getattr(importlib.import_module(module), name)
+
+    def build(*args, **kwargs):
+        if len(args) > len(opt.signature):
+            raise TypeError(f"{opt.replacement} takes at most {len(opt.signature)} positional arguments ({len(args)} given)")
+        bound = dict(zip(opt.signature, args))
+        for k, v in kwargs.items():
+            if k not in opt.signature:
+                raise TypeError(f"{opt.replacement} got an unexpected keyword argument {k!r}")
+            if k in bound:
+                raise TypeError(f"{opt.replacement} got multiple values for argument {k!r}")
+            bound[k] = v
+        for k, v in opt.defaults.items():
+            bound.setdefault(k, tuple(v) if isinstance(v, list) else v)
+        return torch_class(**bound)
+
+    build.__name__ = opt.replacement.rsplit(".", 1)[-1]
+    return build
+
+
+def _references() -> dict:
+    from npu_advise.recommendations.catalog import load
+
+    found = {"mx_driving.npu_add_relu": npu_add_relu,
+             "mx_driving.multi_scale_deformable_attn": multi_scale_deformable_attn}
+    for opt in load().optimizers.values():
+        found[opt.replacement] = fused_optimizer(opt)
+    return found
+
+
 # Dotted API name -> reference. Only ops with well-defined semantics belong here.
-REFERENCES = {
-    "mx_driving.npu_add_relu": npu_add_relu,
-    "mx_driving.multi_scale_deformable_attn": multi_scale_deformable_attn,
-}
+REFERENCES = _references()
 
 
 def shims(names: list) -> dict:

@@ -127,8 +127,9 @@ class Target:
         target = self
 
         def paired(*args, **kwargs):
-            target.seen += 1
             session = target.session
+            if not session.busy:
+                target.seen += 1            # a call of the script's own (not one of a rewrite's runs)
             if session.deadline is not None and not session.busy and time.time() > session.deadline:
                 raise StopRun()             # a --window-seconds profile: its window is over
             if target.done or target.session.busy:
@@ -147,7 +148,9 @@ class Target:
 class Session:
     def __init__(self, specs: list, results_path: Path, max_calls: int, call_timeout_s: float,
                  window_seconds: float = None):
-        self.targets = {s["id"]: Target(s, self) for s in specs}
+        from .optimizers import OptimizerTarget
+
+        self.targets = {s["id"]: (OptimizerTarget if s.get("kind") == "optimizer" else Target)(s, self) for s in specs}
         self.results_path = Path(results_path)
         self.max_calls = max_calls
         self.call_timeout_s = call_timeout_s

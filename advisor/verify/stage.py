@@ -58,8 +58,14 @@ def verify_report(report, candidates: dict, collection: dict, max_calls: int = M
             _set(f, {"status": "not_verifiable", "reason": why, "on_this_machine": bool(c.requires)})
             continue
         tid = _target_id(c)
-        spec = pending.get(tid, ({"id": tid, "file": str(c.path), "function": c.function,
-                                  "function_source": c.function_source, "npu_calls": list(c.npu_calls)}, []))
+        call = _rewritten_optimizer_call(c)
+        if call is not None:
+            lines, text = call
+            spec = pending.get(tid, ({"id": tid, "kind": "optimizer", "file": str(c.path), "function": c.function,
+                                      "call_lines": lines, "new_call": text, "npu_calls": list(c.npu_calls)}, []))
+        else:
+            spec = pending.get(tid, ({"id": tid, "file": str(c.path), "function": c.function,
+                                      "function_source": c.function_source, "npu_calls": list(c.npu_calls)}, []))
         spec[1].append(f)
         pending[tid] = spec
     if not pending:
@@ -102,6 +108,34 @@ def _not_runnable(c, collection: dict) -> Optional[str]:
     if sha256_text(on_disk) != sha256_text(c.old_source):
         return f"{c.file} changed since the analysis"
     return None
+
+
+def _rewritten_optimizer_call(c) -> Optional[tuple]:
+    """((first, last) line in the old file, source) of the one fused-optimizer constructor call a fused-optimizer
+    rewrite (NPA601) makes, or None for every other rewrite."""
+    if not (c.catalog_ref or "").startswith("optimizers.") or not c.npu_calls:
+        return None
+    import ast
+    import difflib
+
+    from npu_advise.recommendations.candidates import dotted_name
+
+    calls = [n for n in ast.walk(ast.parse(c.new_source))
+             if isinstance(n, ast.Call) and dotted_name(n.func) in c.npu_calls]
+    if len(calls) != 1:
+        return None
+    opcodes = difflib.SequenceMatcher(None, c.old_source.split("\n"), c.new_source.split("\n"),
+                                      autojunk=False).get_opcodes()
+
+    def old_line(line: int, last: bool) -> int:
+        for tag, i1, i2, j1, j2 in opcodes:
+            if j1 < line <= j2:
+                return i1 + (line - j1) if tag == "equal" else (i2 if last else i1 + 1)
+        return line
+
+    call = calls[0]
+    return ((old_line(call.lineno, False), old_line(call.end_lineno, True)),
+            ast.get_source_segment(c.new_source, call))
 
 
 def _target_id(c) -> str:

@@ -16,13 +16,15 @@ def describe(r: dict) -> str:
     if status != "verified":
         return f"not verified: {r.get('reason') or status}"
     n = r.get("calls", 0)
-    head = f"verified on {n} call{'s' if n != 1 else ''} in this run"
+    unit = r.get("unit", "calls")
+    head = f"verified on {n} {unit if n != 1 else unit.rstrip('s')} in this run"
     if r.get("reference"):
         head += f" against the pure-PyTorch reference of {', '.join(r['reference'])} (the NPU kernel itself is not run here)"
     parts = []
     diffs = {k: v for k, v in (r.get("max_abs_diff") or {}).items() if not k.startswith("grad ")}
     if diffs:
-        parts.append("outputs max |diff| " + ", ".join(
+        what = "parameters after each step" if unit == "optimizer steps" else "outputs"
+        parts.append(f"{what} max |diff| " + ", ".join(
             f"{v:.2g} ({k}" + (f", rtol {_RTOL[k]:g})" if k in _RTOL else ")") for k, v in diffs.items()))
     else:
         parts.append("outputs equal")
