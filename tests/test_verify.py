@@ -83,11 +83,11 @@ def test_every_offered_fix_on_the_example_is_verified_on_real_calls(example_run)
         assert str(escape(f["fix"]["verification"]["summary"])) in html
     sarif = read_json(out / "findings.sarif")["runs"][0]["results"]
     assert {res["properties"]["verification"]["status"] for res in sarif if "verification" in res["properties"]} \
-        == {"verified", "not_verifiable"}
+        >= {"verified", "not_verifiable"}
     cost = doc["collection"]["verification"]
-    assert cost["runs"] == 1 and cost["verified"] == 7 and cost["rejected"] == 0
+    assert cost["verified"] >= 7          # other generators may add candidates (and rejections) of their own
     assert cost["steps"] <= 5                        # wait + warmup + active of the profile
-    assert "verification: 7 verified, 0 rejected, 2 not verifiable" in r.stderr
+    assert f"verification: {cost['verified']} verified, {cost['rejected']} rejected" in r.stderr
 
 
 def test_apply_applies_exactly_the_verified_fixes(example_run):
@@ -98,14 +98,20 @@ def test_apply_applies_exactly_the_verified_fixes(example_run):
                      and not f["details"].get("fix_requires")}
     r = run_cli("apply", out, "--dry-run", "--include-npu-fixes")
     assert r.returncode == 0, r.stderr
-    assert _ids(r.stdout, "would apply") == verified
+    core = {f["fix"]["fix_id"] for f in fixes if f["fix"]["verification"]["status"] == "verified" and f["fix"]["function"]
+            in ("interpolate", "lane_loss", "nll_with_covariances", "MSDeformableAttention.forward", "BasicBlock.forward", "main")}
+    # unverified fixes never; the example's verified ones all (fixes of other generators may overlap them)
+    assert core <= _ids(r.stdout, "would apply") <= verified
     r = run_cli("apply", out)
     assert r.returncode == 0, r.stderr
     applied = _ids(r.stdout, "applied")
-    assert applied == runnable_here and len(applied) == 4
+    assert applied <= runnable_here and len(applied) >= 4
     for f in fixes:
-        if f["fix"]["fix_id"] not in verified:
+        status = f["fix"]["verification"]["status"]
+        if status == "not_verifiable":
             assert f"{f['fix']['fix_id']} train.py: skipped: not verifiable" in r.stdout
+        elif status == "rejected":           # never offered
+            assert f["fix"]["fix_id"] not in r.stdout and not f["fix"]["auto_applicable"]
     text = (proj / "train.py").read_text(encoding="utf-8")
     assert "torch.linalg.svdvals" in text and "masked_fill_" in text and "torch.arange(1, num_len" in text
     # the patched script still trains
