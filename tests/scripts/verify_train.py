@@ -17,7 +17,7 @@ import torch.nn as nn
 
 
 def build_mask(valid_len, max_len):
-    mask = torch.zeros(len(valid_len), max_len)
+    mask = torch.zeros(len(valid_len), max_len, device=valid_len.device)
     for i, ll in enumerate(valid_len):
         mask[i][:ll] = 1
     return mask
@@ -70,6 +70,9 @@ class Block(nn.Linear):
         return x - x.mean(-1, keepdim=True)
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=6)
@@ -77,13 +80,16 @@ def main():
     torch.manual_seed(0)
     block = Block(16, 16)
     head = nn.Linear(16, 1)
+    block.to(DEVICE)
+    head.to(DEVICE)
     gate = make_gate(0.5)
     opt = torch.optim.SGD(list(block.parameters()) + list(head.parameters()), lr=0.01)
     for step in range(args.steps):
         if step == 2 and os.environ.get("VERIFY_TRAIN_EXIT"):
             sys.exit(int(os.environ["VERIFY_TRAIN_EXIT"]))
-        x = torch.randn(32, 16)
-        valid_len = torch.randint(1, 17, (32,))
+        # placed the way real scripts place their batch, so the mask loop reads device values
+        x = torch.randn(32, 16).to(DEVICE)
+        valid_len = torch.randint(1, 17, (32,)).to(DEVICE)
         h = block(Block.center(x)) * build_mask(valid_len, 16)
         h = gate(smooth(scale(shift(h))))
         h = square(halve(absolute(h)))
