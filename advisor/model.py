@@ -71,8 +71,16 @@ CALL_COLUMNS = {
 LOCATION_COLUMNS = {"file": "object", "line": "int64", "function": "object", "exact": "bool"}
 
 
+_EMPTY_FRAMES: dict = {}
+
+
 def empty_frame(schema: dict) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in schema.items()})
+    # Built once per schema and copied: constructing it took 1.5 ms, and every Trace starts with seven.
+    key = tuple(schema.items())
+    template = _EMPTY_FRAMES.get(key)
+    if template is None:
+        template = _EMPTY_FRAMES[key] = pd.DataFrame({c: pd.Series(dtype=t) for c, t in schema.items()})
+    return template.copy()
 
 
 def conform(df: pd.DataFrame, schema: dict) -> pd.DataFrame:

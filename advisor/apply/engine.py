@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from . import patching
+from . import patching, relocate
 from .journal import FileRecord, Journal, load_journal
 from .patching import PatchError
 from .report import ReportFixes, load_report_fixes
@@ -175,9 +175,17 @@ def plan_file(rel: str, fixes: list, all_fixes_of_file: list, root: Path, journa
 
 
 def apply_fixes(report_dir, ids=None, dry_run: bool = False, project_root=None,
-                include_npu_fixes: bool = False, include_unverified: bool = False) -> list:
+                include_npu_fixes: bool = False, include_unverified: bool = False, notify=None) -> list:
+    """`notify(line)`: told where the project was found when it is not at the recorded root (a report
+    copied to another checkout), and which files do not have the content the report was made for."""
     report = load_report_fixes(report_dir)
     chosen, skipped = select(report, ids, include_npu_fixes, include_unverified)
+    if project_root is None and chosen:
+        located = relocate.locate_project(report.doc, report.report_dir, report.source_files())
+        note = located.note(report.project_root)
+        if note and notify is not None:
+            notify(note)
+        project_root = located.root
     root = project_root_of(report, project_root)
     journal = load_journal(report.report_dir)
     outcomes = [Outcome(f.fix_id, f.file, SKIPPED, why) for f, why in skipped]

@@ -57,6 +57,15 @@ class ReportFixes:
     report_dir: Path
     project_root: Optional[Path]
     fixes: list               # list[FixEntry], in report order
+    doc: dict = None          # the whole findings.json (its `source` record finds a moved project)
+
+    def source_files(self) -> dict:
+        """{file relative to the project root: {"sha256", "repo_path"}} of every code edit."""
+        source = self.doc.get("source") if isinstance(self.doc, dict) else None
+        files = source.get("files") if isinstance(source, dict) else None
+        if isinstance(files, dict):
+            return {k: v for k, v in files.items() if isinstance(v, dict)}
+        return {f.file: {"sha256": f.file_sha256} for f in self.fixes if f.is_code_edit}   # older reports
 
     def by_id(self) -> dict:
         return {f.fix_id: f for f in self.fixes}
@@ -102,4 +111,4 @@ def load_report_fixes(report_dir) -> ReportFixes:
             verification=fx.get("verification") if isinstance(fx.get("verification"), dict) else None,
         ))
     root = data.get("project_root")
-    return ReportFixes(d, Path(root) if root else None, fixes)
+    return ReportFixes(d, Path(root) if root else None, fixes, data)

@@ -21,7 +21,8 @@ from ..errors import UserError
               help="Also apply fixes the verification stage did not verify on your run (not verifiable "
                    "here, or the stage did not run); rejected fixes are never applied.")
 @click.option("--project-root", type=click.Path(path_type=Path), default=None,
-              help="Root of the training code (default: the one recorded in findings.json).")
+              help="Root of the training code (default: the one recorded in findings.json; when that is not "
+                   "here, the same project in the current git checkout, found by the files' content hashes).")
 def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, include_unverified, project_root):
     """Apply the verified fixes of a report folder written by `profile`, `analyze` or `verify`.
 
@@ -36,7 +37,8 @@ def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, include_unver
         outcomes = engine.revert_fixes(report_dir, fix_ids, project_root)
     else:
         outcomes = engine.apply_fixes(report_dir, fix_ids, dry_run=dry_run, project_root=project_root,
-                                       include_npu_fixes=include_npu_fixes, include_unverified=include_unverified)
+                                       include_npu_fixes=include_npu_fixes, include_unverified=include_unverified,
+                                       notify=lambda line: click.echo(f"npu-advise: {line}", err=True))
     if not outcomes:
         click.echo("npu-advise: no auto-applicable fixes in this report "
                    "(advice-only fixes are described in report.html)")

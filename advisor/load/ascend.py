@@ -8,14 +8,13 @@ give the same trace model and the same findings.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from .. import model
 from ..errors import TraceFormatError, UserError
 from . import ascend_csv
-from .ascend_build import build_trace
+from .ascend_build import build_trace, has_kernel_keys
 
 OUTPUT_DIR = "ASCEND_PROFILER_OUTPUT"
 TRACE_VIEW = "trace_view.json"
@@ -130,13 +129,6 @@ def _load_db(out: Path, db: Path, analysis: Path, rank_dir) -> model.Trace:
     return trace
 
 
-def _read_json(p: Path):
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise TraceFormatError(f"{p}: unreadable JSON ({exc})") from None
-
-
 def _rank_metadata(trace: model.Trace, rank_dir):
     if rank_dir is None:
         return
@@ -145,13 +137,15 @@ def _rank_metadata(trace: model.Trace, rank_dir):
         m = _INFO_NAME.match(info.name)
         if not m:
             continue
-        data = _read_json(info)
+        data = ascend_csv.read_json(info)
         if not isinstance(data, dict):
             continue
-        cfg = data.get("config") or {}
+        cfg = data.get("config")
+        cfg = cfg if isinstance(cfg, dict) else {}
         trace.metadata["profiler_config"] = cfg
-        level = (cfg.get("experimental_config") or {}).get("_profiler_level")
-        if level:
+        experimental = cfg.get("experimental_config")
+        level = experimental.get("_profiler_level") if isinstance(experimental, dict) else None
+        if isinstance(level, str) and level:
             trace.metadata["profiler_level"] = level
         for k, v in data.items():
             if k not in ("config", "start_info", "end_info", "rank_id"):
@@ -164,7 +158,7 @@ def _rank_metadata(trace: model.Trace, rank_dir):
                 trace.rank = int(m.group(1))
     meta = rank_dir / "profiler_metadata.json"
     if meta.is_file():
-        data = _read_json(meta)
+        data = ascend_csv.read_json(meta)
         if isinstance(data, dict):
             env = data.get("ENV_VARIABLES")
             if isinstance(env, dict):
@@ -202,8 +196,8 @@ def _limitations(trace: model.Trace, raw, tables: dict, rank_dir, text: bool):
         lim.append("profiler_metadata.json / ENV_VARIABLES is missing: the environment variables of the run "
                    "are unknown, so environment checks cannot run.")
     if text:
-        if "kernel_details" not in tables:
-            lim.append("kernel_details.csv is missing: the accelerator core (AI_CORE / AI_CPU ...) and operator "
+        if not has_kernel_keys(tables.get("kernel_details")):
+            lim.append("kernel_details.csv is missing (or lacks Name / Start Time(us)): the accelerator core (AI_CORE / AI_CPU ...) and operator "
                        "type of each device task fall back to the trace's task type.")
         if "step_trace_time" not in tables and "overlap" not in trace.extras:
             lim.append("step_trace_time.csv and the Overlap Analysis are missing: the step split into "

@@ -170,8 +170,15 @@ def _kernels(raw, rt, rt_host_ts, op_at, steps, kernel_details) -> pd.DataFrame:
     return out
 
 
+def has_kernel_keys(details) -> bool:
+    """kernel_details.csv is there with the columns it is joined on."""
+    return details is not None and {"start_ns", "Name"} <= set(details.columns)
+
+
 def _join_kernel_details(k, details: pd.DataFrame, core, op_type):
     """Accelerator Core and Type from kernel_details.csv, joined on (start ns, name)."""
+    if not has_kernel_keys(details):
+        return core, op_type
     d = details[["start_ns", "Name"] + [c for c in ("Accelerator Core", "Type") if c in details]]
     d = d.drop_duplicates(["start_ns", "Name"])
     key = pd.MultiIndex.from_arrays([k["ts"].to_numpy(np.int64), k["name"].astype(str).to_numpy()])

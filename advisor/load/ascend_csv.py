@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TraceFormatError
+from .jsonstream import too_deep
 
 _RENAMES = {"Block Num": "Block Dim", "Mix Block Num": "Mix Block Dim"}
 # Files and what the analysis uses them for (said in trace.limitations when one is missing).
@@ -29,14 +30,24 @@ _TEXT_COLUMNS = {"Name", "Type", "OP State", "Accelerator Core", "Input Shapes",
                  "Level", "API Name", "HF32 Eligible", "Call Stack", "Step", "Step Id", "Stage"}
 
 
+_MAX_US = np.iinfo(np.int64).max // 1000 - 1     # the latest time whose ns fit in int64 (year 2262)
+
+
 def _ns_from_text(values: pd.Series) -> np.ndarray:
     """Exact int ns from µs text like "1736408883704643.212" (no float rounding)."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
     s = values.astype(str).str.strip()
     parts = s.str.partition(".")
-    whole = pd.to_numeric(parts[0], errors="coerce")
-    frac = pd.to_numeric((parts[2] + "0000").str[:4], errors="coerce").fillna(0)
-    out = whole * 1000 + (frac + 5) // 10
-    return out.fillna(-1).astype(np.int64).to_numpy()
+    # Integers only, so every time stays exact; anything else (text, inf, beyond int64 ns) is unknown (-1),
+    # like an empty cell, without turning the whole column into float.
+    ok = (parts[0].str.fullmatch(r"-?\d{1,16}") & parts[2].str.fullmatch(r"\d*")).fillna(False).to_numpy(bool, copy=True)
+    whole = pd.to_numeric(parts[0].where(ok, "0")).astype(np.int64).to_numpy(copy=True)
+    ok &= np.abs(whole) < _MAX_US
+    whole[~ok] = 0
+    frac = pd.to_numeric((parts[2].where(ok, "0") + "0000").str[:4]).astype(np.int64).to_numpy()
+    out = whole * 1000 + np.where(whole < 0, -1, 1) * ((frac + 5) // 10)
+    return np.where(ok, out, -1)
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -47,6 +58,7 @@ def read_csv(path: Path) -> pd.DataFrame:
     df.columns = [str(c).strip() for c in df.columns]
     df = df.loc[:, [c for c in df.columns if c and not c.startswith("Unnamed")]]
     df = df.rename(columns=_RENAMES)
+    df = df.loc[:, ~df.columns.duplicated()]      # both spellings of a renamed column: the first one
     for c in df.columns:
         s = df[c].str.strip()
         s = s.where(~s.isin(["N/A", ""]), None)
@@ -60,6 +72,16 @@ def read_csv(path: Path) -> pd.DataFrame:
             # keep text columns that are not numbers (e.g. an unknown new column)
             df[c] = num if num.notna().sum() >= s.notna().sum() else s
     return df
+
+
+def read_json(path: Path):
+    """A small JSON side file of the export (communication.json, profiler_info.json, ...)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:      # UnicodeDecodeError is a ValueError
+        raise TraceFormatError(f"{path}: unreadable JSON ({exc})") from None
+    except RecursionError:
+        raise TraceFormatError(too_deep(path)) from None
 
 
 def read_all(out_dir: Path) -> dict:
@@ -79,12 +101,12 @@ def read_communication(path: Path) -> tuple:
     """communication.json -> (one row per collective: [step, kind, op, group, start_us, elapse_ms,
     transit_ms, wait_ms, sync_ms, idle_ms]; one row per collective and link type with traffic:
     [step, kind, op, group, link, size_mb, time_ms, bandwidth_gbps])."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TraceFormatError(f"{path}: unreadable JSON ({exc})") from None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise TraceFormatError(f"{path}: not a torch_npu communication.json (a JSON {type(data).__name__}, "
+                               "not an object of steps)")
     rows, links = [], []
-    for step, kinds in (data if isinstance(data, dict) else {}).items():
+    for step, kinds in data.items():
         if not isinstance(kinds, dict):
             continue
         for kind, ops in kinds.items():

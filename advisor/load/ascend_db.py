@@ -46,7 +46,12 @@ def _tables(con) -> set:
 
 
 def _frame(con, sql: str) -> pd.DataFrame:
-    return pd.read_sql_query(sql, con)
+    try:
+        return pd.read_sql_query(sql, con)
+    except pd.errors.DatabaseError as exc:    # pandas' wrapper of the sqlite3 error (a missing column, ...)
+        cause = exc.__cause__ or exc
+        table = sql.rsplit(" FROM ", 1)[-1].split()[0]
+        raise sqlite3.DatabaseError(f"table {table}: {cause}") from None
 
 
 def read_db(db_path: Path, analysis_path: Path | None) -> tuple:
@@ -54,8 +59,12 @@ def read_db(db_path: Path, analysis_path: Path | None) -> tuple:
     con = _connect(db_path)
     try:
         return _read(con, db_path, analysis_path)
-    except (sqlite3.DatabaseError, KeyError, ValueError) as exc:
+    except sqlite3.DatabaseError as exc:
         raise TraceFormatError(f"{db_path}: unexpected torch_npu DB content ({exc})") from None
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
+        # A time, id or type column holding text, blobs or NULLs where torch_npu writes integers.
+        raise TraceFormatError(f"{db_path}: unexpected values in the torch_npu DB "
+                               f"({type(exc).__name__}: {exc})") from None
     finally:
         con.close()
 
@@ -206,7 +215,7 @@ def _metadata(con, tables: set, db_path: Path) -> tuple:
         if env:
             try:
                 md["env"] = json.loads(env)
-            except ValueError:
+            except (ValueError, TypeError, RecursionError):
                 pass
         md["db_meta"] = meta
     if "RANK_DEVICE_MAP" in tables:

@@ -158,8 +158,12 @@ def _classify(col: _Collector, path: str) -> R.RawProfile:
     pid = np.asarray(x["pid"], dtype=object)
     proc = np.asarray([col.process.get(p, "") for p in x["pid"]], dtype=object)
     cat = np.asarray([c or "" for c in x["cat"]], dtype=object)
-    ts = np.asarray(x["ts"], dtype=np.int64)
-    dur = np.asarray(x["dur"], dtype=np.int64)
+    try:
+        ts = np.asarray(x["ts"], dtype=np.int64)
+        dur = np.asarray(x["dur"], dtype=np.int64)
+    except OverflowError:
+        raise TraceFormatError(f"{path}: a timestamp or duration beyond the year 2262 (int64 ns): "
+                               "not a profiler time") from None
     name = np.asarray(x["name"], dtype=object)
     args = x["args"]
     raw = R.RawProfile()

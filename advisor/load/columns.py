@@ -45,23 +45,40 @@ def ts_ns(values: list) -> np.ndarray:
     """
     arr = np.array(values)
     if arr.dtype.kind in "iu":
+        if len(arr) and (arr.max() > _MAX_US or arr.min() < -_MAX_US):
+            raise OverflowError(_BEYOND)
         return arr.astype(np.int64) * 1000
     if arr.dtype.kind == "f":
-        return np.rint(arr * 1000.0).astype(np.int64)
+        return _float_ns(arr)
     try:
         text = arr.astype("S")
         whole, _, frac = np.strings.partition(text, b".")
         frac = np.strings.ljust(frac.astype("S3"), 3, b"0")
-        ns = whole.astype(np.int64) * 1000
+        whole = whole.astype(np.int64)
+        if len(whole) and (whole.max() > _MAX_US or whole.min() < -_MAX_US):
+            raise OverflowError(_BEYOND)
+        ns = whole * 1000
         frac_ns = frac.astype(np.int64)
-        return np.where(np.strings.startswith(whole, b"-"), ns - frac_ns, ns + frac_ns)
+        return np.where(np.strings.startswith(text, b"-"), ns - frac_ns, ns + frac_ns)
     except (ValueError, TypeError, OverflowError):
-        return np.rint(np.asarray(values, dtype=np.float64) * 1000.0).astype(np.int64)
+        return _float_ns(np.asarray(values, dtype=np.float64))
+
+
+# Times and durations must fit int64 ns (up to the year 2262); beyond that a cast would wrap silently.
+_MAX_US = np.iinfo(np.int64).max // 1000 - 1
+_BEYOND = "a time or duration beyond the year 2262 (int64 ns): not a profiler time"
+
+
+def _float_ns(us: np.ndarray) -> np.ndarray:
+    ns = np.rint(us * 1000.0)
+    if len(ns) and not (np.abs(ns) < 9.2e18).all():       # also catches inf and nan
+        raise OverflowError(_BEYOND)
+    return ns.astype(np.int64)
 
 
 def dur_ns(values, n: int) -> np.ndarray:
     # Durations are small: float64 is exact to well below 1 ns.
-    return np.rint(np.fromiter(values, dtype=np.float64, count=n) * 1000.0).astype(np.int64)
+    return _float_ns(np.fromiter(values, dtype=np.float64, count=n))
 
 
 def _ints(get, objects, n: int) -> np.ndarray:

@@ -12,6 +12,7 @@ still fails at the end of the file is a corrupt or truncated trace.
 """
 from __future__ import annotations
 
+import math
 import queue
 import re
 import threading
@@ -32,6 +33,11 @@ _HEADER_LIMIT = 64 << 20          # the top-level keys before "traceEvents" are 
 _CUT = re.compile(rb"\}\s*,\s*\{")
 _ARRAY_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _ERROR_AT = re.compile(r"\(byte (\d+)\)")
+_CUT_TRIES = 4                    # failed cuts in one buffer before jumping to its last candidate
+_CUT_SPAN = 64                    # bytes a boundary candidate (with its whitespace) is assumed to span
+_AFTER_CLOSE = re.compile(rb"\s*[,}]")
+_CLOSE_TRIES = 64                 # `]` candidates tried for the end of traceEvents (Kineto's tail has few)
+_TRAILING = "trailing characters"     # msgspec: a complete JSON value ended before the piece did
 _DONE = object()
 
 
@@ -72,6 +78,11 @@ def _inflate(path: str) -> Iterator[bytes]:
             raise TraceFormatError(f"{path}: compressed data is corrupt ({exc})") from None
         if not inflater.eof:
             raise TraceFormatError(f"{path}: compressed data is truncated (gzip stream ends early)")
+
+
+def too_deep(path) -> str:
+    return (f"{path}: JSON nested too deeply (thousands of levels of [ ] or {{ }}; profiler events nest "
+            "a few levels): not a trace")
 
 
 class _Prefetch:
@@ -140,6 +151,8 @@ class ChunkedArray:
         blocks = _open_blocks(self.path)
         try:
             yield from self._pieces(blocks)
+        except RecursionError:      # msgspec's decoder recurses once per level of [ ] / { }
+            raise TraceFormatError(too_deep(self.path)) from None
         finally:
             close = getattr(blocks, "close", None)
             if close:
@@ -169,6 +182,7 @@ class ChunkedArray:
                 piece_end = self._cut_after(buf, retry_from)
             else:
                 piece_end = self._cut_before(buf, CHUNK_BYTES) or self._cut_after(buf, CHUNK_BYTES)
+            failed_cuts = 0
             while piece_end is not None:
                 piece = b"".join((b"[", memoryview(buf)[:piece_end], b"]"))
                 try:
@@ -176,9 +190,18 @@ class ChunkedArray:
                 except msgspec.ValidationError:
                     raise
                 except msgspec.DecodeError as exc:
+                    if _TRAILING in str(exc):
+                        # The event array closes inside this buffer, before the cut (which fell in the
+                        # keys after it): what is left is the file's tail, read to the end and finished.
+                        want = math.inf
+                        break
                     self._check_cut_error(exc, len(piece))
                     retry_from = piece_end + 1
-                    piece_end = self._cut_after(buf, retry_from)
+                    failed_cuts += 1
+                    # Many candidates inside one event (a string full of "},{"): try the buffer's last one
+                    # instead of decoding the growing piece once per candidate (quadratic).
+                    piece_end = self._cut_after(buf, retry_from) if failed_cuts < _CUT_TRIES \
+                        else self._last_cut_after(buf, retry_from)
                     continue
                 finally:
                     del piece
@@ -188,7 +211,10 @@ class ChunkedArray:
                 del decoded
                 break
             else:
-                want = len(buf) + 1     # no boundary in the buffer ends an event: read more
+                # No boundary in the buffer ends an event: read more, in growing steps, and search only the
+                # new bytes (growing by one block and rescanning everything was quadratic).
+                retry_from = max(retry_from, len(buf) - _CUT_SPAN)
+                want = len(buf) + max(CHUNK_BYTES, len(buf) // 2)
 
     def _check_cut_error(self, exc: Exception, size: int):
         """A cut inside an event leaves the piece unterminated: the decoder fails at its very end. An
@@ -207,6 +233,12 @@ class ChunkedArray:
                 return None
             if _CUT.match(buf, pos):
                 return pos + 1
+
+    @classmethod
+    def _last_cut_after(cls, buf: bytes, start: int):
+        """The buffer's last event-boundary candidate if it lies at or after `start`, else None."""
+        pos = cls._cut_before(buf, len(buf))
+        return pos if pos is not None and pos > start else None
 
     @staticmethod
     def _cut_after(buf: bytes, start: int):
@@ -247,11 +279,15 @@ class ChunkedArray:
         # after it must complete the object.
         pos = len(buf)
         last_error = None
+        tries = 0
         while True:
             pos = buf.rfind(b"]", 0, pos)
-            if pos < 0:
+            if pos < 0 or tries >= _CLOSE_TRIES:
                 detail = f" ({last_error})" if last_error else " (the traceEvents array is not closed)"
                 raise TraceFormatError(f"{self.path}: corrupt or truncated JSON{detail}")
+            if not _AFTER_CLOSE.match(buf, pos + 1):
+                continue        # what closes traceEvents is followed by the next key or the object's end
+            tries += 1
             try:
                 header = msgspec.json.decode(prefix + b'"traceEvents": null' + buf[pos + 1:])
             except msgspec.DecodeError:

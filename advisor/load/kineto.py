@@ -89,7 +89,9 @@ _OTHER = _SKIPPED[0]()
 Event = Union[(Complete, Metadata) + _SKIPPED]
 
 _typed = msgspec.json.Decoder(list[Event], float_hook=str)
-_untyped = msgspec.json.Decoder()
+# Loose decoding keeps fractional numbers as their text too: the timestamps stay exact (and the same as in
+# a piece decoded typed), whichever piece an odd event happens to fall in.
+_untyped = msgspec.json.Decoder(float_hook=str)
 
 
 def _decode_piece(data: bytes) -> list:
@@ -112,8 +114,11 @@ def _coerce(e: dict):
     def integer(v):
         try:
             return int(v)
-        except (TypeError, ValueError):
-            return -1
+        except (TypeError, ValueError, OverflowError):
+            try:
+                return int(float(v))        # "3.0": a fractional number's text
+            except (TypeError, ValueError, OverflowError):
+                return -1
 
     ph = e.get("ph")
     if ph not in ("X", "M"):

@@ -42,7 +42,12 @@ def read_findings(path: Path) -> dict:
 
 
 def write_findings(report, path: Path):
-    Path(path).write_text(json.dumps(to_json(report), indent=2, default=json_default), encoding="utf-8")
+    doc = to_json(report)
+    if report.project_root:
+        from ..apply.relocate import source_record
+        edits = [(f.fix.file, f.fix.file_sha256) for f in report.findings if f.fix is not None and f.fix.file]
+        doc["source"] = source_record(report.project_root, Path(path).parent, edits)
+    Path(path).write_text(json.dumps(doc, indent=2, default=json_default), encoding="utf-8")
 
 
 def json_default(o):
