@@ -21,6 +21,7 @@ ANALYZERS = (
     "cpu_fallback",
     "npu_runtime",
     "small_op_loops",
+    "host_work",
     "optimizer",
     "host_bound",
 )

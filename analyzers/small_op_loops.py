@@ -73,7 +73,7 @@ def analyze(trace, ctx) -> Analysis:
     if not len(ops) or not len(trace.locations):
         return Analysis()
     stats = step_stats(trace)
-    top = _top_level_ops(trace, stats)
+    top = top_level_ops(trace, stats)
     if not len(top):
         return Analysis()
     locs = trace.locations
@@ -118,9 +118,10 @@ def _in_optimizer_steps(trace) -> np.ndarray:
     return inside
 
 
-def _top_level_ops(trace, stats) -> pd.DataFrame:
+def top_level_ops(trace, stats, on_device: bool = True) -> pd.DataFrame:
     """Forward ops that a user source line issued directly: located, in a step, not nested in an op of
-    the same line, not run by autograd."""
+    the same line, not run by autograd. With placement records, only the ops whose call touched device
+    tensors (`on_device`), or only those that touched none (host tensor work, `analyzers/host_work.py`)."""
     ops = trace.ops
     ts = ops["ts"].to_numpy()
     end = ts + ops["dur"].to_numpy()
@@ -143,7 +144,7 @@ def _top_level_ops(trace, stats) -> pd.DataFrame:
     if placement.recorded(trace):
         # Only ops that would launch on the NPU pay its dispatch cost; work that torch components
         # (optimizer, grad scaler, clip_grad) do for one user call is theirs (NPA601), not a loop's.
-        keep &= (placement.per_op(trace, "on_device", -1) == 1) & ~placement.by_component(trace)
+        keep &= (placement.per_op(trace, "on_device", -1) == (1 if on_device else 0)) & ~placement.by_component(trace)
     rows = np.flatnonzero(keep)
     # Ops nested under each top-level op (its implementation), for the "aten ops incl. nested" count:
     # climb each nested op to its top-level ancestor at the same line.
@@ -260,9 +261,9 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         evidence.append(Evidence("item() calls per step", round(items / n, 3), "calls",
                                  "aten::item / _local_scalar_dense among the loop's ops: one stream sync each on an NPU"))
     predicted = not trace.has_device_timeline
-    if predicted:
-        # The CPU time under the profiler is not what the NPU pays: cost the launches with the NPU
-        # dispatch-cost model; one vectorized pass of the body (ops per iteration) stays.
+    if trace.device_type != "npu":
+        # Neither the CPU time under the profiler nor a GPU's launch cost is what the NPU pays: cost the
+        # launches with the NPU dispatch-cost model; one vectorized pass of the body (ops per iteration) stays.
         npu_us, npu_how = dispatch_cost.launches(entry["names"], n)
         saving = npu_us * (1.0 - 1.0 / iterations)
         evidence.append(Evidence("NPU dispatch time per step", round(npu_us, 3), "us", npu_how))

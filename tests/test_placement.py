@@ -76,6 +76,24 @@ def test_predicted_findings_say_placement_was_inferred_and_from_what(traps_run):
         or "parameters and buffers of `Head`" in item["details"]["placement"]
 
 
+def test_host_tensor_work_is_a_low_observation_at_the_function(traps_run):
+    """The host-side target loop is no small-op loop (it launches nothing on the NPU) but its host time
+    inside the step is stated once, at the function's def line, as a host_bound observation."""
+    _, findings = traps_run
+    host = [f for f in findings["findings"] if f["rule"] == "NPA503"]
+    assert [f["details"]["function"] for f in host] == ["make_targets"], [f["title"] for f in host]
+    f = host[0]
+    def_line = next(i for i, line in enumerate(TRAPS.read_text(encoding="utf-8").splitlines(), 1)
+                    if line.startswith("def make_targets"))
+    assert [(l["file"], l["line"]) for l in f["locations"]] == [("placement_traps.py", def_line)]
+    assert f["category"] == "host_bound" and f["severity"] in ("info", "low") and f["estimated_saving_us"] is None
+    evidence = {e["label"]: e for e in f["evidence"]}
+    assert evidence["host tensor time per step"]["value"] >= 1000 and evidence["host tensor time per step"]["unit"] == "us"
+    trap_lines = {line for line, what in _tagged("trap").items() if "target generation" in what}
+    assert {l["line"] for l in f["details"]["lines"]} & trap_lines
+    assert "NPU launch" not in f["title"] and "dispatch" not in f["title"]
+
+
 def test_trace_records_flags_and_roots(traps_run):
     out, _ = traps_run
     trace = json.loads(gzip.open(out / "trace" / "rank0.pt.trace.json.gz").read())
