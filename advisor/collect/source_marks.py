@@ -154,7 +154,7 @@ class SourceMarkMode(TorchFunctionMode):
             if tracker is None:
                 return func(*args, **kwargs)
             if state.tracking or tracker.places(func, kwargs):
-                return self._track_only(tracker, func, args, kwargs)
+                return self._tracked(tracker, func, args, kwargs, sys._getframe(1), marked=False)
             return func(*args, **kwargs)
         if tracker is None:
             name = self.frames.marker_name(sys._getframe(1))
@@ -162,52 +162,42 @@ class SourceMarkMode(TorchFunctionMode):
                 return func(*args, **kwargs)
             with self._record(name):
                 return func(*args, **kwargs)
-        caller = sys._getframe(1)
+        return self._tracked(tracker, func, args, kwargs, sys._getframe(1), marked=True)
+
+    def _tracked(self, tracker, func, args, kwargs, caller, marked: bool):
+        """Run one torch call under placement tracking; `marked`: inside its flagged source-line range.
+        Unmarked: the profiler's warmup step (not recorded), where placement is tracked so the tensors
+        the first recorded step reads (last step's loss) are known; before it, only explicit placements
+        (anchors made with `.to(device)` at start-up) are."""
         site = self.frames.site(caller)
         if site is None:
             return func(*args, **kwargs)
         try:
             flags, rule = tracker.before(func, args, kwargs, site[1], caller)
         except Exception as exc:   # never break the user's script over placement: stop tracking
-            tracker.failed(exc)
-            self.placement = None
+            self._stop_tracking(tracker, exc)
+            if not marked:
+                return func(*args, **kwargs)
             with self._record(site[0]):
                 return func(*args, **kwargs)
-        key = (site[0], flags)
-        name = self._flagged.get(key)
-        if name is None:
-            name = self._flagged[key] = f"{site[0]}|{flags}"
-        with self._record(name):
+        if marked:
+            key = (site[0], flags)
+            name = self._flagged.get(key)
+            if name is None:
+                name = self._flagged[key] = f"{site[0]}|{flags}"
+            with self._record(name):
+                result = func(*args, **kwargs)
+        else:
             result = func(*args, **kwargs)
         try:
-            result = tracker.after(result, rule)
+            return tracker.after(result, rule)
         except Exception as exc:
-            tracker.failed(exc)
-            self.placement = None
-        return result
+            self._stop_tracking(tracker, exc)
+            return result
 
-
-    def _track_only(self, tracker, func, args, kwargs):
-        """The profiler's warmup step (not recorded): placement is tracked, nothing is marked, so the
-        tensors that the first recorded step reads (last step's loss) are known. Before it, only explicit
-        placements (anchors made with `.to(device)` at start-up) are."""
-        caller = sys._getframe(2)
-        site = self.frames.site(caller)
-        if site is None:
-            return func(*args, **kwargs)
-        try:
-            _, rule = tracker.before(func, args, kwargs, site[1], caller)
-        except Exception as exc:
-            tracker.failed(exc)
-            self.placement = None
-            return func(*args, **kwargs)
-        result = func(*args, **kwargs)
-        try:
-            result = tracker.after(result, rule)
-        except Exception as exc:
-            tracker.failed(exc)
-            self.placement = None
-        return result
+    def _stop_tracking(self, tracker, exc) -> None:
+        tracker.failed(exc)
+        self.placement = None
 
 
 def install(mode: SourceMarkMode):
