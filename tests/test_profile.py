@@ -188,9 +188,8 @@ def test_window_seconds_profiles_a_script_without_optimizer(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     collection = read_json(out / "collection.json")
     assert collection["mode"] == "window" and collection["window_seconds"] == 1.0
+    # stopped after about 1 s of a 3 s loop (the recorded span below; wall time swings with machine load)
     assert collection["stopped_early"] is True
-    # stopped after about 1 s of a 3 s loop
-    assert collection["wall_seconds"] < 3.0 + 20
     with gzip.open(out / "trace" / "rank0.pt.trace.json.gz", "rt") as f:
         events = json.load(f)["traceEvents"]
     scalar = [e for e in events if e.get("name") == "aten::_local_scalar_dense"]
