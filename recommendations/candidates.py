@@ -48,8 +48,10 @@ class Candidate:
     npu_calls: list = field(default_factory=list)
     # Preconditions no syntax check can prove (iterations independent, equal shapes across a list, broadcasting
     # as one element did): the verification stage's acceptance on the user's run is their proof. A candidate
-    # with any is not auto-applicable (auto_applicable is False) until that stage accepts it.
+    # with any is not auto-applicable (auto_applicable is False) until that stage verifies it.
     needs_verification: list = field(default_factory=list)
+    # Whether the verification stage's acceptance makes it auto-applicable (see Rewrite.applicable_when_verified).
+    applicable_when_verified: bool = False
     # Further candidates for the same finding, best first: the verification stage tries the next one when this
     # one is rejected (e.g. a broadcast rewrite, then torch.vmap of the body, then a stacked-list vmap).
     alternatives: list = field(default_factory=list)
@@ -60,7 +62,8 @@ class Candidate:
                 new_source=rewrite.new_source, description=rewrite.description, catalog_ref=catalog_ref,
                 auto_applicable=bool(rewrite.auto_applicable), preconditions=list(rewrite.verified),
                 constraints=list(rewrite.constraints), requires=list(rewrite.requires), line=rewrite.line,
-                needs_verification=list(rewrite.needs_verification))
+                needs_verification=list(rewrite.needs_verification),
+                applicable_when_verified=bool(getattr(rewrite, "applicable_when_verified", rewrite.auto_applicable)))
         c.locate()
         return c
 

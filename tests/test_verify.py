@@ -123,7 +123,8 @@ def test_apply_applies_exactly_the_verified_fixes(example_run):
 @pytest.fixture(scope="module")
 def cases_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("verify_cases") / "out"
-    env = dict(CASES_ENV, VERIFY_TEST_CASES="wrong,raises,exits,decorated,closure,method,static")
+    env = dict(CASES_ENV, VERIFY_TEST_CASES="wrong,raises,exits,decorated,closure,method,static,"
+                                                  "memo,nograd,needs,fallback")
     r = run_cli("profile", "--out", out, SCRIPTS / "verify_train.py", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -143,13 +144,28 @@ def test_wrong_raising_and_unswappable_rewrites_are_reported(cases_run):
     assert raises["status"] == "rejected" and raises["reason"].startswith("raised IndexError: index 1000000 is out of bounds")
     exits = _case(out, "exits")["verification"]
     assert exits["status"] == "rejected" and exits["reason"] == "raised SystemExit(5) (sys.exit) on call 1"
-    decorated = _case(out, "decorated")
-    assert decorated["verification"]["status"] == "not_verifiable" and decorated["auto_applicable"]
-    assert "decorated with @traced" in decorated["verification"]["reason"]
-    # closures, methods using super(), staticmethods: swapped and verified, gradients where outputs need them
-    for subject, grads in (("closure", "equal"), ("method", "equal"), ("static", None)):
+    memo = _case(out, "memo")
+    assert memo["verification"]["status"] == "not_verifiable" and memo["auto_applicable"]
+    assert memo["verification"]["reason"] == (
+        "cannot be swapped: decorated with @Memo, which made a Memo that does not call the function through a "
+        "closure cell of a wrapper (as functools.wraps-style decorators do), so the rewrite cannot be run in its place")
+    # closures, methods using super(), staticmethods, functools.wraps-style decorators (torch.no_grad() too, whose
+    # outputs need no gradients): swapped and verified, gradients where outputs need them
+    for subject, grads in (("closure", "equal"), ("method", "equal"), ("static", None), ("decorated", "equal"),
+                           ("nograd", None)):
         v = _case(out, subject)["verification"]
         assert v["status"] == "verified" and v["calls"] == 5 and v["gradients"] == grads, (subject, v)
+    # what only the run proves (needs_verification): not auto-applicable until verified, then it is
+    needs = _case(out, "needs")
+    assert needs["verification"]["status"] == "verified" and needs["auto_applicable"], needs
+    assert any(c.startswith("proven only by verification on your run: `x` is a tensor") for c in needs["constraints"])
+    # the first candidate is rejected on call 1; its alternative takes over from call 2 in the same run
+    fallback = _case(out, "fallback")
+    v = fallback["verification"]
+    assert v["status"] == "verified" and v["calls"] == 4 and fallback["auto_applicable"], v
+    assert "x + x + x" in fallback["diff"] and fallback["catalog_ref"] == "tests.fallback1"
+    assert v["instead_of"][0]["rewrite"] == "tests.fallback0" and v["instead_of"][0]["status"] == "rejected"
+    assert "chosen after tests.fallback0 was rejected (call 1: output: differs by" in v["summary"]
     # the recommender's own rewrite of the prefix-mask loop, on every call of the 5 steps
     mask = [f["fix"] for f in _fixes(out) if f["fix"]["function"] == "build_mask"]
     assert mask and all(m["verification"]["status"] == "verified" and m["verification"]["calls"] == 5 for m in mask)
@@ -158,7 +174,7 @@ def test_wrong_raising_and_unswappable_rewrites_are_reported(cases_run):
     # the rejected ones are never applied, the unswappable one only when asked
     r = run_cli("apply", out, "--dry-run", "--include-unverified")
     would = _ids(r.stdout, "would apply")
-    assert _case(out, "decorated")["fix_id"] in would
+    assert _case(out, "memo")["fix_id"] in would
     assert not would & {_case(out, s)["fix_id"] for s in ("wrong", "raises", "exits")}
 
 

@@ -4,7 +4,8 @@ each candidate installed beside the function it rewrites, no profiler.
     python -m npu_advise.verify.child SPEC.json -- SCRIPT [ARGS]...
 
 SPEC: {"results": path, "max_calls": N, "max_steps": S, "call_timeout_s": T, "window_seconds": W, "targets": [{"id", "file",
-"function", "function_source", "npu_calls"}]}. The files holding targets are compiled from their own
+"function", "function_source", "npu_calls", "after"}]}; "after": ids of the candidates an alternative stands in
+for (it is compared once they all failed). The files holding targets are compiled from their own
 source with the pairing statements added (swap.instrument): the script itself as `__main__`, other
 modules through an import hook. The run stops after S optimizer steps (or, for a --window-seconds profile, at the
 first target call after that window), or as soon as every target has been called N times; whatever the script does (finishes, raises, sys.exit, os._exit), the results file
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
 
     session = Session(spec["targets"], results, int(spec["max_calls"]), float(spec["call_timeout_s"]),
                       spec.get("window_seconds"))
-    setattr(builtins, PAIR_BUILTIN, lambda tid, obj: session.targets[tid].pair(obj))
+    setattr(builtins, PAIR_BUILTIN, lambda tid, obj, decorator=None: session.targets[tid].pair(obj, decorator))
     from . import optimizers
 
     watched = [t for t in session.targets.values() if isinstance(t, optimizers.OptimizerTarget)]
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     by_file = {}
     for t in spec["targets"]:
         if t.get("kind") != "optimizer":
-            by_file.setdefault(os.path.realpath(t["file"]), {})[t["function"]] = t["id"]
+            by_file.setdefault(os.path.realpath(t["file"]), {}).setdefault(t["function"], []).append(t["id"])
     main_file = os.path.realpath(script)
     sys.meta_path.insert(0, _Finder(by_file, session, skip=main_file))
 
@@ -124,7 +125,8 @@ def _run_script(script: str, targets: dict, session) -> None:
 
 def _report_problems(problems: dict, targets: dict, session) -> None:
     for name, why in problems.items():
-        session.targets[targets[name]].unverifiable(f"cannot be swapped: {why}")
+        for tid in targets[name]:
+            session.targets[tid].unverifiable(f"cannot be swapped: {why}")
     if problems:
         session.save()
 

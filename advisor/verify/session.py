@@ -27,7 +27,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import compare as C
-from .swap import NotSwappable, build_candidate, compile_candidate, rewrap, unwrap
+from .swap import (PAIRED_ORIGINAL, NotSwappable, build_candidate, compile_candidate, find_def_function,
+                   own_function, rewrap, unwrap)
 
 DETAIL_CALLS = 2
 COTANGENT_SEED = 1234
@@ -75,8 +76,23 @@ class Target:
         self.grad_tensors = 0
 
     @property
+    def failed(self) -> bool:
+        return self.status in ("rejected", "not_verifiable")
+
+    @property
     def done(self) -> bool:
-        return self.status in ("rejected", "not_verifiable") or self.calls >= self.session.max_calls
+        """Nothing more to compare: failed, has its calls, or a candidate it stands in for has them."""
+        return self.failed or self.calls >= self.session.max_calls or any(
+            not p.failed and p.calls >= self.session.max_calls for p in self.before)
+
+    @property
+    def active(self) -> bool:
+        """An alternative is compared only once every candidate before it (spec "after") has failed."""
+        return all(p.failed for p in self.before)
+
+    @property
+    def before(self) -> list:
+        return [self.session.targets[t] for t in self.spec.get("after") or () if t in self.session.targets]
 
     def record(self) -> dict:
         out = {"id": self.id, "status": self.status if self.status != "running" else "verified",
@@ -109,10 +125,17 @@ class Target:
             self.status, self.reason = "not_verifiable", why
 
     # -- installation -------------------------------------------------------------------------
-    def pair(self, obj):
-        """What the instrumented module binds instead of the original def."""
+    def pair(self, obj, decorator=None):
+        """What the instrumented module binds instead of the original def (`decorator`: the source of its
+        first decorator other than @staticmethod / @classmethod, None when it has none)."""
+        cell = None
         try:
-            kind, original = unwrap(obj)
+            if decorator is not None:
+                where, found = find_def_function(obj, self.spec["function"], decorator)
+                if where == "cell":
+                    cell = found
+            kind, called = ("function", cell.cell_contents) if cell is not None else unwrap(obj)
+            original = own_function(called)     # `called` may be another candidate's pairing of it
             if self.code is None:
                 self.code = compile_candidate(self.spec["function_source"], self.name, original)
             rewrite = build_candidate(self.code, original, self.spec["function_source"], self.session.globals_for(self, original))
@@ -132,16 +155,21 @@ class Target:
                 target.seen += 1            # a call of the script's own (not one of a rewrite's runs)
             if session.deadline is not None and not session.busy and time.time() > session.deadline:
                 raise StopRun()             # a --window-seconds profile: its window is over
-            if target.done or target.session.busy:
-                return original(*args, **kwargs)
-            return target.session.run_pair(target, original, rewrite, args, kwargs)
+            if target.done or session.busy or not target.active:
+                return called(*args, **kwargs)
+            return session.run_pair(target, called, rewrite, args, kwargs)
 
-        for attr in ("__name__", "__qualname__", "__doc__", "__module__", "__dict__"):
+        for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
             try:
                 setattr(paired, attr, getattr(original, attr))
             except (AttributeError, TypeError):
                 pass
-        paired.__wrapped__ = original
+        paired.__dict__.update(original.__dict__)   # a copy: attributes set on paired must not land on the original
+        paired.__wrapped__ = called
+        setattr(paired, PAIRED_ORIGINAL, original)
+        if cell is not None:
+            cell.cell_contents = paired         # the decorator's wrapper now calls the pairing
+            return obj
         return rewrap(kind, paired)
 
 

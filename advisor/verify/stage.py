@@ -45,44 +45,103 @@ class RunStats:
 def verify_report(report, candidates: dict, collection: dict, max_calls: int = MAX_CALLS,
                   timeout_s: Optional[float] = None, log: Optional[Path] = None, echo=None) -> RunStats:
     """Verify the report's candidates on a re-run of the profiled script; sets `fix.verification` on every
-    finding with a candidate (a rejected one stops being auto-applicable). The script's own output goes
-    to `log` (default: discarded)."""
+    finding with a candidate. A finding's candidate and its alternatives form a chain: an alternative is
+    compared once every candidate before it failed (in the same run, from the next call on; in one more run
+    when it was not called after that), and the first one verified becomes the finding's fix. The script's
+    own output goes to `log` (default: discarded)."""
     stats = RunStats()
-    pending = {}                                  # target id -> (spec, [findings])
+    specs = {}                                    # target id -> spec
+    chains = []                                   # (finding, [(candidate, target id or None, result)])
     for f in report.findings:
         c = candidates.get(f.id)
         if c is None or f.fix is None or not f.fix.diff:
             continue
-        why = _not_runnable(c, collection)
-        if why is not None:
-            _set(f, {"status": "not_verifiable", "reason": why, "on_this_machine": bool(c.requires)})
-            continue
-        tid = _target_id(c)
-        call = _rewritten_optimizer_call(c)
-        if call is not None:
-            lines, text = call
-            spec = pending.get(tid, ({"id": tid, "kind": "optimizer", "file": str(c.path), "function": c.function,
-                                      "call_lines": lines, "new_call": text, "npu_calls": list(c.npu_calls)}, []))
-        else:
-            spec = pending.get(tid, ({"id": tid, "file": str(c.path), "function": c.function,
-                                      "function_source": c.function_source, "npu_calls": list(c.npu_calls)}, []))
-        spec[1].append(f)
-        pending[tid] = spec
-    if not pending:
-        return stats
-    for round_ in _rounds(list(pending.values())):
-        specs = [s for s, _ in round_]
-        results, outcome, wall = _run(specs, collection, max_calls, timeout_s, log, echo)
-        stats.runs += 1
-        stats.wall_seconds += wall
-        stats.steps = max(stats.steps, results.get("steps") or 0)
-        stats.outcomes.append(outcome)
-        by_id = {r["id"]: r for r in results.get("targets", [])}
-        for spec, findings in round_:
-            result = _final(by_id.get(spec["id"]), results, outcome, spec)
-            for f in findings:
-                _set(f, dict(result))
+        chain, before = [], []
+        for cand in [c] + list(c.alternatives):
+            why = _not_runnable(cand, collection)
+            if why is not None:
+                chain.append([cand, None, {"status": "not_verifiable", "reason": why,
+                                           "on_this_machine": bool(cand.requires)}])
+                continue
+            tid = _target_id(cand)
+            if tid not in specs:                  # the NPA501 and NPA302 findings of one loop share it
+                specs[tid] = dict(_spec(cand, tid), after=list(before))
+            chain.append([cand, tid, None])
+            before.append(tid)
+        chains.append((f, chain))
+    results = {}
+    todo = list(specs.values())
+    for _ in range(2):                            # the run, and one for alternatives it had no call for
+        for round_ in _rounds(todo):
+            results.update(_verify_round(round_, collection, max_calls, timeout_s, log, echo, stats))
+        todo = [dict(specs[t], after=[]) for t in _unreached(chains, specs, results)]
+        if not todo:
+            break
+    for f, chain in chains:
+        for link in chain:
+            if link[1] is not None:
+                link[2] = results[link[1]]
+        _choose(f, chain, candidates)
     return stats
+
+
+def _spec(c, tid: str) -> dict:
+    call = _rewritten_optimizer_call(c)
+    if call is not None:
+        lines, text = call
+        return {"id": tid, "kind": "optimizer", "file": str(c.path), "function": c.function,
+                "call_lines": lines, "new_call": text, "npu_calls": list(c.npu_calls)}
+    return {"id": tid, "file": str(c.path), "function": c.function, "function_source": c.function_source,
+            "npu_calls": list(c.npu_calls)}
+
+
+def _verify_round(specs: list, collection, max_calls, timeout_s, log, echo, stats: RunStats) -> dict:
+    """target id -> final record, from one run of the script."""
+    raw, outcome, wall = _run(specs, collection, max_calls, timeout_s, log, echo)
+    stats.runs += 1
+    stats.wall_seconds += wall
+    stats.steps = max(stats.steps, raw.get("steps") or 0)
+    stats.outcomes.append(outcome)
+    by_id = {r["id"]: r for r in raw.get("targets", [])}
+    return {s["id"]: _final(by_id.get(s["id"]), raw, outcome, s) for s in specs}
+
+
+def _unreached(chains: list, specs: dict, results: dict) -> list:
+    """Alternatives whose chain has nothing verified, whose turn came (all before them failed) but that were
+    not called after it."""
+    out = []
+    for _, chain in chains:
+        tids = [t for _, t, _ in chain if t is not None]
+        if any(results[t]["status"] == "verified" for t in tids):
+            continue
+        for t in tids:
+            after = specs[t]["after"]
+            if after and results[t].get("not_called") and not any(
+                    results[a]["status"] == "verified" or results[a].get("not_called") for a in after):
+                out.append(t)
+    return list(dict.fromkeys(out))
+
+
+def _choose(finding, chain: list, candidates: dict) -> None:
+    """The finding's fix: the first candidate of its chain that was verified (else the first one), with what
+    happened to the ones before it."""
+    pick = next((k for k, (_, _, r) in enumerate(chain) if r["status"] == "verified"), 0)
+    cand, _, result = chain[pick]
+    result = dict(result)
+    if pick:
+        result["instead_of"] = [{"rewrite": c.catalog_ref, "status": r["status"], "reason": r.get("reason")}
+                                for c, _, r in chain[:pick]]
+        finding.fix = cand.to_fix(finding.id)
+        if cand.requires:
+            finding.details["fix_requires"] = list(cand.requires)
+        else:
+            finding.details.pop("fix_requires", None)
+        if cand.catalog_ref.startswith("rewrites."):
+            finding.details["rewrite_generator"] = cand.catalog_ref.split(".", 1)[1]
+        candidates[finding.id] = cand
+    elif len(chain) > 1:
+        result["alternatives_tried"] = sum(1 for _, _, r in chain[1:] if r.get("calls"))
+    _set(finding, cand, result)
 
 
 def _not_runnable(c, collection: dict) -> Optional[str]:
@@ -143,17 +202,18 @@ def _target_id(c) -> str:
     return "T" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def _rounds(items: list) -> list:
-    """Greedy grouping: no two targets of one run replace the same function."""
+def _rounds(specs: list) -> list:
+    """Greedy grouping into runs: candidates for one function are stacked in one run (each pairs what the one
+    before bound); two rewrites of one optimizer constructor call are not."""
     rounds = []
-    for spec, findings in items:
-        key = (spec["file"], spec["function"])
+    for spec in specs:
+        key = (spec["file"], spec["function"]) if spec.get("kind") == "optimizer" else None
         for r in rounds:
-            if all((s["file"], s["function"]) != key for s, _ in r):
-                r.append((spec, findings))
+            if key is None or all((s["file"], s["function"]) != key for s in r if s.get("kind") == "optimizer"):
+                r.append(spec)
                 break
         else:
-            rounds.append([(spec, findings)])
+            rounds.append([spec])
     return rounds
 
 
@@ -247,7 +307,7 @@ def _final(result: Optional[dict], results: dict, outcome: str, spec: dict) -> d
     if in_progress.get("id") == spec["id"] and results.get("killed"):
         result.update(status="rejected", reason=f"call {in_progress.get('call')}: {outcome} while the rewrite ran")
     elif result["status"] == "not_called":
-        result.update(status="not_verifiable",
+        result.update(status="not_verifiable", not_called=True,
                       reason=f"{spec['function']} was not called in the verification run ({outcome} after "
                              f"{results.get('steps', 0)} optimizer steps)")
     elif result["status"] == "verified" and not result.get("calls"):
@@ -258,8 +318,13 @@ def _final(result: Optional[dict], results: dict, outcome: str, spec: dict) -> d
     return result
 
 
-def _set(finding, result: dict) -> None:
+def _set(finding, candidate, result: dict) -> None:
+    """Record the result on the finding's fix. Verified on >= 1 call: auto-applicable when the candidate's
+    static checks held (what only verification proves now is proven); rejected: never auto-applicable;
+    not verifiable: as the static checks left it."""
     result["summary"] = summary.describe(result)
     finding.fix.verification = result
     if result["status"] == "rejected":
         finding.fix.auto_applicable = False
+    elif result["status"] == "verified" and result.get("calls") and candidate.applicable_when_verified:
+        finding.fix.auto_applicable = True

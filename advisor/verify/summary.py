@@ -42,6 +42,8 @@ def describe(r: dict) -> str:
                         f"(median call x {t['calls_per_step']:g} calls per step)")
         else:
             tail.append(f"host time {_ms(t['original_per_call'])} -> {_ms(t['rewrite_per_call'])} ms per call (median)")
+    for alt in r.get("instead_of") or ():
+        tail.append(f"chosen after {alt['rewrite']} was {alt['status'].replace('_', ' ')} ({alt['reason']})")
     return f"{head}: " + "; ".join([", ".join(parts)] + tail)
 
 

@@ -1,10 +1,11 @@
 """Install a rewritten function beside the original without editing any file.
 
 `instrument(source, path, targets)` compiles a module's own source with one statement added after each
-target def (`name = __npu_advise_pair__(ID, name)`, on the def's last line): the original functions are
-compiled from the file exactly as Python would, and the added statement hands each one, once it exists
+target def (`name = __npu_advise_pair__(ID, name, DECORATOR)`, on the def's last line): the original functions
+are compiled from the file exactly as Python would, and the added statement hands each one, once it exists
 (with its decorators, its closure cells and, for methods, the class cell `super()` reads), to the
-verification session. `build_candidate` compiles the rewritten def in the original's own module globals
+verification session. A decorated def's own function is paired where the decorator keeps it (the closure
+cell of a functools.wraps-style wrapper), so no decorator runs twice. `build_candidate` compiles the rewritten def in the original's own module globals
 and closure cells, so it sees what the original sees.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import types
 from npu_advise.recommendations.candidates import function_defs
 
 PAIR_BUILTIN = "__npu_advise_pair__"
-HANDLED_DECORATORS = ("staticmethod", "classmethod")
+HANDLED_DECORATORS = ("staticmethod", "classmethod")      # re-applied to the paired function
 
 
 class NotSwappable(Exception):
@@ -26,11 +27,12 @@ class NotSwappable(Exception):
 def instrument(source: str, path: str, targets: dict):
     """(code object of the module, {qualname: reason} for targets that cannot be installed).
 
-    `targets`: qualified name -> target id."""
+    `targets`: qualified name -> target id, or a list of ids (several candidates for one function are
+    stacked: each pairs what the one before bound)."""
     tree = ast.parse(source, path)
     defs = function_defs(tree)
     problems = {}
-    for name, tid in targets.items():
+    for name, tids in targets.items():
         if name not in defs:
             problems[name] = f"no function {name} in {path} as it is now"
             continue
@@ -38,16 +40,18 @@ def instrument(source: str, path: str, targets: dict):
         if isinstance(node, ast.AsyncFunctionDef):
             problems[name] = "an async function (its calls return coroutines, which are not compared)"
             continue
+        # Other decorators are not run again: the paired function goes where the decorated object keeps
+        # the def's function (Target.pair finds it).
         odd = [d for d in node.decorator_list if _decorator_name(d) not in HANDLED_DECORATORS]
-        if odd:
-            problems[name] = (f"decorated with @{ast.unparse(odd[0])}: only @staticmethod and @classmethod "
-                              f"functions are swapped")
-            continue
-        stmt = ast.parse(f"{node.name} = {PAIR_BUILTIN}({tid!r}, {node.name})").body[0]
-        for n in ast.walk(stmt):
-            n.lineno = n.end_lineno = node.end_lineno
-            n.col_offset, n.end_col_offset = node.col_offset, node.col_offset
-        body.insert(body.index(node) + 1, stmt)
+        decorator = ast.unparse(odd[0]) if odd else None
+        at = body.index(node) + 1
+        for tid in ([tids] if isinstance(tids, str) else tids):
+            stmt = ast.parse(f"{node.name} = {PAIR_BUILTIN}({tid!r}, {node.name}, {decorator!r})").body[0]
+            for n in ast.walk(stmt):
+                n.lineno = n.end_lineno = node.end_lineno
+                n.col_offset, n.end_col_offset = node.col_offset, node.col_offset
+            body.insert(at, stmt)
+            at += 1
     return compile(tree, path, "exec", dont_inherit=True), problems
 
 
@@ -64,6 +68,51 @@ def unwrap(obj):
     if isinstance(obj, types.FunctionType):
         return "function", obj
     raise NotSwappable(f"the name is bound to a {type(obj).__name__}, not a function")
+
+
+PAIRED_ORIGINAL = "__npu_advise_original__"    # on a paired function: the def's own function it stands for
+
+
+def own_function(fn):
+    """The def's own function behind `fn` (itself, or what a paired function stands for)."""
+    return getattr(fn, PAIRED_ORIGINAL, fn)
+
+
+def find_def_function(obj, qualname: str, decorator: str, depth: int = 4):
+    """Where a decorated def's own function is kept: ("self", fn) when the decorator returned it (registries,
+    markers), or ("cell", cell) for the closure cell of the decorator's wrapper that calls it (functools.wraps-
+    style wrappers: torch.no_grad(), torch.inference_mode(), torch.autocast(...), user decorators), searched
+    through up to `depth` nested wrappers. Raises NotSwappable with what the decorator made instead."""
+    name = qualname.rsplit(".", 1)[-1]
+
+    def is_def(fn) -> bool:
+        fn = own_function(fn)
+        return (isinstance(fn, types.FunctionType) and fn.__code__.co_name == name
+                and fn.__qualname__ == qualname)
+
+    outer = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
+    if is_def(outer):
+        return "self", outer
+    level = [outer]
+    for _ in range(depth):
+        nxt = []
+        for fn in level:
+            if not isinstance(fn, types.FunctionType):
+                continue
+            for cell in fn.__closure__ or ():
+                try:
+                    held = cell.cell_contents
+                except ValueError:          # an empty cell
+                    continue
+                if is_def(held):
+                    return "cell", cell
+                if isinstance(held, types.FunctionType):
+                    nxt.append(held)
+        level = nxt
+    what = type(outer).__name__
+    raise NotSwappable(f"decorated with @{decorator}, which made a {what} that does not call the function through "
+                       f"a closure cell of a wrapper (as functools.wraps-style decorators do), so the rewrite "
+                       f"cannot be run in its place")
 
 
 def rewrap(kind: str, fn):

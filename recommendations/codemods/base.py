@@ -35,8 +35,15 @@ class Rewrite:
     # A rewrite with any is never auto-applicable until verified.
     needs_verification: list = field(default_factory=list)
     generator: Optional[str] = None                      # the candidate generator that made it
+    # Whether the rewrite becomes auto-applicable once the verification stage verifies it. Default: a rewrite
+    # with needs_verification does (a codemod lists them only when every static check held), one without
+    # does when its static checks prove it (auto_applicable). A codemod sets False when something else
+    # blocks it too.
+    applicable_when_verified: Optional[bool] = None
 
     def __post_init__(self):
+        if self.applicable_when_verified is None:
+            self.applicable_when_verified = bool(self.needs_verification) or bool(self.auto_applicable)
         if self.needs_verification:
             self.auto_applicable = False
 

@@ -21,7 +21,14 @@ CASES = {
                "        return super().forward(x).clamp(min=0)\n"),
     "static": ("Block.center", "        return x - x.mean(-1, keepdim=True)\n",
                "        return x - x.sum(-1, keepdim=True) / x.shape[-1]\n"),
+    "memo": ("offset", "    return x - 0.25\n", "    return x + (-0.25)\n"),
+    "nograd": ("running_scale", "    return x.abs().mean() + 1.0\n", "    return x.abs().sum() / x.numel() + 1.0\n"),
+    "needs": ("double", "    return x + x\n", "    return x * 2\n"),
+    # a wrong first candidate, then the right one
+    "fallback": ("triple", "    return x * 3\n", "    return x * 4\n", "    return x + x + x\n"),
 }
+# preconditions only the run proves: such a candidate is auto-applicable once verified
+NEEDS = {"needs": ["`x` is a tensor (test: only the run proves it)"]}
 
 
 @source_scanner("tests.verify_cases", order=99)
@@ -33,12 +40,15 @@ def verify_cases(src, files):
             continue
         text = src.text(path)
         for case in wanted:
-            function, old, new = CASES[case]
+            function, old, *news = CASES[case]
             line = text[:text.index(old)].count("\n") + 1
-            rewrite = Rewrite(new_source=text.replace(old, new, 1), description=f"test rewrite: {case}",
-                              auto_applicable=True)
+            made = [src.candidate(path, text, Rewrite(new_source=text.replace(old, new, 1),
+                                                      description=f"test rewrite: {case} #{k}", auto_applicable=True,
+                                                      needs_verification=list(NEEDS.get(case, []))),
+                                  f"tests.{case}{k}") for k, new in enumerate(news)]
+            made[0].alternatives = made[1:]
             f = Finding(rule="NPA599", category="small_op_loop", title=f"verification test case {case}",
                         severity="low", locations=[Location(src.rel(path), line, function)], subject=case)
-            src.attach(f, src.candidate(path, text, rewrite, f"tests.{case}"))
+            src.attach(f, made[0])
             out.append(f)
     return out

@@ -4,7 +4,9 @@
 
 `build_mask` has a prefix-mask loop the recommender rewrites; the other small functions are rewritten by
 tests/scripts/verify_generators.py (wrongly, raising, exiting, hanging, crashing, or correctly through a
-closure, a method using super(), a staticmethod), and `smooth` is decorated so it cannot be swapped.
+closure, a method using super(), a staticmethod, under decorators, needing the run as proof, or a wrong first
+candidate with a right alternative); `offset` is decorated by a class that keeps it as an attribute, so it
+cannot be swapped.
 VERIFY_TRAIN_EXIT=N in the environment makes the script itself sys.exit(N) at its third step.
 """
 import argparse
@@ -55,6 +57,32 @@ def smooth(x):
     return x * 0.5 + 0.5
 
 
+class Memo:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+@Memo
+def offset(x):
+    return x - 0.25
+
+
+@torch.no_grad()
+def running_scale(x):
+    return x.abs().mean() + 1.0
+
+
+def double(x):
+    return x + x
+
+
+def triple(x):
+    return x * 3
+
+
 def make_gate(limit):
     def gate(x):
         return torch.where(x > limit, torch.full_like(x, limit), x)
@@ -93,6 +121,7 @@ def main():
         h = block(Block.center(x)) * build_mask(valid_len, 16)
         h = gate(smooth(scale(shift(h))))
         h = square(halve(absolute(h)))
+        h = offset(triple(double(h))) / running_scale(h)
         loss = head(h).pow(2).mean()
         opt.zero_grad()
         loss.backward()
