@@ -121,7 +121,7 @@ def test_interpolate_without_visible_creation_is_advice_only():
            "        res[i] = (1 - r) * a + r * b\n    return res\n")
     r = loops.rewrite_affine_interpolation(src, 6)
     assert r is not None and not r.auto_applicable
-    assert any("must be 2-D" in c for c in r.constraints)
+    assert any("must be 2-D" in c for c in r.needs_verification) and r.applicable_when_verified
     old_f, new_f = load_function(src, "fill"), load_function(r.new_source, "fill")
     a, b = torch.randn(3), torch.randn(3)
     assert torch.allclose(old_f(torch.zeros(4, 3), a, b, 4), new_f(torch.zeros(4, 3), a, b, 4), atol=1e-6)
@@ -185,7 +185,7 @@ def test_item_loop_over_unknown_iterable_is_advice_only():
     src = "def f(xs):\n    out = []\n    for x in xs:\n        out.append(x.item())\n    return out\n"
     r = loops.rewrite_item_loop(src, 4)
     assert r is not None and not r.auto_applicable
-    assert any("must be a tensor" in c for c in r.constraints)
+    assert any("must be a tensor" in c for c in r.needs_verification) and r.applicable_when_verified
 
 
 def test_rewrite_loop_picks_the_idiom_from_source():
@@ -227,7 +227,7 @@ def test_indexed_item_loop_rewrite_equal_and_idempotent(tmp_path):
     # `j` is used besides the index: enumerate keeps it; `t` is a parameter, so the fix is advice only
     r2 = loops.rewrite_item_loop(src, line_of(src, "out[j] = t[j]"))
     assert "for j, t_j in enumerate(t.reshape(-1).tolist()):" in r2.new_source and not r2.auto_applicable
-    assert any("must be a tensor" in c for c in r2.constraints)
+    assert any("must be a tensor" in c for c in r2.needs_verification) and r2.applicable_when_verified
     # `t` rebound in the body: the values read change mid-loop, no rewrite
     assert loops.rewrite_item_loop(src, line_of(src, "print(t[j]")) is None
     for shape in ((7,), (3, 1), (0,)):

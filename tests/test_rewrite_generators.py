@@ -540,3 +540,128 @@ def draw(heat, labels, n):
     old, new = _pair(src, r, "draw")
     labels = torch.tensor([2, 0, 2, 1])
     _same(old(torch.zeros(3, 2), labels, 4), new(torch.zeros(3, 2), labels, 4))
+
+
+GUARDED = '''import torch
+
+
+def scatter_max(src, index, dim_size):
+    out = src.new_zeros((dim_size,) + src.shape[1:])
+    for i in range(dim_size):
+        sel = index == i
+        if sel.any():
+            out[i] = src[sel].max(0).values
+    return out
+
+
+def class_means(x, labels, n):
+    out = torch.full((n, x.shape[1]), -1.0, dtype=x.dtype)
+    for c in range(n):
+        rows = labels == c
+        if rows.sum() == 0:
+            continue
+        out[c] = x[rows].mean(0)
+    return out
+
+
+def present_sums(x, labels, n):
+    sums = []
+    for c in range(n):
+        if len(x[labels == c]) > 0:
+            sums.append(x[labels == c].sum(0))
+    return torch.stack(sums)
+
+
+def not_a_guard(x, labels, n):
+    out = torch.zeros(n, x.shape[1])
+    for c in range(n):
+        sel = labels == c
+        if sel.sum() > 2:
+            out[c] = x[sel].sum(0)
+    return out
+
+
+def alias_read_after(x, labels, n):
+    out = torch.zeros(n, x.shape[1])
+    for c in range(n):
+        sel = labels == c
+        out[c] = x[sel].sum(0)
+    return out, sel
+'''
+
+
+@pytest.mark.parametrize("rows", [0, 1, 13])
+def test_segment_groups_behind_a_mask_alias_and_an_emptiness_guard(rows):
+    gen = torch.Generator().manual_seed(rows + 3)
+    x = torch.randn(3, rows, generator=gen).t()                           # non-contiguous (rows, 3)
+    labels = torch.randint(-1, 7, (rows,), generator=gen)                 # -1 and 6: outside range(6)
+    cases = [("scatter_max", ".max(0).values", (x, labels, 6)), ("class_means", ".mean(0)", (x, labels, 6))]
+    if rows:                                                              # torch.stack([]) raises in the loop
+        cases.append(("present_sums", "sums.append", (x, labels.clamp(min=0), 6)))
+    for name, needle, args in cases:
+        [r] = segments.candidates(GUARDED, line_of(GUARDED, needle))
+        body = r.new_source.split(f"def {name}")[1].split("return")[0]
+        assert "for " not in body and "torch.bincount" in body, body
+        assert not r.auto_applicable and r.applicable_when_verified and r.needs_verification
+        assert "an empty group keeps its value, as in the loop" in r.constraints
+        old, new = _pair(GUARDED, r, name)
+        _same(old(*args), new(*args))
+        _idempotent(segments, r.new_source, line_of(r.new_source, f"def {name}") + 2)
+    for needle in ("sel.sum() > 2", "return out, sel"):
+        assert segments.candidates(GUARDED, line_of(GUARDED, needle) - 1) == [], needle
+
+
+SKIPS = '''import torch
+
+
+def present_class_scores(probs, labels, num_classes):
+    scores = []
+    for c in range(num_classes):
+        fg = (labels == c).float()
+        if fg.sum() == 0:
+            continue
+        err = (fg - probs[:, c]).abs()
+        scores.append((err.sort(0, descending=True)[0] * torch.linspace(1, 0, err.shape[0])).sum())
+    return torch.stack(scores).mean()
+
+
+def kept_rows(x, limit):
+    out = []
+    for row in x:
+        if row.max() > limit: continue
+        out.append(row * 2)
+    return out
+
+
+def two_skips(x):
+    out = []
+    for row in x:
+        if row.sum() > 0:
+            continue
+        if row.sum() < -1:
+            continue
+        out.append(row)
+    return torch.stack(out)
+'''
+
+
+@pytest.mark.parametrize("rows", [1, 12])
+def test_map_vmap_drops_the_iterations_a_loop_skips(rows):
+    gen = torch.Generator().manual_seed(rows)
+    probs = torch.rand(5, rows, generator=gen).t().requires_grad_()          # non-contiguous (rows, 5)
+    labels = torch.randint(0, 3, (rows,), generator=gen)                      # classes 3 and 4 absent: skipped
+    [r] = map_loops.candidates(SKIPS, line_of(SKIPS, "fg = (labels == c)"))
+    assert r.generator == "map_vmap" and not r.auto_applicable and r.applicable_when_verified
+    assert "scores = rows[torch.logical_not(dropped)]" in r.new_source and "continue" not in r.new_source.split("def kept")[0]
+    assert any("skip condition" in n for n in r.needs_verification)
+    old, new = _pair(SKIPS, r, "present_class_scores")
+    a, b = old(probs, labels, 5), new(probs, labels, 5)
+    _same(a, b)
+    _same(torch.autograd.grad(a, probs)[0], torch.autograd.grad(b, probs)[0])
+    _idempotent(map_loops, r.new_source, line_of(r.new_source, "def present_class_scores") + 2)
+    [r] = map_loops.candidates(SKIPS, line_of(SKIPS, "out.append(row * 2)"))     # collected into a list: extended
+    assert "out.extend(" in r.new_source
+    old, new = _pair(SKIPS, r, "kept_rows")
+    x = torch.randn(rows, 3, generator=gen)
+    _same(old(x, 0.5), new(x, 0.5))
+    assert map_loops.candidates(SKIPS, line_of(SKIPS, "if row.sum() < -1")) == []      # two skips: left alone

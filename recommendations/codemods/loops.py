@@ -168,16 +168,17 @@ def _match_affine(meta, module, loop: cst.For) -> Optional[Rewrite]:
                 f"`{i}` and `{ratio}` are not read after the loop"]
     constraints = [f"`{stop_c}` >= `{start_c}` (torch.arange rejects a reversed range where the loop would do nothing)",
                    "ratios are computed in the dtype of the result tensor instead of Python floats (rounding differs in the last bit)"]
+    needs = []
     if created:
         verified.append(f"`{res}` rows are 1-D: {created}")
     else:
-        constraints.append(f"`{res}` must be 2-D (each row a vector): its creation is not visible in the function")
+        needs.append(f"`{res}` must be 2-D (each row a vector): its creation is not visible in the function")
     return Rewrite(
         new_source=new_source,
         description=(f"Vectorize the per-index interpolation loop: one `torch.arange` of ratios and one slice "
                      f"assignment to `{res}` replace {2} small ops per iteration."),
-        auto_applicable=bool(created) and isinstance(start, cst.Integer),
-        constraints=constraints, verified=verified)
+        auto_applicable=isinstance(start, cst.Integer), applicable_when_verified=isinstance(start, cst.Integer),
+        constraints=constraints, verified=verified, needs_verification=needs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,15 +248,16 @@ def _match_prefix_mask(meta, module, loop: cst.For) -> Optional[Rewrite]:
                 "rows beyond the lengths and cells past each length keep their values (masked_fill_ writes only "
                 "where the comparison holds); negative lengths follow Python slice rules"]
     constraints = [f"`{lens_c}` is a 1-D sequence of integers (list or tensor)"]
+    needs = []
     if created:
         verified.append(f"`{mask_c}` is 2-D: {created}")
     else:
-        constraints.append(f"`{mask_c}` must be 2-D: its creation is not visible in the function")
+        needs.append(f"`{mask_c}` must be 2-D: its creation is not visible in the function")
     return Rewrite(
         new_source=new_source,
         description=(f"Build `{mask_c}` with one comparison against `torch.arange` instead of a Python loop that "
                      f"reads every length back to the host (an implicit `.item()` and stream sync per row)."),
-        auto_applicable=bool(created), constraints=constraints, verified=verified)
+        auto_applicable=True, constraints=constraints, verified=verified, needs_verification=needs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,16 +332,17 @@ def _match_item_loop(meta, module, loop) -> Optional[Rewrite]:
 
 def _tolist_rewrite(meta, loop: cst.For, function, tensor: cst.BaseExpression, role: str, new_source: str,
                     description: str, verified: list, constraints: list) -> Rewrite:
-    """The Rewrite of an `.item()` loop turned into one `.tolist()`: auto-applicable only when `tensor` is
-    shown to be a tensor; otherwise that becomes the first thing the user must check."""
+    """The Rewrite of an `.item()` loop turned into one `.tolist()`: auto-applicable when `tensor` is shown to
+    be a tensor; otherwise once the verification stage shows it on the user's run."""
     why = is_tensor_expr(meta, tensor, function, start_line(meta, loop))
     constraints = ["one device->host copy of the whole tensor replaces one sync per element"] + constraints
+    needs = []
     if why:
         verified = verified + [f"the {role} value is a tensor: {why}"]
     else:
-        constraints.insert(0, f"`{code(tensor)}` must be a tensor (not a list of tensors)")
-    return Rewrite(new_source=new_source, description=description, auto_applicable=bool(why),
-                   constraints=constraints, verified=verified)
+        needs.append(f"`{code(tensor)}` must be a tensor (not a list of tensors): its creation is not visible here")
+    return Rewrite(new_source=new_source, description=description, auto_applicable=True,
+                   constraints=constraints, verified=verified, needs_verification=needs)
 
 
 def _indexed_item(node, seq: cst.BaseExpression, var: str) -> bool:

@@ -67,6 +67,9 @@ class MapLoop:
     # sums over the iterations: [(name, augmented, contribution)] for `acc = acc + E` / `acc += E`
     accumulators: list = field(default_factory=list)
     in_dims: dict = field(default_factory=dict)     # param -> the dim it is mapped over when not 0
+    # `if COND: continue` in the body: the local name the body binds to COND instead (the iterations whose
+    # COND holds are dropped from the collected results)
+    skip: Optional[str] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,10 +453,39 @@ def _sink_of(stmt, loop) -> Optional[tuple]:
     return ("accumulate",) + acc if acc is not None else None
 
 
-def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
-    if loop.orelse is not None or not isinstance(loop.body, cst.IndentedBlock) or _outer_jumps(loop.body):
+def _skip_guard(stmts: list, taken: set) -> tuple:
+    """(statements, name) with a top-level `if COND: continue` replaced by `name = COND`, (stmts, None)
+    without one; None when there are several."""
+    guards = [k for k, st in enumerate(stmts) if isinstance(st, cst.If) and st.orelse is None
+              and _continue_only(st.body)]
+    if not guards:
+        return stmts, None
+    if len(guards) > 1:
         return None
-    stmts = list(loop.body.body)
+    k = guards[0]
+    name = fresh(taken, "skipped")
+    bind = cst.SimpleStatementLine(body=[cst.Assign(targets=[cst.AssignTarget(cst.Name(name))], value=stmts[k].test)])
+    return stmts[:k] + [bind] + stmts[k + 1:], name
+
+
+def _continue_only(suite) -> bool:
+    body = suite.body if isinstance(suite, cst.SimpleStatementSuite) else \
+        suite.body[0].body if (isinstance(suite, cst.IndentedBlock) and len(suite.body) == 1
+                               and isinstance(suite.body[0], cst.SimpleStatementLine)) else []
+    return len(body) == 1 and isinstance(body[0], cst.Continue)
+
+
+def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
+    if loop.orelse is not None or not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    function = enclosing_function(meta, loop)
+    taken = names_in(function) if function is not None else names_in(module)
+    guarded = _skip_guard(list(loop.body.body), set(taken))
+    if guarded is None:
+        return None
+    stmts, skip = guarded
+    if _outer_jumps(cst.IndentedBlock(body=stmts)):
+        return None
     # the trailing statements that hand each iteration's value out: at most one list append or row write, any
     # number of sums; every statement before them only computes
     sinks = []
@@ -467,8 +499,10 @@ def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
     accs = [k for k in sinks if k[0] == "accumulate"]
     if not sinks or len(main) > 1 or len({a[1] for a in accs}) != len(accs):
         return None
-    function = enclosing_function(meta, loop)
-    taken = names_in(function) if function is not None else names_in(module)
+    if skip is not None and (accs or not main or main[0][0] != "collect"):
+        return None         # dropped iterations: only collected results are filtered
+    if skip is not None:
+        taken = taken | {skip}
     body = stmts
     values = [k[-1] for k in main] + [a[3] for a in accs]
     result = cst.Tuple(elements=[cst.Element(v) for v in values]) if len(values) > 1 else values[0]
@@ -499,12 +533,15 @@ def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
         sink = collect_sink(meta, function, loop, main[0][1])
         if accs and sink[2] != "extend":
             sink = ("collect", main[0][1], "extend", None, None, None)
+        if skip is not None and not (sink[2] == "extend" or (sink[2] == "stack" and sink[3] == "0")):
+            return None
     elif main:
         lower, upper = _range_bounds(loop.iter)
         sink = ("assign", main[0][1], lower, upper, main[0][2])
     return MapLoop(node=loop, params=params, body=body, result=values[0] if main else None, sink=sink,
                    index_as_number=index_name, index_range=index_range,
-                   accumulators=[(a[1], a[2], v) for a, v in zip(accs, values[len(main):])], in_dims=in_dims)
+                   accumulators=[(a[1], a[2], v) for a, v in zip(accs, values[len(main):])], in_dims=in_dims,
+                   skip=skip)
 
 
 def collect_sink(meta, function, loop, name: str) -> Optional[tuple]:
@@ -616,6 +653,10 @@ def _emit(meta, module, ml: MapLoop, generator: str, taken: set) -> Optional[str
                        if lo != "0" else f"torch.arange({hi}, device={_wrap(device_of)}.device)"))
     values = ([ml.result] if ml.result is not None else []) + [e for _, _, e in ml.accumulators]
     pre = []
+    if ml.skip is not None:
+        if generator != VMAP:
+            return None
+        values = values + [cst.Name(ml.skip)]
     if generator == BROADCAST:
         if ml.in_dims:
             return None
@@ -644,7 +685,12 @@ def _emit(meta, module, ml: MapLoop, generator: str, taken: set) -> Optional[str
         if single_collect and ml.sink[2] in ("stack", "cat") and ml.sink[3] not in ("0", None):
             options += f", out_dims={ml.sink[3]}"
         call = f"torch.vmap({func}{options})({', '.join(batched)})"
-        if len(values) == 1:
+        if ml.skip is not None:
+            # every iteration is computed; those whose condition held are dropped (one boolean selection)
+            rows, dropped = fresh(taken, "rows"), fresh(taken, "dropped")
+            pre.append(cst.parse_statement(f"{rows}, {dropped} = {call}\n"))
+            outs = [f"{rows}[torch.logical_not({dropped})]"]
+        elif len(values) == 1:
             outs = [call]
         else:
             names = [fresh(taken, f"{(n if isinstance(n, str) else 'rows')}_parts")
@@ -782,6 +828,11 @@ def _rewrite(meta, ml: MapLoop, generator: str, new_source: str) -> Rewrite:
                  f"{over} {'have' if len(ml.params) > 1 else 'has'} one row per iteration (equal leading sizes)"]
     if ml.accumulators:
         needs.append("summing the iterations' contributions in another order stays within the tolerance")
+    if ml.skip is not None:
+        description += (" The iterations the loop skips with `continue` are computed too and dropped from the "
+                        "results by one boolean selection.")
+        needs.append("the skip condition is a boolean per iteration under torch.vmap, and computing a skipped "
+                     "iteration raises nothing and leaves the kept results and their gradients as they were")
     verified = ["the body binds only names local to one iteration, reads no value of an earlier iteration, writes "
                 "nothing that outlives it and has no break/return",
                 "results are kept in iteration order", "no loop name is read after the loop"]

@@ -103,13 +103,135 @@ def _reduction(value, g: str) -> Optional[tuple]:
     return kind, sub.value, labels
 
 
+def _group_body(loop: cst.For, g: str) -> Optional[tuple]:
+    """(the one statement that writes the group's result, mask aliases, guarded) of a loop body
+
+        [M = LABELS == g ...]                           [M = LABELS == g ...]
+        STMT                 or  if <M not empty>:   or  if <M empty>: continue
+                                     STMT                STMT
+
+    with every alias M replaced by its mask in STMT; `guarded` when the body skips empty groups. None for
+    any other body."""
+    if loop.orelse is not None or not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    body, aliases, guarded = list(loop.body.body), {}, False
+    while body and _alias(body[0], g, aliases) is not None:
+        name, mask = _alias(body[0], g, aliases)
+        aliases[name] = mask
+        body = body[1:]
+    if len(body) == 2 and isinstance(body[0], cst.If) and body[0].orelse is None and _continue_only(body[0].body):
+        if _emptiness(_substitute(body[0].test, aliases), g) != "empty":
+            return None
+        body, guarded = body[1:], True
+    elif len(body) == 1 and isinstance(body[0], cst.If) and body[0].orelse is None:
+        if _emptiness(_substitute(body[0].test, aliases), g) != "not_empty":
+            return None
+        suite, guarded = body[0].body, True
+        body = [suite] if isinstance(suite, cst.SimpleStatementSuite) else list(suite.body)
+    if len(body) != 1 or not isinstance(body[0], (cst.SimpleStatementLine, cst.SimpleStatementSuite)) \
+            or len(body[0].body) != 1:
+        return None
+    return _substitute(body[0].body[0], aliases), aliases, guarded
+
+
+def _alias(stmt, g: str, aliases: dict) -> Optional[tuple]:
+    """(name, mask) for `name = LABELS == g` (or a chain through an earlier alias)."""
+    if not (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+            and m.matches(stmt.body[0], m.Assign(targets=[m.AssignTarget(target=m.Name())]))):
+        return None
+    value = _substitute(stmt.body[0].value, aliases)
+    name = stmt.body[0].targets[0].target.value
+    if _group_mask(value, g) is None or name == g or name in names_in(value):
+        return None
+    return name, value
+
+
+def _continue_only(suite) -> bool:
+    if isinstance(suite, cst.SimpleStatementSuite):
+        stmts = suite.body
+    elif isinstance(suite, cst.IndentedBlock) and len(suite.body) == 1 and isinstance(suite.body[0], cst.SimpleStatementLine):
+        stmts = suite.body[0].body
+    else:
+        return False
+    return len(stmts) == 1 and isinstance(stmts[0], cst.Continue)
+
+
+def _substitute(node, aliases: dict):
+    if not aliases:
+        return node
+
+    class _T(cst.CSTTransformer):
+        def leave_Name(self, original, updated):
+            mask = aliases.get(original.value)
+            return mask.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()]) if mask is not None else updated
+
+    return node.visit(_T())
+
+
+def _strip(node):
+    return node.with_changes(lpar=[], rpar=[]) if getattr(node, "lpar", None) else node
+
+
+def _emptiness(test, g: str) -> Optional[str]:
+    """"not_empty" / "empty" when `test` only asks whether the group `LABELS == g` has a row:
+    `M.any()`, `M.sum() > 0` (also != 0, >= 1), `X[M].numel() > 0`, `len(X[M]) > 0`, `X[M].shape[0] > 0`,
+    `bool(...)` / `.item()` of those, `not` of them; None for anything else."""
+    test = _strip(test)
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        inner = _emptiness(test.expression, g)
+        return {"empty": "not_empty", "not_empty": "empty"}.get(inner)
+    if m.matches(test, m.Call(func=m.Name("bool"), args=[m.Arg(keyword=None, star="")])):
+        return _emptiness(test.args[0].value, g)
+    if m.matches(test, m.Call(func=m.Attribute(attr=m.Name("item")), args=[])):
+        return _emptiness(test.func.value, g)
+    if m.matches(test, m.Call(func=m.Attribute(attr=m.Name("any")), args=[])):
+        return "not_empty" if _group_mask(_strip(test.func.value), g) is not None else None
+    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+        op, right = test.comparisons[0].operator, _strip(test.comparisons[0].comparator)
+        if not _is_count(_strip(test.left), g):
+            return None
+        if m.matches(right, m.Integer("0")) and isinstance(op, (cst.GreaterThan, cst.NotEqual)):
+            return "not_empty"
+        if m.matches(right, m.Integer("1")) and isinstance(op, cst.GreaterThanEqual):
+            return "not_empty"
+        if m.matches(right, m.Integer("0")) and isinstance(op, (cst.Equal, cst.LessThanEqual)):
+            return "empty"
+        if m.matches(right, m.Integer("1")) and isinstance(op, cst.LessThan):
+            return "empty"
+    return None
+
+
+def _is_count(node, g: str) -> bool:
+    """The number of rows of group g: `M.sum()`, `X[M].numel()`, `len(X[M])`, `X[M].shape[0]`, `M.sum().item()`."""
+    node = _strip(node)
+    if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("item")), args=[])):
+        node = _strip(node.func.value)
+    if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("sum")), args=[])):
+        return _group_mask(_strip(node.func.value), g) is not None
+
+    def selected(sub) -> bool:
+        sub = _strip(sub)
+        return (isinstance(sub, cst.Subscript) and len(sub.slice) == 1 and isinstance(sub.slice[0].slice, cst.Index)
+                and _group_mask(_strip(sub.slice[0].slice.value), g) is not None and g not in names_in(sub.value))
+
+    if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("numel")), args=[])):
+        return selected(node.func.value)
+    if m.matches(node, m.Call(func=m.Name("len"), args=[m.Arg(keyword=None, star="")])):
+        return selected(node.args[0].value)
+    if (isinstance(node, cst.Subscript) and len(node.slice) == 1
+            and m.matches(node.slice[0].slice, m.Index(m.Integer("0")))
+            and m.matches(node.value, m.Attribute(attr=m.Name("shape")))):
+        return selected(node.value.value)
+    return False
+
+
 def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
-    if loop.orelse is not None or not isinstance(loop.target, cst.Name) or not isinstance(loop.body, cst.IndentedBlock):
+    if not isinstance(loop.target, cst.Name):
         return None
-    body = loop.body.body
-    if len(body) != 1 or not isinstance(body[0], cst.SimpleStatementLine) or len(body[0].body) != 1:
+    found = _group_body(loop, loop.target.value)
+    if found is None:
         return None
-    stmt = body[0].body[0]
+    stmt, aliases, guarded = found
     g = loop.target.value
     function = enclosing_function(meta, loop)
     if m.matches(stmt, m.Assign(targets=[m.AssignTarget(target=m.Subscript())])):
@@ -135,7 +257,7 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
     form, groups = _groups(meta, function, loop, labels)
     if form is None:
         return None
-    if used_after(meta, function, loop, {g}):
+    if used_after(meta, function, loop, {g} | set(aliases)):
         return None
     taken = names_in(function) if function is not None else names_in(module)
     out_c, labels_c, x_c = code(out), code(labels), code(x) if x is not None else None
@@ -172,6 +294,14 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
         else:
             spread = f"{index}.view((-1,) + (1,) * ({x_c}.dim() - 1)).expand_as({x_c})"
             value = f"{zeros}.scatter_reduce_(0, {spread}, {x_c}, \"{kind}\", include_self=False){keep}"
+    guarded = guarded and form == "range"      # every group of unique() has a row
+    if guarded:
+        # the loop skips empty groups: only groups with a row are written (or collected)
+        values, present = fresh(taken, "values"), fresh(taken, "present")
+        stmts.append(f"{values} = {value}")
+        stmts.append(f"{present} = torch.bincount({index}, minlength={size})[:{n}] > 0")
+        value = f"{values}[{present}]" if sink is not None else \
+            f"torch.where({present}.view((-1,) + (1,) * ({values}.dim() - 1)), {values}, {dest})"
     if sink is None:
         stmts.append(f"{dest} = {value}")
         new_source = replace_loop(meta, module, loop, [cst.parse_statement(s + "\n") for s in stmts])
@@ -187,10 +317,12 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
         description=(f"Reduce every group at once with {op} instead of one boolean-mask selection per group (each "
                      f"`{labels_c} == {g}` selection is a nonzero and a device sync on an NPU)."),
         auto_applicable=False, generator=GENERATOR,
-        verified=[f"the loop body is only `{out_c}[{g}] = <{kind} of the rows where {labels_c} == {g}>`",
+        verified=[f"the loop body is only `{out_c}[{g}] = <{kind} of the rows where {labels_c} == {g}>`"
+                  + (" for the groups that have a row" if guarded else ""),
                   f"`{g}` is not read after the loop",
                   "labels outside the visited groups are dropped (the loop never visits them)"],
         needs_verification=[f"`{labels_c}` is 1-D with one entry per row of `{x_c}`" if x_c else
                             f"`{labels_c}` holds integer labels",
                             "sums in another order stay within the tolerance"],
-        constraints=["an empty group gets 0 (sum, count), NaN (mean) or 0 (max/min, where the loop raises)"])
+        constraints=["an empty group keeps its value, as in the loop" if guarded else
+                     "an empty group gets 0 (sum, count), NaN (mean) or 0 (max/min, where the loop raises)"])
