@@ -39,9 +39,17 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="npu-advise")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print only errors and results (for scripts and CI): no progress display, no info lines; "
+                   "also accepted after the command name.")
 @click.pass_context
-def cli(ctx, debug):
-    """Profiling-driven optimization advisor for PyTorch training on Ascend NPUs."""
+def cli(ctx, debug, quiet):
+    """Profiling-driven optimization advisor for PyTorch training on Ascend NPUs.
+
+    Progress is shown on stderr when it is a terminal."""
+    from .progress import set_quiet
+
+    set_quiet(quiet)
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 

@@ -23,6 +23,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from npu_advise import progress
 from npu_advise.findings import Evidence, Finding, severity_for_share
 from npu_advise.model import merge_intervals
 from npu_advise.rules import Rule
@@ -188,7 +189,7 @@ def _wait_from_profiler(trace, n_steps: int):
 
 def compare_ranks(traces: list) -> Analysis:
     rows = []
-    for i, t in enumerate(traces):
+    for i, t in enumerate(progress.track(traces, "comparing ranks", unit="ranks")):
         split = rank_split(t)
         if not split:
             continue

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from npu_advise import progress
 from npu_advise.analyzers.source import python_files
 from npu_advise.findings import SEVERITIES, Evidence, Finding, Fix, Location
 
@@ -252,9 +253,10 @@ def check_paths(paths: list, jobs: int = 2, cache_dir: Optional[Path] = None, fi
         # Big files first, so no worker is left with one large file at the end.
         todo.sort(key=lambda it: -_size(it[0]))
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            scanned = list(pool.map(_scan_one, todo, chunksize=4))
+            scanned = list(progress.track(pool.map(_scan_one, todo, chunksize=4), _SCANNING.format(len(todo)),
+                                          len(todo), unit="files"))
     else:
-        scanned = [_scan_one(it) for it in todo]
+        scanned = [_scan_one(it) for it in progress.track(todo, _SCANNING.format(len(todo)), unit="files")]
     for rel, key, res in scanned:
         results[rel] = res
         if cache is not None and key is not None:
@@ -266,6 +268,9 @@ def check_paths(paths: list, jobs: int = 2, cache_dir: Optional[Path] = None, fi
     findings.sort(key=lambda f: (f.locations[0].file, f.locations[0].line, f.rule))
     return CheckResult(findings, len(items), len(items) - len(todo),
                        sorted(rel for rel, r in results.items() if not r["parses"]))
+
+
+_SCANNING = "scanning {} source files"
 
 
 def _size(path) -> int:

@@ -29,6 +29,18 @@ def example_run(tmp_path_factory):
     return proc, out
 
 
+def test_example_output_is_the_scripts_own_without_profiler_log_lines(example_run):
+    from npu_advise.collect.stderr_relay import PROFILER_LOG_LINE
+
+    proc, out = example_run
+    # the example prints every 4th step; it was stopped in step 4, before that step's print
+    assert [l.rsplit(" ", 1)[0] for l in proc.stdout.splitlines() if l.startswith("epoch")] == ["epoch 0 step 0/8 loss"]
+    leaked = [l for l in (proc.stdout + proc.stderr).splitlines() if PROFILER_LOG_LINE.match(l.encode())]
+    assert not leaked and "USDT:" not in proc.stderr
+    kept = (out / "profiler.log").read_text().splitlines()
+    assert kept and all(PROFILER_LOG_LINE.match(l.encode()) for l in kept) and "profiler_start" in kept[0]
+
+
 def test_example_profile_writes_trace_collection_and_findings(example_run):
     proc, out = example_run
     assert proc.returncode == 0, proc.stderr[-3000:]

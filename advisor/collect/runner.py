@@ -3,7 +3,8 @@
 The script runs in a child process (`python -m npu_advise.collect.bootstrap CONFIG -- SCRIPT ARGS`, or
 the same module under `torch.distributed.run` for several ranks), so a crash, `sys.exit` or `os._exit`
 in it cannot take npu-advise down. Each rank leaves `collection.rank{R}.json`; they are merged into
-`<out>/collection.json`, and the outcome decides between "analyze the trace" and a one-line error.
+`<out>/collection.json`, and the outcome decides between "analyze the trace" and a one-line error. The
+script's stdout is its own; its stderr is relayed without the profiler's log lines (stderr_relay).
 """
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from typing import Optional
 
 from ..errors import UserError
 from .bootstrap import RECORD_NAME
+from .stderr_relay import StderrRelay
 
 BOOTSTRAP_MODULE = "npu_advise.collect.bootstrap"
 TORCHRUN_MODULE = "torch.distributed.run"
+PROFILER_LOG = "profiler.log"        # the profiler's own log lines, kept off the user's terminal
 
 
 class ScriptFailed(UserError):
@@ -43,11 +46,12 @@ class ProfileRequest:
     window_seconds: Optional[float] = None
     torchrun_args: Optional[list] = None     # None: a single process; else options for torchrun
     placement: bool = True                   # track where tensors would live while recording
+    quiet: bool = False                      # the collector's own info lines off (--quiet)
 
     def config(self) -> dict:
         return {"out_dir": str(self.out_dir.resolve()), "wait": self.wait, "warmup": self.warmup,
                 "active": self.active, "stop": self.stop, "window_seconds": self.window_seconds,
-                "placement": self.placement}
+                "placement": self.placement, "quiet": self.quiet}
 
 
 @dataclass
@@ -114,17 +118,22 @@ def run_collection(req: ProfileRequest, echo=print) -> CollectionResult:
         cmd = build_command(req, config_path)
         env = _child_env(req.python)
         started = time.time()
+        relay = StderrRelay()
         try:
-            proc = subprocess.run(cmd, env=env)
+            returncode = subprocess.run(cmd, env=env, stderr=relay.child_fd).returncode
+            elapsed = time.time() - started
         except FileNotFoundError:
             raise UserError(f"{req.python}: interpreter not found") from None
         except KeyboardInterrupt:
             raise UserError("interrupted; the script was stopped") from None
-        returncode = proc.returncode
-        elapsed = time.time() - started
+        finally:
+            profiler_log = relay.finish()
 
     records = _read_records(out_dir)
     collection = _merge(req, records, returncode, elapsed, cmd)
+    if profiler_log:
+        (out_dir / PROFILER_LOG).write_text("\n".join(profiler_log) + "\n", encoding="utf-8")
+        collection["profiler_log"] = {"file": PROFILER_LOG, "lines": len(profiler_log)}
     (out_dir / "collection.json").write_text(json.dumps(collection, indent=2, default=str), encoding="utf-8")
     traces = sorted(p for p in trace_dir.glob("*") if not p.name.startswith(".")) if trace_dir.exists() else []
     if not traces:

@@ -66,7 +66,7 @@ class Collector:
         self.trace_dir = self.out_dir / "trace"
         self.marks = mark_state
         self.rank, self.world_size = env_record.rank_and_world_size()
-        self.verbose = self.rank == 0          # one progress stream for the whole job
+        self.verbose = self.rank == 0 and not config.get("quiet")    # one progress stream for the whole job
         self.window = config.get("window_seconds")
         self.wait = int(config.get("wait", 1))
         self.warmup = int(config.get("warmup", 1))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..progress import info, quiet_option
 from . import echo_top_findings
 
 
@@ -16,6 +17,7 @@ from . import echo_top_findings
 @click.option("--project-root", type=click.Path(path_type=Path), default=None,
               help="Root of the training code, to show source and make paths relative.")
 @click.option("--rank", type=int, default=None, help="Analyze this rank in detail (default: the slowest).")
+@quiet_option
 def analyze(path, out_dir, project_root, rank):
     """Analyze an existing profile and write report.html, findings.json and findings.sarif."""
     from ..pipeline import analyze_profile, write_outputs
@@ -30,8 +32,8 @@ def analyze(path, out_dir, project_root, rank):
         out_dir = Path("npu_advise_out") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = write_outputs(report, out_dir)
     n = len(report.findings)
-    click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} from {path} "
-               f"(rank {report.trace.rank}, {report.trace.device_type}) in {time.perf_counter() - started:.2f} s")
+    info(f"npu-advise: {n} finding{'s' if n != 1 else ''} from {path} "
+         f"(rank {report.trace.rank}, {report.trace.device_type}) in {time.perf_counter() - started:.2f} s", err=False)
     echo_top_findings(report, paths)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..progress import info, quiet_option
 
 
 @click.command()
@@ -20,6 +21,7 @@ from ..errors import UserError
 @click.option("--include-unverified", is_flag=True,
               help="Also apply fixes the verification stage did not verify on your run (not verifiable "
                    "here, or the stage did not run); rejected fixes are never applied.")
+@quiet_option
 @click.option("--project-root", type=click.Path(path_type=Path), default=None,
               help="Root of the training code (default: the one recorded in findings.json; when that is not "
                    "here, the same project in the current git checkout, found by the files' content hashes).")
@@ -38,7 +40,7 @@ def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, include_unver
     else:
         outcomes = engine.apply_fixes(report_dir, fix_ids, dry_run=dry_run, project_root=project_root,
                                        include_npu_fixes=include_npu_fixes, include_unverified=include_unverified,
-                                       notify=lambda line: click.echo(f"npu-advise: {line}", err=True))
+                                       notify=lambda line: info(f"npu-advise: {line}"))
     if not outcomes:
         click.echo("npu-advise: no auto-applicable fixes in this report "
                    "(advice-only fixes are described in report.html)")
@@ -51,10 +53,10 @@ def apply(report_dir, fix_ids, dry_run, revert, include_npu_fixes, include_unver
     counts = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    click.echo("npu-advise: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-               + (" (dry run: nothing written)" if dry_run else ""))
+    info("npu-advise: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+         + (" (dry run: nothing written)" if dry_run else ""), err=False)
     if not revert and not dry_run and counts.get(engine.APPLIED):
-        click.echo(f"undo with: npu-advise apply {report_dir} --revert")
+        info(f"undo with: npu-advise apply {report_dir} --revert", err=False)
     if counts.get(engine.REFUSED):
         raise FixesRefused(f"{counts[engine.REFUSED]} fix(es) refused (reasons above); nothing else was affected")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..progress import info, is_quiet, quiet_option
 
 FAIL_ON = ("high", "medium", "low", "info", "none")
 
@@ -43,6 +44,7 @@ def _shown_path(root: Path, rel: str) -> str:
 @click.option("--no-cache", is_flag=True, help="Scan every file, do not read or write the result cache.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Result cache folder (default: $XDG_CACHE_HOME/npu-advise/check or ~/.cache/npu-advise/check).")
+@quiet_option
 def check(paths, fmt, output, fail_on, select, ignore, show_diff, jobs, no_cache, cache_dir):
     """Scan PATH... (files or folders, default `.`) for CUDA-only code and fused-op opportunities; no run needed.
 
@@ -74,9 +76,12 @@ def check(paths, fmt, output, fail_on, select, ignore, show_diff, jobs, no_cache
     failing = engine.at_or_above(findings, fail_on)
     summary = (f"npu-advise check: {len(findings)} finding{'s' if len(findings) != 1 else ''} in {result.files} files "
                f"({result.cached} from cache) in {time.perf_counter() - started:.2f} s")
-    if result.unparsable:
-        summary += f"; {len(result.unparsable)} not valid Python: {', '.join(result.unparsable[:5])}"
-    click.echo(summary, err=True)
+    if result.unparsable:       # a warning: said under --quiet too
+        warning = f"{len(result.unparsable)} not valid Python: {', '.join(result.unparsable[:5])}"
+        summary = f"npu-advise check: {warning}" if is_quiet() else f"{summary}; {warning}"
+        click.echo(summary, err=True)
+    else:
+        info(summary)
     sys.exit(1 if failing else 0)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..progress import info, is_quiet, quiet_option
 from . import echo_top_findings
 from .verify import run_verification, verify_options
 
@@ -47,6 +48,7 @@ TORCHRUN_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "mas
 @click.option("--no-verify", is_flag=True,
               help="Skip the verification stage (a re-run of the script that checks every rewrite on your run).")
 @verify_options
+@quiet_option
 @click.argument("script", type=click.Path(path_type=Path))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, no_placement, rank, script, script_args,
@@ -76,16 +78,17 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, no_p
     out_dir = out_dir or default_out_dir(script)
     req = ProfileRequest(script=script, args=list(script_args), out_dir=out_dir, wait=wait, warmup=warmup,
                          active=active, stop=not no_stop, python=python or sys.executable,
-                         window_seconds=window_seconds, torchrun_args=torchrun_args, placement=not no_placement)
+                         window_seconds=window_seconds, torchrun_args=torchrun_args, placement=not no_placement,
+                         quiet=is_quiet())
     how = f"the first {window_seconds:g} s" if window_seconds else f"{active} optimizer steps"
     launcher = " via torchrun " + " ".join(torchrun_args) if torchrun_args else ""
-    click.echo(f"npu-advise: profiling {how} of {script}{launcher}; output -> {out_dir}", err=True)
+    info(f"npu-advise: profiling {how} of {script}{launcher}; output -> {out_dir}")
     result = run_collection(req)
 
     from ..pipeline import analyze_profile, write_outputs
 
     started = time.perf_counter()
-    click.echo(f"npu-advise: analyzing {', '.join(p.name for p in result.traces)}", err=True)
+    info(f"npu-advise: analyzing {', '.join(p.name for p in result.traces)}")
     report = analyze_profile(result.trace_dir, project_root=Path(script).resolve().parent, rank=rank,
                              collection=result.collection)
     analyzed_s = time.perf_counter() - started
@@ -95,8 +98,8 @@ def profile(out_dir, wait, warmup, active, no_stop, python, window_seconds, no_p
         run_verification(report, result.collection, verify_calls, verify_timeout, out_dir)
     paths = write_outputs(report, out_dir)
     n = len(report.findings)
-    click.echo(f"npu-advise: {n} finding{'s' if n != 1 else ''} in {analyzed_s:.2f} s "
-               f"({result.collection.get('steps_recorded', 0)} steps recorded on {report.trace.device_type})")
+    info(f"npu-advise: {n} finding{'s' if n != 1 else ''} in {analyzed_s:.2f} s "
+         f"({result.collection.get('steps_recorded', 0)} steps recorded on {report.trace.device_type})", err=False)
     echo_top_findings(report, paths)
     if result.failed:
         raise ScriptFailed(f"{result.problem} Report: {paths['html']}")

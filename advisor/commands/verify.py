@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..progress import info, quiet_option
 from . import echo_top_findings
 
 
@@ -24,7 +25,7 @@ def run_verification(report, collection: dict, calls, timeout, out_dir: Path) ->
     from ..verify.stage import MAX_CALLS, verify_report
 
     stats = verify_report(report, report.candidates, collection, max_calls=calls or MAX_CALLS, timeout_s=timeout,
-                          log=Path(out_dir) / "verify.log", echo=lambda m: click.echo(m, err=True))
+                          log=Path(out_dir) / "verify.log", echo=info)
     statuses = [f.fix.verification["status"] for f in report.findings if f.fix is not None and f.fix.verification]
     counts = {s: statuses.count(s) for s in ("verified", "rejected", "not_verifiable")}
     report.collection["verification"] = {"runs": stats.runs, "wall_seconds": round(stats.wall_seconds, 3),
@@ -34,14 +35,15 @@ def run_verification(report, collection: dict, calls, timeout, out_dir: Path) ->
         report.limitations.append(f"The verification run ended early ({'; '.join(ended)}) after {stats.steps} "
                                   f"optimizer steps; each fix's verification covers the calls made before.")
     if statuses:
-        click.echo(f"npu-advise: verification: {counts['verified']} verified, {counts['rejected']} rejected, "
-                   f"{counts['not_verifiable']} not verifiable ({stats.runs} extra run{'s' if stats.runs != 1 else ''}, "
-                   f"{stats.wall_seconds:.1f} s)", err=True)
+        info(f"npu-advise: verification: {counts['verified']} verified, {counts['rejected']} rejected, "
+             f"{counts['not_verifiable']} not verifiable ({stats.runs} extra run{'s' if stats.runs != 1 else ''}, "
+             f"{stats.wall_seconds:.1f} s)")
 
 
 @click.command()
 @click.argument("report_dir", type=click.Path(path_type=Path))
 @verify_options
+@quiet_option
 def verify(report_dir, verify_calls, verify_timeout):
     """Re-verify the rewrites of REPORT_DIR (a `profile` output folder) on a re-run of its script.
 
@@ -61,5 +63,5 @@ def verify(report_dir, verify_calls, verify_timeout):
     report = analyze_profile(report_dir / "trace", project_root=script_root(collection), collection=collection)
     run_verification(report, collection, verify_calls, verify_timeout, report_dir)
     paths = write_outputs(report, report_dir)
-    click.echo(f"npu-advise: {report_dir} re-verified in {time.perf_counter() - started:.2f} s")
+    info(f"npu-advise: {report_dir} re-verified in {time.perf_counter() - started:.2f} s", err=False)
     echo_top_findings(report, paths)

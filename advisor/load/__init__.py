@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import progress
 from ..errors import TraceFormatError, UserError
 
 KINETO_SUFFIXES = (".json", ".json.gz", ".pt.trace.json", ".pt.trace.json.gz")
@@ -51,7 +52,9 @@ def find_profiles(path) -> list:
 def load_profile(path) -> list:
     """Load every rank found at `path`; returns a list of Trace sorted by rank."""
     traces = []
-    for kind, p in find_profiles(path):
+    profiles = find_profiles(path)
+    for kind, p in (progress.track(profiles, f"loading {len(profiles)} ranks", unit="ranks") if len(profiles) > 1
+                    else profiles):
         if kind == "kineto":
             traces.append(load_kineto_file(p))
         else:

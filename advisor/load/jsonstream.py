@@ -13,6 +13,7 @@ still fails at the end of the file is a corrupt or truncated trace.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import re
 import threading
@@ -21,6 +22,7 @@ from typing import Callable, Iterator
 
 import msgspec
 
+from .. import progress
 from ..errors import TraceFormatError
 
 # Sizes: pieces of 2 MB keep the decoded structs of one piece around 10 MB; bigger pieces bought no
@@ -41,21 +43,27 @@ _TRAILING = "trailing characters"     # msgspec: a complete JSON value ended bef
 _DONE = object()
 
 
-def _inflate(path: str) -> Iterator[bytes]:
-    """Decompressed blocks of a gzip (possibly multi-member) or plain file, each <= BLOCK_BYTES."""
-    with open(path, "rb") as raw:
-        first = raw.read(READ_BYTES)
+def _inflate(path: str, on_read: Callable[[int], None]) -> Iterator[bytes]:
+    """Decompressed blocks of a gzip (possibly multi-member) or plain file, each <= BLOCK_BYTES;
+    `on_read(n)` is told of every n bytes read from disk."""
+    with open(path, "rb") as f:
+        def read(size: int) -> bytes:
+            data = f.read(size)
+            on_read(len(data))
+            return data
+
+        first = read(READ_BYTES)
         if first[:2] != b"\x1f\x8b":
             while first:
                 yield first
-                first = raw.read(READ_BYTES)
+                first = read(READ_BYTES)
             return
         inflater = zlib.decompressobj(31)
         data = first
         try:
             while True:
                 if not data:
-                    data = raw.read(READ_BYTES)
+                    data = read(READ_BYTES)
                     if not data:
                         break
                 out = inflater.decompress(data, BLOCK_BYTES)
@@ -65,7 +73,7 @@ def _inflate(path: str) -> Iterator[bytes]:
                 if inflater.eof:
                     rest = inflater.unused_data     # all input after the member's end (not also in the tail)
                     if not rest.strip(b"\x00"):
-                        data = raw.read(READ_BYTES)
+                        data = read(READ_BYTES)
                         if not data.strip(b"\x00"):
                             return
                         rest = data
@@ -88,10 +96,10 @@ def too_deep(path) -> str:
 class _Prefetch:
     """Run `_inflate` in a daemon thread, at most QUEUE_BLOCKS blocks ahead of the consumer."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, on_read: Callable[[int], None]):
         self.q: queue.Queue = queue.Queue(QUEUE_BLOCKS)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(path,), name="npa-inflate", daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(path, on_read), name="npa-inflate", daemon=True)
         self.thread.start()
 
     def _put(self, item) -> bool:
@@ -103,9 +111,9 @@ class _Prefetch:
                 continue
         return False
 
-    def _run(self, path: str):
+    def _run(self, path: str, on_read):
         try:
-            for block in _inflate(path):
+            for block in _inflate(path, on_read):
                 if not self._put(block):
                     return
         except BaseException as exc:  # handed to the consumer, which raises it
@@ -129,12 +137,12 @@ class _Prefetch:
         self.stop.set()
 
 
-def _open_blocks(path: str) -> Iterator[bytes]:
+def _open_blocks(path: str, on_read: Callable[[int], None]) -> Iterator[bytes]:
     try:
         open(path, "rb").close()
     except OSError as exc:
         raise TraceFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return iter(_Prefetch(path))
+    return iter(_Prefetch(path, on_read))
 
 
 class ChunkedArray:
@@ -148,15 +156,20 @@ class ChunkedArray:
         self.bare_array = False
 
     def __iter__(self):
-        blocks = _open_blocks(self.path)
         try:
-            yield from self._pieces(blocks)
-        except RecursionError:      # msgspec's decoder recurses once per level of [ ] / { }
-            raise TraceFormatError(too_deep(self.path)) from None
-        finally:
-            close = getattr(blocks, "close", None)
-            if close:
-                close()
+            size = os.path.getsize(self.path)
+        except OSError:
+            size = None         # _open_blocks says why
+        with progress.task(f"loading {os.path.basename(self.path)}", total=size, unit="bytes") as bar:
+            blocks = _open_blocks(self.path, bar.advance)
+            try:
+                yield from self._pieces(blocks)
+            except RecursionError:      # msgspec's decoder recurses once per level of [ ] / { }
+                raise TraceFormatError(too_deep(self.path)) from None
+            finally:
+                close = getattr(blocks, "close", None)
+                if close:
+                    close()
 
     def _pieces(self, blocks):
         buf, prefix = self._find_array_start(blocks)

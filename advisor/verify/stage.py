@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from npu_advise import progress
 from npu_advise.apply.safety import sha256_text
 from npu_advise.recommendations.candidates import MODULE_LEVEL
 
@@ -72,7 +73,7 @@ def verify_report(report, candidates: dict, collection: dict, max_calls: int = M
     results = {}
     todo = list(specs.values())
     for _ in range(2):                            # the run, and one for alternatives it had no call for
-        for round_ in _rounds(todo):
+        for round_ in progress.track(_rounds(todo), "verifying rewrites", unit="runs"):
             results.update(_verify_round(round_, collection, max_calls, timeout_s, log, echo, stats))
         todo = [dict(specs[t], after=[]) for t in _unreached(chains, specs, results)]
         if not todo:

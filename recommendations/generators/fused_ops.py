@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from npu_advise import progress
 from npu_advise.findings import Finding, severity_for_share
 
 from ..catalog import load
@@ -17,7 +18,7 @@ def fused_op_findings(src, files: list) -> list:
     """NPA8xx fused-op matches, NPA907 CUDA-only dispatches and NPA908 compiled extensions; inside a dispatch
     one match is kept, without a diff of its own (the dispatch's NPU arm is that replacement)."""
     out = []
-    for path in files:
+    for path in progress.track(files, f"scanning {len(files)} source files", unit="files"):
         text = src.text(path)
         if text is None:
             continue
