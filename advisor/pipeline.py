@@ -40,8 +40,8 @@ def analyze_profile(path, project_root: Optional[Path] = None, rank: Optional[in
         ctx.findings.extend(ranks.findings)
         ctx.tables.update(ranks.tables)
     run_all(trace, ctx)
-    from .recommendations import recommend
-    ctx.findings.extend(recommend(trace, ctx))
+    from .recommendations import cache, recommend
+    ctx.findings.extend(recommend(trace, ctx, cache_dir=cache.default_dir()))
     return Report(trace=trace, findings=F.rank(ctx.findings), tables=ctx.tables,
                   limitations=list(trace.limitations), ranks=ranks, collection=collection or {},
                   project_root=str(project_root) if project_root else None, candidates=ctx.candidates)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +40,12 @@ def in_steps(df, stats: StepStats):
 def relative_path(file: str, project_root: Optional[Path]) -> str:
     if project_root is None or not file:
         return file
+    return _relative_path(file, str(project_root))
+
+
+@lru_cache(maxsize=4096)
+def _relative_path(file: str, project_root: str) -> str:
+    # cached: reports locate hundreds of findings and ops in the same few files (Path.resolve is a syscall each)
     try:
         return os.path.relpath(Path(file).resolve(), Path(project_root).resolve()) \
             if os.path.isabs(file) and Path(file).resolve().is_relative_to(Path(project_root).resolve()) else file

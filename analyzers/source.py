@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -85,8 +86,32 @@ def _names(target: ast.AST) -> tuple:
 
 
 def _segment(path: str, node: ast.AST) -> str:
+    """ast.get_source_segment without re-splitting the whole file on every call (columns are UTF-8 bytes)."""
+    lines = _lines(path)
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if getattr(node, "end_col_offset", None) is None or last >= len(lines):
+        return ""
+    if first == last:
+        return lines[first].encode()[node.col_offset:node.end_col_offset].decode()
+    head = lines[first].encode()[node.col_offset:].decode()
+    tail = lines[last].encode()[:node.end_col_offset].decode()
+    return "".join([head, *lines[first + 1:last], tail])
+
+
+@lru_cache(maxsize=512)
+def _lines(path: str) -> list:
+    """The file's lines with their ends, split where Python's parser splits them (\\r\\n, \\r, \\n)."""
     text = _read(path) or ""
-    return ast.get_source_segment(text, node) or ""
+    out, start = [], 0
+    for m in _LINE_END.finditer(text):
+        out.append(text[start:m.end()])
+        start = m.end()
+    if start < len(text):
+        out.append(text[start:])
+    return out
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _chain(path, line: int) -> list:
@@ -147,6 +172,7 @@ def enclosing_function(path, line: int) -> Optional[FunctionInfo]:
 def clear_cache():
     """Forget cached files (tests that rewrite a file in place)."""
     _read.cache_clear()
+    _lines.cache_clear()
     _tree.cache_clear()
 
 

@@ -32,17 +32,34 @@ from .evidence import SourceIndex
 from .sources import Sources, project_root
 
 
-def recommend(trace, ctx) -> list:
-    # Every file is parsed and its metadata resolved at most once per call, whatever number of matchers and
-    # codemods look at it.
-    with analysis_scope():
-        return _recommend(trace, ctx)
-
-
-def _recommend(trace, ctx) -> list:
+def recommend(trace, ctx, cache_dir=None) -> list:
+    """With `cache_dir` (cache.default_dir()), the results of an earlier run on the same findings, trace,
+    source files and npu-advise code are reused (cache.py)."""
     root = project_root(trace, ctx)
     index = SourceIndex(trace, root)
     src = Sources(root, trace, index)
+    k = None
+    if cache_dir is not None:
+        from . import cache, entry
+        files = index.files() + src.project_files() + [
+            p for g in entry.LAUNCH_SCRIPT_GLOBS for p in (sorted(root.glob(g)) if root is not None else [])]
+        k = cache.key(trace, ctx.findings, root, files)
+        hit = cache.load(cache_dir, k)
+        if hit is not None and len(hit[0]) == len(ctx.findings):
+            for finding, (fix, details) in zip(ctx.findings, hit[0]):
+                finding.fix, finding.details = fix, details
+            ctx.candidates = hit[2]
+            return hit[1]
+    # Every file is parsed and its metadata resolved at most once per call, whatever number of matchers and
+    # codemods look at it.
+    with analysis_scope():
+        new = _recommend(src, index, ctx)
+    if k is not None:
+        cache.store(cache_dir, k, ([(f.fix, f.details) for f in ctx.findings], new, ctx.candidates))
+    return new
+
+
+def _recommend(src: Sources, index: SourceIndex, ctx) -> list:
     for finding in ctx.findings:
         try:
             _attach_fix(finding, src)

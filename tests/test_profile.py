@@ -84,6 +84,10 @@ def test_example_trace_carries_record_and_steps(example_run):
     assert "TASK_QUEUE_ENABLE" in record["env"] and "ASCEND_LAUNCH_BLOCKING" in record["env"]
     steps = sorted(e["name"] for e in doc["traceEvents"] if e.get("name", "").startswith("ProfilerStep#"))
     assert steps == ["ProfilerStep#2", "ProfilerStep#3", "ProfilerStep#4"]
+    # the collector's per-call frames are left out (collect/trim.py); the script's own frames are kept
+    frames = [e["name"] for e in doc["traceEvents"] if e.get("cat") == "python_function"]
+    assert any("train.py" in n for n in frames)
+    assert not any("collect/placement.py" in n or "collect/source_marks.py" in n for n in frames)
 
 
 def test_example_ops_attributed_to_exact_lines(example_run):
