@@ -72,7 +72,8 @@ def fused_finding(match, rel: str, text: str, severity: str, evidence=(), detail
         finding.details["constraint_violations"] = violations
     if dispatch is not None:
         finding.details["dispatch_line"] = dispatch.line
-        finding.title += f" (the CUDA-only branch at line {dispatch.line}, NPA907, adds it as an NPU arm)"
+        finding.title += (f" (the CUDA-only branch at line {dispatch.line}, NPA907, adds it as an NPU arm)" if dispatch.fused_key
+                          else f" (inside the CUDA-only branch at line {dispatch.line}, NPA907)")
     constraints = violations + [f"verified: {v}" for v in checks.get("verified", [])] + [
         c for c in entry.get("constraints", []) if c not in checks.get("covered", ())]
     _attach(finding, rel, text, rewrite, match.catalog_ref, rule.fix, constraints, attach)

@@ -1,4 +1,4 @@
-"""Source matchers: find the code the catalog has a fused replacement for (rules NPA801-NPA809).
+"""Source matchers: find the code the catalog has a fused replacement for (rules NPA801-NPA809, NPA816, NPA818).
 
 One `ast` pass per file (pyast.py): qualified names come from the file's imports, so `import
 spconv.pytorch as spconv`, `from mmcv.ops import DeformConv2d` and `mmcv.ops.DeformConv2d` are
@@ -27,7 +27,10 @@ RELU_QUALIFIED = ("torch.relu", "torch.nn.functional.relu", "torch.relu_", "torc
 # A callee whose name says it solves an assignment (a host matcher when it reads a host copy of a cost matrix).
 ASSIGNMENT_WORDS = ("assignment", "hungarian", "bipartite_match")
 # Names the qualified-name checks in `scan` compare with (the first or last part of each).
-QUALIFIED_TOKENS = ("MaxPool2d", "mmcv", "spconv", "torch_scatter", "linear_sum_assignment")
+QUALIFIED_TOKENS = ("MaxPool2d", "mmcv", "spconv", "torch_scatter", "linear_sum_assignment", "oxeliz")
+# mmcv / mmdetection3d voxelization (a CUDA extension); the project's own class of that name is not it.
+VOXELIZATION_PACKAGES = ("mmcv.ops.", "mmdet3d.ops.")
+VOXELIZATION_NAMES = ("Voxelization", "voxelization")
 # Statement lists that are indented blocks (the add+relu pair sits in a function or loop body).
 _BLOCK_FIELDS = ("body", "orelse", "finalbody")
 
@@ -41,7 +44,7 @@ def scan_tokens() -> tuple:
 
 @dataclass
 class SourceMatch:
-    kind: str          # a key of rule_docs.FUSED_OP_RULES: msda | msda_structure | deformable_aggregation | points_in_box | bev_pool_v2 | voxel_pooling | add_relu | maxpool | deform_conv | sparse_conv | centerpoint_targets | torch_scatter | group_loop | hungarian_host
+    kind: str          # a key of rule_docs.FUSED_OP_RULES: msda | msda_structure | deformable_aggregation | points_in_box | bev_pool_v2 | voxel_pooling | add_relu | maxpool | deform_conv | sparse_conv | centerpoint_targets | torch_scatter | group_loop | hungarian_host | voxelization | mmcv_op
     line: int
     function: str      # enclosing function ("<module>" at top level)
     text: str          # the matched code, one line
@@ -116,6 +119,7 @@ def scan(source: str, sf: Optional[SourceFile] = None) -> list:
     if sf is None:
         return []
     cat = load()
+    mmcv_ops = cat.ref("fused_ops.mmcv_ops")["by_mmcv_name"]
     out = []
 
     def add(kind, node, ref, text=None, related=(), how="", op=""):
@@ -137,6 +141,10 @@ def scan(source: str, sf: Optional[SourceFile] = None) -> list:
                 add("deform_conv", node, f"fused_ops.{DCN_NAMES[last]}")
             elif q.startswith("spconv.") or (q.startswith("mmcv.ops.") and last in SPARSE_NAMES):
                 add("sparse_conv", node, "fused_ops.sparse_conv3d")
+            elif q.startswith(VOXELIZATION_PACKAGES) and last in VOXELIZATION_NAMES:
+                add("voxelization", node, "fused_ops.voxelization")
+            elif q.startswith("mmcv.ops.") and last in mmcv_ops:
+                add("mmcv_op", node, "fused_ops.mmcv_ops", op=f"mx_driving.{mmcv_ops[last]}")
             elif q.startswith("torch_scatter.") or q == "torch_scatter":
                 add("torch_scatter", node, "fused_ops.scatter")
             elif node.args and (q in HUNGARIAN_QUALIFIED or _is_assignment_call(node)):

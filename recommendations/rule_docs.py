@@ -1,4 +1,4 @@
-"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA815 (matchers.py, structure.py; the
+"""Documentation of the rules found in the user's source: the fused-op rules NPA801-NPA818 (matchers.py, structure.py; the
 keys are `SourceMatch.kind`), CUDA-only code NPA907-NPA909 (dispatch.py) and NPA602 (check.py).
 
 They live apart from the matchers, which need libcst, so that `npu_advise.rules.all_rules()` and a
@@ -52,7 +52,10 @@ FUSED_OP_RULES = {
                                 "draw_*gaussian* / gaussian_radius helper), as in CenterPoint's get_targets_single.",
                                 "Each object costs several tiny ops and `.item()` syncs; " + _WHY_LAUNCH + ".",
                                 "mx_driving.npu_gaussian(...) computes center_int, radius, mask, ind and anno_box for "
-                                "all objects at once (see the seed's BEVDet rewrite)."),
+                                "all objects at once (see the seed's BEVDet rewrite); the whole per-head assignment "
+                                "(heatmap included) is mx_driving.npu_assign_target_of_single_head(boxes, cur_class_id, "
+                                "num_classes, out_size_factor, gaussian_overlap, min_radius, voxel_size, pc_range, "
+                                "feature_map_size, ...) (BEVFusion, CenterPoint in DrivingSDK; boxes 2-D)."),
     "torch_scatter": Rule("NPA808", "torch-scatter", "fused_op",
                           "torch_scatter.scatter_* calls, or a Python loop over unique() ids that masks each group "
                           "(`ids == g`) and reduces it (max / mean / sum).",
@@ -108,6 +111,33 @@ FUSED_OP_RULES = {
                      + _WHY_LAUNCH + ".",
                      "mx_driving.nms3d / nms3d_normal for BEV boxes, torch_npu.npu_nms_rotated for 2-D boxes: one "
                      "kernel for the whole suppression (argument layouts differ: map boxes and scores)."),
+    "voxelization": Rule("NPA816", "mmcv-voxelization", "fused_op",
+                         "mmcv / mmdetection3d voxelization: `mmcv.ops.Voxelization`, `mmcv.ops.voxelization`, "
+                         "`mmdet3d.ops.Voxelization` (qualified through the file's imports; a class of the project's "
+                         "own of that name is not it).",
+                         "mmcv's voxelization is a CUDA extension (hard_voxelize_forward / dynamic_voxelize_forward): "
+                         "it has no NPU kernel, so the point cloud is voxelized elsewhere or not at all.",
+                         "mx_driving.Voxelization(voxel_size, point_cloud_range, max_num_points, max_voxels) (BEVFusion, "
+                         "CenterPoint in DrivingSDK): fp32 points, max_num_points <= 1000, layout='ZYX' in place of "
+                         "mmcv's op, the default 'XYZ' in place of mmdetection3d's."),
+    "batch_matmul": Rule("NPA817", "small-batch-matmul", "fused_op",
+                         "A matmul the profile recorded with 4-6-D operands whose last two dims are a 4x4 (or 3x3) matrix "
+                         "and a 4x1 (or 3x1) vector (lidar-to-camera point projection, BEVDet / Sparse4D): found from "
+                         "the recorded shapes at the line, whatever the code is called.",
+                         "A general batched matmul on tiny 4x4 matrices spends its time on broadcasting and launch "
+                         "overhead, not arithmetic; the backward repeats it.",
+                         "mx_driving.npu_batch_matmul(projection_mat, pts_extend) (the patcher's batch_matmul patch "
+                         "does the same for every such matmul): same result for these shapes, fp32."),
+    "mmcv_op": Rule("NPA818", "mmcv-cuda-op", "fused_op",
+                    "A call of an mmcv.ops CUDA op that mx_driving provides under the same name (qualified through the "
+                    "file's imports, aliases included): sigmoid_focal_loss, box_iou_rotated, boxes_iou_bev, nms3d / "
+                    "nms_bev, roi_align_rotated, furthest_point_sample, knn, three_nn, three_interpolate, "
+                    "grouping_operation, border_align, dynamic_scatter, RoIAwarePool3d (catalog fused_ops.mmcv_ops).",
+                    "mmcv.ops are CUDA extensions: without an NPU kernel the call fails on the NPU, or the code around "
+                    "it keeps a slower pure-PyTorch fallback.",
+                    "Call the mx_driving op named in the finding; argument orders and layouts can differ from mmcv's "
+                    "(roi_align_rotated takes pooled_height and pooled_width separately), so check each call against "
+                    "its documentation."),
 }
 # Structural matches (structure.py) of the same ops share their rule.
 FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]

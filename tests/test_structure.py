@@ -255,3 +255,190 @@ def test_transformer_blocks_map_to_torch_npu_fused_ops(tmp_path):
         ("NPA813", _line(TRANSFORMER, "return q * cos"), "apply_rotary", "torch_npu.npu_rotary_mul"),
         ("NPA812", _line(TRANSFORMER, "return self.weight * (x * torch.rsqrt"), "forward", "torch_npu.npu_rms_norm"),
         ("NPA814", _line(TRANSFORMER, "scores = (q @ k.transpose"), "forward", "torch_npu.npu_fusion_attention")]
+
+
+VOXELIZATION = '''\
+import torch
+from mmcv.ops import Voxelization
+import mmdet3d.ops as ops3d
+from mmcv.ops import voxelization as hard_voxelize
+
+
+class PointsToVoxels(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.vox = Voxelization([0.1, 0.1, 0.2], [0, -40, -3, 70.4, 40, 1], 32, (16000, 40000))
+        self.vox3d = ops3d.Voxelization([0.2, 0.2, 8], [0, -40, -3, 70.4, 40, 1], 20, 12000)
+
+    def forward(self, points):
+        return hard_voxelize(points, [0.1, 0.1, 0.2], [0, -40, -3, 70.4, 40, 1], 32, 16000)
+'''
+
+VOXELIZATION_TRAPS = '''\
+import torch
+from mx_driving import Voxelization as NpuVoxelization
+
+
+class Voxelization(torch.nn.Module):
+    """The project's own module of the same name: not mmcv's extension."""
+
+
+def voxelization(points, size):
+    return torch.div(points[:, :3], size, rounding_mode="floor")
+
+
+a = Voxelization()
+b = voxelization(torch.zeros(4, 3), 0.1)
+c = NpuVoxelization([0.1] * 3, [0] * 6, 10, 100)
+'''
+
+
+def test_mmcv_and_mmdet3d_voxelization_by_qualified_name(tmp_path):
+    assert _check(tmp_path, "vox.py", VOXELIZATION) == [
+        ("NPA816", _line(VOXELIZATION, "self.vox = "), "__init__", "mx_driving.Voxelization"),
+        ("NPA816", _line(VOXELIZATION, "self.vox3d = "), "__init__", "mx_driving.Voxelization"),
+        ("NPA816", _line(VOXELIZATION, "return hard_voxelize"), "forward", "mx_driving.Voxelization")]
+    assert _check(tmp_path, "own.py", VOXELIZATION_TRAPS) == []
+
+
+MMCV_OPS = '''\
+import torch
+import mmcv.ops as ops
+from mmcv.ops import box_iou_rotated, nms_bev
+from mmcv.ops import SigmoidFocalLoss
+
+try:
+    from mmcv.ops import sigmoid_focal_loss as focal_cuda
+except ImportError:
+    focal_cuda = None
+
+
+def match(boxes, gt, scores):
+    iou = box_iou_rotated(boxes, gt)
+    keep = nms_bev(boxes, scores, 0.5)
+    near = ops.knn(4, boxes[None, :, :3], gt[None, :, :3])
+    return iou, keep, near
+
+
+def loss(pred, target):
+    if pred.is_cuda:
+        return focal_cuda(pred, target, 2.0, 0.25, None, "none")
+    return SigmoidFocalLoss(2.0, 0.25)(pred, target)
+'''
+
+MMCV_OPS_TRAPS = '''\
+import torch
+from mmcv.ops import nms, batched_nms            # 2-D image NMS: no same-named mx_driving op
+from mx_driving import box_iou_rotated
+
+
+def knn(k, a, b):
+    return torch.cdist(a, b).topk(k, largest=False).indices
+
+
+def f(a, b, s):
+    return box_iou_rotated(a, b), knn(1, a, b), nms(a, s, 0.5), batched_nms(a, s, s.long(), {})
+'''
+
+
+def test_mmcv_cuda_ops_with_a_same_named_mx_driving_op(tmp_path):
+    assert _check(tmp_path, "m.py", MMCV_OPS) == [
+        ("NPA818", _line(MMCV_OPS, "iou = "), "match", "mx_driving.box_iou_rotated"),
+        ("NPA818", _line(MMCV_OPS, "keep = "), "match", "mx_driving.nms3d"),
+        ("NPA818", _line(MMCV_OPS, "near = "), "match", "mx_driving.knn"),
+        ("NPA818", _line(MMCV_OPS, 'return focal_cuda('), "loss", "mx_driving.sigmoid_focal_loss"),
+        ("NPA818", _line(MMCV_OPS, "return SigmoidFocalLoss("), "loss", "mx_driving.sigmoid_focal_loss")]
+    assert _check(tmp_path, "traps.py", MMCV_OPS_TRAPS) == []
+
+
+PROJECTION_TRAIN = '''\
+import torch
+
+torch.manual_seed(0)
+head = torch.nn.Linear(4, 4)
+opt = torch.optim.SGD(head.parameters(), lr=0.01)
+
+
+def project(points, lidar2img):
+    pts = torch.cat([points, torch.ones_like(points[..., :1])], -1)
+    return torch.matmul(lidar2img[:, :, None], pts[:, None, ..., None]).squeeze(-1)
+
+
+def not_projections(m):
+    a = torch.matmul(m, m)                                              # 4x4 @ 4x4: no vector
+    b = torch.matmul(m[0, 0], torch.rand(100, 4, 1))                    # 3-D: below the kernel's 4 dims
+    c = torch.matmul(torch.rand(2, 3, 5, 5), torch.rand(2, 3, 5, 1))    # a 5x5 matrix
+    return a.sum() + b.sum() + c.sum()
+
+
+for step in range(6):
+    points = head(torch.randn(2, 100, 4))[..., :3]
+    lidar2img = torch.rand(2, 6, 4, 4)
+    loss = project(points, lidar2img).square().mean() + not_projections(lidar2img)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+'''
+
+
+def test_small_batch_matmul_found_from_recorded_shapes(tmp_path):
+    """A real profile: the 4x4 @ 4x1 projection (6-D, broadcast) is NPA817 with the shapes it was read from; the
+    4x4 @ 4x4, the 3-D and the 5x5 matmuls are not."""
+    (tmp_path / "train.py").write_text(PROJECTION_TRAIN, encoding="utf-8")
+    r = run_cli("profile", "--out", tmp_path / "out", "train.py", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = [f for f in json.loads((tmp_path / "out" / "findings.json").read_text())["findings"] if f["rule"] == "NPA817"]
+    assert [(f["locations"][0]["line"], f["locations"][0]["function"]) for f in found] == [
+        (_line(PROJECTION_TRAIN, "return torch.matmul(lidar2img"), "project")]
+    f = found[0]
+    assert f["details"]["replacement"] == "mx_driving.npu_batch_matmul"
+    assert f["details"]["shapes"] == [[[2, 6, 1, 4, 4], [2, 1, 100, 4, 1]]]
+    assert any(c.startswith("verified: operands 4-6-D") and "[2, 6, 1, 4, 4] @ [2, 1, 100, 4, 1]" in c
+               for c in f["fix"]["constraints"])
+    assert f["evidence"] and f["evidence"][0]["unit"] == "us/step" and f["evidence"][0]["value"] > 0
+
+
+# DrivingSDK's migrated models (../shared/docs/data/drivingsdk_models_optimizations.txt): each fused op by the names the
+# file gives it, and the rule that finds the code it replaces (one rule per op family: aliases share it).
+FUSED_OP_RULE = {
+    "npu_fusion_attention": "NPA814", "npu_rms_norm": "NPA812", "npu_rotary_mul": "NPA813", "batch_matmul": "NPA817",
+    "multi_scale_deformable_attn": "NPA801", "msda": "NPA801", "npu_multi_scale_deformable_attn_function": "NPA801",
+    "scatter_max": "NPA808", "scatter_mean": "NPA808", "scatter_add": "NPA808",
+    "bev_pool_v3": "NPA802", "bev_pool": "NPA802", "bev_pool_v2": "NPA802",
+    "npu_deformable_conv2d": "NPA805", "npu_deformable_conv2dbk": "NPA805", "modulated_deform_conv2d": "NPA805",
+    "ModulatedDeformConv2dFunction": "NPA805", "dc": "NPA805", "mdc": "NPA805",
+    "resnet_add_relu": "NPA803", "npu_add_relu": "NPA803", "resnet_maxpool": "NPA804", "npu_max_pool2d": "NPA804",
+    "spconv": "NPA806", "SparseConv3d": "NPA806", "SubMConv3d": "NPA806", "SparseConvTensor": "NPA806",
+    "SparseSequential": "NPA806", "deformable_aggregation": "NPA810", "npu_deformable_aggregation": "NPA810",
+    "npu_deformable_aggregation as DAF": "NPA810", "deformable_aggregation as deformable_aggregation_function": "NPA810",
+    "points_in_boxes_all": "NPA811", "npu_points_in_box_all": "NPA811", "Voxelization": "NPA816",
+    "npu_assign_target_of_single_head": "NPA807", "npu_gaussian": "NPA807",
+    "NpuFusedAdamW": "NPA601", "NpuFusedAdam": "NPA601", "NpuFusedSGD": "NPA601",
+}
+# Named there but not fused ops: the patcher and its patch names (NPA901), launch and dataset code.
+NOT_FUSED_OPS = {"patcher", "Patch", "PatcherBuilder", "default_patcher_builder", "default_patcher", "with_imports",
+                 "patch_mmcv_version", "numpy_type", "stream", "ddp", "index", "point", "_C", "fused", "dataset",
+                 "preprocess"}
+# Used by two or more of those models, no detector yet.
+NOT_YET_DETECTED = {"NpuFusedMultiheadAttention", "NpuFusedTransformerEncoderLayer", "npu_index_select"}
+
+
+def test_every_fused_op_two_migrated_models_use_has_a_documented_rule(shared_data):
+    from npu_advise.rules import all_rules
+
+    path = shared_data.parent / "docs" / "data" / "drivingsdk_models_optimizations.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    users: dict = {}           # an op family (its rule, or the name when none) -> the models using it
+    for line in path.read_text(encoding="utf-8").splitlines():
+        model, _, items = line.partition(":")
+        for item in {i.strip() for i in items.split(",")}:
+            if item and "=" not in item:
+                users.setdefault(FUSED_OP_RULE.get(item, item), set()).add(model.strip())
+    shared = {family for family, models in users.items() if len(models) >= 2}
+    assert shared - set(FUSED_OP_RULE.values()) - NOT_FUSED_OPS - NOT_YET_DETECTED == set()
+    detected = shared & set(FUSED_OP_RULE.values())
+    assert len(detected) == 16 and len(shared & NOT_YET_DETECTED) == 3      # the counts the README states
+    rules = all_rules()
+    for code in detected:
+        assert rules[code].detects and rules[code].why and rules[code].fix, code

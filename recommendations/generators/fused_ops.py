@@ -141,3 +141,65 @@ def _add_shapes_equal(index, loc_ids) -> Optional[str]:
     if all(d[0] == d[1] and d[0] for _, d in adds):
         return f"recorded shapes of both operands are equal ({', '.join(str(d[0]) for _, d in adds[:3])})"
     return None
+
+
+@source_scanner("shape_fused_ops", order=12)
+def shape_fused_op_findings(src, files: list) -> list:
+    """Fused ops found from what the profile recorded, whatever the code says: matmuls of tiny point-projection
+    shapes (NPA817, mx_driving.npu_batch_matmul). One finding per source line."""
+    from .. import build
+    from ..matchers import SourceMatch
+
+    out = []
+    index = src.index
+    if index is None or len(index.ops) == 0:
+        return out
+    for loc, shapes, count in small_batch_matmuls(index.ops):
+        d = src.trace.location(loc)
+        path = src.resolve(d["file"]) if d else None
+        text = src.text(path) if path is not None else None
+        if text is None:
+            continue
+        rel = src.rel(path)
+        lines = text.splitlines()
+        code = lines[d["line"] - 1].strip() if 0 < d["line"] <= len(lines) else ""
+        match = SourceMatch("batch_matmul", d["line"], d["function"], code, "fused_ops.npu_batch_matmul")
+        _, _, evidence, share = _replaced_code_evidence(src, path, d["line"], None, rel)
+        steps = max(index.stats.count, 1)
+        how = f"recorded aten::matmul input shapes {', '.join(' @ '.join(map(str, s)) for s in shapes[:3])}"
+        checks = {"verified": [f"operands 4-6-D, a 4x4 / 3x3 matrix times a 4x1 / 3x1 vector, broadcastable ({how}; "
+                               f"{count / steps:g} per step)"],
+                  "covered": list(load().fused_ops["npu_batch_matmul"].constraints[:2])}
+        severity = severity_for_share(share) if share is not None else "low"
+        out.append(build.fused_finding(match, rel, text, severity, evidence,
+                                       {**_saving_details(evidence, share), "shapes": shapes[:3]}, None, None, checks))
+    return out
+
+
+def small_batch_matmuls(ops) -> list:
+    """(loc, distinct [a, b] shapes, count) of the recorded aten::matmul ops whose operands fit
+    npu_batch_matmul: 4-6 dims each, a 4x4 / 3x3 matrix times a 4x1 / 3x1 vector, broadcastable batch dims."""
+    from ..evidence import parse_dims
+
+    limits = load().fused_ops["npu_batch_matmul"].limits
+    pairs = {(tuple(m), tuple(v)) for m, v in zip(limits["matrix"], limits["vector"])}
+    sel = ops[ops["name"].astype(str) == "aten::matmul"]
+    found: dict = {}
+    for loc, dims in zip(sel["loc"].to_numpy(), sel["input_dims"]):
+        shapes = parse_dims(dims)
+        if int(loc) < 0 or len(shapes) < 2:
+            continue
+        a, b = shapes[0], shapes[1]
+        if not (limits["min_dims"] <= len(a) <= limits["max_dims"] and limits["min_dims"] <= len(b) <= limits["max_dims"]):
+            continue
+        if (tuple(a[-2:]), tuple(b[-2:])) not in pairs or not _broadcastable(a[:-2], b[:-2]):
+            continue
+        entry = found.setdefault(int(loc), [[], 0])
+        if [a, b] not in entry[0]:
+            entry[0].append([a, b])
+        entry[1] += 1
+    return [(loc, shapes, count) for loc, (shapes, count) in found.items()]
+
+
+def _broadcastable(x: list, y: list) -> bool:
+    return all(p == q or p == 1 or q == 1 for p, q in zip(reversed(x), reversed(y)))
