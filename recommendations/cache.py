@@ -10,7 +10,7 @@ trace points at, the project's .py files as `Sources.project_files` lists them, 
 change to any of them is a miss; a hit restores each finding's fix and details, the new findings and the candidates.
 
 Entries are pickles under `$XDG_CACHE_HOME/npu-advise/recommend` (written atomically, the 64 newest kept; a cache
-that cannot be written costs only speed). NPU_ADVISE_NO_CACHE=1 turns it off.
+that cannot be written costs only speed). NPU_ADVISE_NO_CACHE=1 turns it off; so do extra generator modules (NPU_ADVISE_GENERATORS).
 """
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ _code_digest: list = []
 
 
 def default_dir() -> Optional[Path]:
-    if os.environ.get(NO_CACHE_ENV, "") not in ("", "0"):
+    from .registry import EXTRA_MODULES_ENV
+
+    # Extra generator modules are code whose inputs (environment, files) the key cannot know: never cached.
+    if os.environ.get(NO_CACHE_ENV, "") not in ("", "0") or os.environ.get(EXTRA_MODULES_ENV, "").strip():
         return None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "npu-advise" / "recommend"

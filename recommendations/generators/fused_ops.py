@@ -143,7 +143,7 @@ def _add_shapes_equal(index, loc_ids) -> Optional[str]:
     return None
 
 
-@source_scanner("shape_fused_ops", order=12)
+@source_scanner("shape_fused_ops", order=30)
 def shape_fused_op_findings(src, files: list) -> list:
     """Fused ops found from what the profile recorded, whatever the code says: matmuls of tiny point-projection
     shapes (NPA817, mx_driving.npu_batch_matmul). One finding per source line."""
