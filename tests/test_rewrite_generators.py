@@ -288,12 +288,17 @@ def test_segment_sum_mean_count(rows, dtype):
 
 @pytest.mark.parametrize("rows", [1, 9])
 def test_segment_unique_max(rows):
-    [r] = segments.candidates(SEGMENTS, line_of(SEGMENTS, ".max(0).values"))
+    r, first = segments.candidates(SEGMENTS, line_of(SEGMENTS, ".max(0).values"))
     assert "torch.unique(labels, return_inverse=True)" in r.new_source and '"amax"' in r.new_source
-    old, new = _pair(SEGMENTS, r, "present_max")
     labels = torch.tensor([3, 0, 3, 1, 0, 3, 1, 1, 0][:rows])
-    x = torch.randn(rows, 3)
-    _same(old(x, labels), new(x, labels))
+    x = torch.randn(rows, 3).relu().requires_grad_()            # ties at 0
+    for cand in (r, first):
+        old, new = _pair(SEGMENTS, cand, "present_max")
+        _same(old(x, labels), new(x, labels))
+    # with ties the gradient of .max(0) goes to the first tied row: only the gathering candidate does the same
+    old, new = _pair(SEGMENTS, first, "present_max")
+    g = torch.randn_like(old(x, labels))
+    _same(*[torch.autograd.grad((f(x, labels) * g).sum(), x)[0] for f in (old, new)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +427,9 @@ def test_segment_collected_results(rows):
     gen = torch.Generator().manual_seed(rows)
     ids = torch.randint(0, 4, (rows,), generator=gen) * 3
     x = torch.randn(rows, 3, generator=gen)
-    [r] = segments.candidates(SEGMENT_LISTS, line_of(SEGMENT_LISTS, "pooled.append"))
+    r, first = segments.candidates(SEGMENT_LISTS, line_of(SEGMENT_LISTS, "pooled.append"))
+    old, new = _pair(SEGMENT_LISTS, first, "pillar_max")
+    _same(old(x, ids), new(x, ids))
     assert "torch.searchsorted(groups, group_ids)" in r.new_source and "return pooled" in r.new_source
     old, new = _pair(SEGMENT_LISTS, r, "pillar_max")
     _same(old(x, ids), new(x, ids))
@@ -599,7 +606,7 @@ def test_segment_groups_behind_a_mask_alias_and_an_emptiness_guard(rows):
     if rows:                                                              # torch.stack([]) raises in the loop
         cases.append(("present_sums", "sums.append", (x, labels.clamp(min=0), 6)))
     for name, needle, args in cases:
-        [r] = segments.candidates(GUARDED, line_of(GUARDED, needle))
+        r = segments.candidates(GUARDED, line_of(GUARDED, needle))[-1]
         body = r.new_source.split(f"def {name}")[1].split("return")[0]
         assert "for " not in body and "torch.bincount" in body, body
         assert not r.auto_applicable and r.applicable_when_verified and r.needs_verification

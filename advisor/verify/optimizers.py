@@ -36,7 +36,9 @@ class OptimizerTarget:
 
     @property
     def done(self) -> bool:
-        return self.status in ("rejected", "not_verifiable") or self.calls >= self.session.max_calls
+        from .session import STEPS_PER_CANDIDATE
+        return (self.status in ("rejected", "not_verifiable") or self.calls >= self.session.max_calls
+                or self.calls >= STEPS_PER_CANDIDATE)
 
     def reject(self, why: str) -> None:
         self.status, self.reason = "rejected", why

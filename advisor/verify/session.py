@@ -31,6 +31,9 @@ from .swap import (PAIRED_ORIGINAL, NotSwappable, build_candidate, compile_candi
                    own_function, rewrap, unwrap)
 
 DETAIL_CALLS = 2
+# A candidate compared on calls in this many optimizer steps has its evidence (later steps repeat the first
+# ones' shapes and code paths), so the run can end before the profile's step count.
+STEPS_PER_CANDIDATE = 3
 COTANGENT_SEED = 1234
 
 
@@ -66,6 +69,7 @@ class Target:
         self.name = spec["function"].rsplit(".", 1)[-1]
         self.code = None
         self.calls = 0                      # calls compared
+        self.steps = set()                  # the optimizer steps they were made in
         self.seen = 0                       # calls the script made
         self.status = "not_called"          # not_called | running | verified | rejected | not_verifiable
         self.reason = None
@@ -80,10 +84,13 @@ class Target:
         return self.status in ("rejected", "not_verifiable")
 
     @property
+    def enough(self) -> bool:
+        return self.calls >= self.session.max_calls or len(self.steps) >= STEPS_PER_CANDIDATE
+
+    @property
     def done(self) -> bool:
         """Nothing more to compare: failed, has its calls, or a candidate it stands in for has them."""
-        return self.failed or self.calls >= self.session.max_calls or any(
-            not p.failed and p.calls >= self.session.max_calls for p in self.before)
+        return self.failed or self.enough or any(not p.failed and p.enough for p in self.before)
 
     @property
     def active(self) -> bool:
@@ -244,6 +251,7 @@ class Session:
                     t.reject(f"raised {_exc_line(exc)} on call {n}")
                     return result
                 t.calls = n
+                t.steps.add(self.step)
                 t.status = "running"
                 if n > 1:           # the first call pays one-time set-up (allocator, lazy initialization)
                     t.times.append((self.step, t_orig, t_cand))

@@ -29,8 +29,13 @@ _REDUCTIONS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin"}
 
 
 def candidates(source: str, line: int) -> list:
+    """The segment rewrite of the group loop at `line`; for a max/min, first the one whose gradient is shared
+    among tied rows (scatter_reduce), then the one that, like `.max(0)`, gives it to the first of them."""
     r = first_rewrite(source, line, _match)
-    return [r] if r is not None else []
+    if r is None:
+        return []
+    tied = first_rewrite(source, line, lambda meta, module, loop: _match(meta, module, loop, first_of_ties=True))
+    return [r] + ([tied] if tied is not None else [])
 
 
 def _group_mask(node, g: str) -> Optional[cst.BaseExpression]:
@@ -225,7 +230,7 @@ def _is_count(node, g: str) -> bool:
     return False
 
 
-def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
+def _match(meta, module, loop: cst.For, first_of_ties: bool = False) -> Optional[Rewrite]:
     if not isinstance(loop.target, cst.Name):
         return None
     found = _group_body(loop, loop.target.value)
@@ -252,6 +257,8 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
     if red is None:
         return None
     kind, x, labels = red
+    if first_of_ties and kind not in ("amax", "amin"):
+        return None
     if names_in(out) & (names_in(labels) | (names_in(x) if x is not None else set())):
         return None
     form, groups = _groups(meta, function, loop, labels)
@@ -294,6 +301,22 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
         else:
             spread = f"{index}.view((-1,) + (1,) * ({x_c}.dim() - 1)).expand_as({x_c})"
             value = f"{zeros}.scatter_reduce_(0, {spread}, {x_c}, \"{kind}\", include_self=False){keep}"
+            if first_of_ties:
+                # the group's extreme from detached values, then the first row holding it per column, gathered
+                # (so the gradient goes where `.max(0)` sends it)
+                best, rows, first = fresh(taken, "best"), fresh(taken, "rows"), fresh(taken, "first")
+                spread_name = fresh(taken, "spread")
+                stmts.append(f"{spread_name} = {spread}")
+                spread = spread_name
+                stmts.append(f"{best} = {zeros}.scatter_reduce_(0, {spread}, {x_c}.detach(), \"{kind}\", "
+                             f"include_self=False)")
+                stmts.append(f"{rows} = torch.arange({x_c}.shape[0], device={x_c}.device).view((-1,) + (1,) * "
+                             f"({x_c}.dim() - 1)).expand_as({x_c})")
+                stmts.append(f"{first} = torch.full_like({best}, {x_c}.shape[0], dtype=torch.long).scatter_reduce_("
+                             f"0, {spread}, torch.where({x_c}.detach() == {best}.gather(0, {spread}), {rows}, "
+                             f"{x_c}.shape[0]), \"amin\")")
+                value = (f"({x_c}.gather(0, {first}.clamp(max={x_c}.shape[0] - 1)) if {x_c}.shape[0] else {best})"
+                         f"{keep}")
     guarded = guarded and form == "range"      # every group of unique() has a row
     if guarded:
         # the loop skips empty groups: only groups with a row are written (or collected)
@@ -312,6 +335,8 @@ def _match(meta, module, loop: cst.For) -> Optional[Rewrite]:
                                        prev if how == "stack" else None,
                                        (call, cst.Name(name)) if how == "stack" else None)
     op = {"count": "torch.bincount", "sum": "index_add_", "mean": "index_add_ and bincount"}.get(kind, "scatter_reduce_")
+    if first_of_ties:
+        op += " and a gather of the first row holding each group's extreme (gradients as the loop's)"
     return Rewrite(
         new_source=new_source,
         description=(f"Reduce every group at once with {op} instead of one boolean-mask selection per group (each "
