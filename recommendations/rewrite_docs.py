@@ -51,11 +51,17 @@ DOCS = (
         "segment_reduce", _LOOP + _SYNC,
         rewrites="`for g in range(G)` / `for g in labels.unique()` with `out[g] = x[labels == g].sum(0)` (mean, "
                  "amax/amin via max(0).values) or `(labels == g).sum()` -> `index_add_` / `scatter_reduce_` / "
-                 "`bincount` over all rows at once (labels outside the groups go to a dropped bin).",
-        refuses="any other statement in the body, a reduction over another dim, `g` read after the loop.",
-        static="the body is exactly one per-group reduction written to `out[g]`.",
+                 "`bincount` over all rows at once (labels outside the groups go to a dropped bin). The mask may be "
+                 "bound to a name first (`sel = labels == g`) and the write guarded by an emptiness test (`if "
+                 "sel.any():`, `if sel.sum() == 0: continue`, `len(x[sel]) > 0`): then only groups with a row are "
+                 "written, through one `torch.where`. For max/min a second candidate gathers the first row holding "
+                 "each group's extreme, so gradients go where `.max(0)` sends them when rows tie.",
+        refuses="any other statement in the body, a guard that tests anything but emptiness, a reduction over "
+                "another dim, `g` or a mask name read after the loop.",
+        static="the body is exactly one per-group reduction written to `out[g]`, behind at most one emptiness guard.",
         verification="`labels` is 1-D with one entry per row of `x`; sums in another order within tolerance; "
-                     "an empty group's max/min (the loop raises) becomes 0."),
+                     "an empty group's max/min (the loop raises) becomes 0; with tied maxima scatter_reduce shares the "
+                     "gradient among the tied rows (the first candidate is then rejected and the gathering one tried)."),
     RewriteDoc(
         "map_broadcast", _LOOP,
         rewrites="a loop (or comprehension) computing one result per element with elementwise ops only -- "
@@ -71,12 +77,15 @@ DOCS = (
         "map_vmap", _LOOP,
         rewrites="the same loops with any body -> the body as a local function mapped with `torch.vmap` over the "
                  "per-element operands (`in_dims` 0; the loop index, when used as a number, as a `torch.arange` "
-                 "on the operands' device); `out_dims` / a flatten reproduce stack/cat along a dim.",
+                 "on the operands' device); `out_dims` / a flatten reproduce stack/cat along a dim. One "
+                 "`if COND: continue` in a collecting loop is kept as a flag per iteration: every iteration is "
+                 "computed and the skipped ones dropped by one boolean selection.",
         refuses="as map_broadcast except the elementwise condition; the index used as a Python int (range(i), "
-                "slice bounds); random ops.",
+                "slice bounds); random ops; more than one `continue`, or one with sums or row writes.",
         static="as map_broadcast.",
         verification="the body runs under vmap (no data-dependent Python control flow, .item(), in-place writes into "
-                     "loop-invariant tensors); equal leading sizes."),
+                     "loop-invariant tensors); equal leading sizes; a skipped iteration computes without raising "
+                     "and leaves the kept results and gradients as they were."),
     RewriteDoc(
         "level_batch", _LOOP,
         rewrites="fixed small loops over levels / cameras of the same op on Python lists of tensors (`for f, g in "

@@ -71,6 +71,7 @@ class OptimizerTarget:
         if [len(g["params"]) for g in self.reference.param_groups] != [len(g["params"]) for g in optimizer.param_groups]:
             return self.reject("the rewritten call builds different parameter groups")
         self._lr0 = [(g.get("lr"), r.get("lr")) for g, r in zip(optimizer.param_groups, self.reference.param_groups)]
+        self._hp0 = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
         optimizer.register_step_pre_hook(self._pre)
         optimizer.register_step_post_hook(self._post)
 
@@ -89,10 +90,14 @@ class OptimizerTarget:
         with torch.no_grad():
             for p, v in zip(params, self._before):
                 p.data.copy_(v)
-            # An LR scheduler moved the original's learning rate: move the reference's alike.
-            for g, r, (o0, r0) in zip(optimizer.param_groups, self.reference.param_groups, self._lr0):
+            # An LR scheduler moved the original's learning rate: move the reference's alike; and what else it
+            # moves (OneCycleLR cycles Adam's betas / SGD's momentum) as the original's.
+            for g, r, (o0, r0), h0 in zip(optimizer.param_groups, self.reference.param_groups, self._lr0, self._hp0):
                 if o0 and r0 is not None and g.get("lr") != o0:
                     r["lr"] = g["lr"] * r0 / o0
+                for k, v0 in h0.items():
+                    if k in r and _moved(g.get(k), v0):
+                        r[k] = g[k]
             try:
                 self.reference.step()
             except Exception as exc:
@@ -138,6 +143,13 @@ def install(targets: list) -> None:
                 t.session.save()
 
     torch.optim.Optimizer.__init__ = init
+
+
+def _moved(now, before) -> bool:
+    try:
+        return bool(now != before)
+    except (RuntimeError, TypeError, ValueError):      # tensors of several elements
+        return not torch.equal(torch.as_tensor(now), torch.as_tensor(before))
 
 
 def _same_file(a: str, b: str) -> bool:

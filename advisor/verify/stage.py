@@ -2,11 +2,12 @@
 each result means for the finding's fix.
 
 A candidate is run when it replaces one function (not module-level code), its file is unchanged since
-the analysis, and every NPU-only API its new code calls has a pure-PyTorch reference. Candidates that
-replace the same function go into separate runs; identical candidates (the NPA501 and NPA302 findings
-of one loop) are run once and share the result. Each run is the profiled script again (same argv, cwd,
-interpreter), in a child process with a time limit, for at most the profile's wait + warmup + active
-optimizer steps.
+the analysis, and every NPU-only API its new code calls has a pure-PyTorch reference. All candidates share
+one run (several for one function are stacked); identical candidates (the NPA501 and NPA302 findings of one
+loop) are run once and share the result; a finding's alternatives wait in the same run for the candidates
+before them to fail. The run is the profiled script again (same argv, cwd, interpreter), in a child process
+with a time limit, for at most the profile's wait + warmup + active optimizer steps, and ends as soon as
+every candidate has its calls.
 """
 from __future__ import annotations
 

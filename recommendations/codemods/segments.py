@@ -7,6 +7,11 @@ segment op over all rows.
     for g in LABELS.unique():                       groups, inverse = torch.unique(LABELS, return_inverse=True)
         OUT[g] = X[LABELS == g].mean(0)     ->      OUT[groups] = <segment op by inverse>
 
+The mask may be named first (`sel = LABELS == g`) and the write guarded by an emptiness test (`if sel.any():`,
+`if sel.sum() == 0: continue`): then only the groups with a row are written (one `torch.where` against their
+presence), as the loop leaves the others. For max/min a second candidate gathers, per group and column, the
+first row holding the extreme, so the gradient goes where `.max(0)` sends it when rows tie.
+
 Labels outside `range(G)` are gathered in one extra bin that is dropped, as the loop never visits them. An
 empty group gets what the loop gives it: 0 for sums and counts, NaN for means (0 / 0); a max/min of an empty
 group raises in the loop and gives 0 in the rewrite. The body's shape is proven from the syntax; that LABELS
