@@ -113,6 +113,20 @@ DOCS = (
         static="passing checks do nothing either way; nonzero's row count is the non-zero count.",
         verification="the receiver is a tensor when its creation is not visible. A failing check raises "
                      "RuntimeError instead of AssertionError, and still runs under `python -O`."),
+    RewriteDoc(
+        "log_reads", _SYNC,
+        rewrites="the per-step log line that reads a device value (`print(f\"... {loss.item():.6f}\")`, "
+                 "`\"%f\" % loss`, `{loss:.6f}`, `float(loss)`) -> the detached value buffered with the rest of the "
+                 "line, and the buffered lines printed LOG_INTERVAL (20) at a time after one `torch.stack(...).tolist()`. "
+                 "The text printed is the same; it appears every 20 steps instead of every step.",
+        refuses="another print, a `return`/`yield` or a loop `else` in the loop; the value changed in place there or not "
+                "assigned a computed value in the loop (it could alias a parameter the step updates); several reads on "
+                "the line; print keywords; `!r`, `%s` or a format spec that is not a float one.",
+        static="everything else on the line is evaluated where it was; the same format spec formats the same number.",
+        verification="whole run: the script runs with and without the rewrite for the profiled optimizer steps; the "
+                     "parameters after every step must be equal and a rewritten line must have run. The value being a "
+                     "tensor (not a Python number) is shown there too. If the step raises, the buffered lines of the last "
+                     "interval are not printed."),
 )
 
 for _doc in DOCS:

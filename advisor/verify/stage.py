@@ -84,6 +84,8 @@ def verify_report(report, candidates: dict, collection: dict, max_calls: int = M
             if link[1] is not None:
                 link[2] = results[link[1]]
         _choose(f, chain, candidates)
+    from .whole_run import verify_whole_runs
+    verify_whole_runs(report, candidates, collection, stats, timeout_s, log, echo)
     return stats
 
 

@@ -17,6 +17,10 @@ def describe(r: dict) -> str:
         return f"not verified: {r.get('reason') or status}"
     n = r.get("calls", 0)
     unit = r.get("unit", "calls")
+    if r.get("check") == "whole run":
+        worst = (r.get("max_abs_diff") or {}).get("parameters", 0.0)
+        return (f"verified on a whole run of {n} optimizer step{'s' if n != 1 else ''} with the rewrite applied: the "
+                f"parameters after every step equal those of the run without it (max |diff| of a parameter sum {worst:.2g})")
     head = f"verified on {n} {unit if n != 1 else unit.rstrip('s')} in this run"
     if r.get("reference"):
         head += f" against the pure-PyTorch reference of {', '.join(r['reference'])} (the NPU kernel itself is not run here)"
