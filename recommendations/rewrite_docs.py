@@ -108,11 +108,23 @@ DOCS = (
     RewriteDoc(
         "device_checks", _SYNC,
         rewrites="`assert <tensor>.all()[, \"literal\"]` in the step -> `torch._assert_async(...)` (no host read); "
+                 "`if not torch.isfinite(loss): raise RuntimeError(\"literal\")` (a branch that only raises) -> "
+                 "`torch._assert_async(torch.isfinite(loss), \"literal\")`; "
                  "`len(torch.nonzero(m))` / `.shape[0]` / `.size(0)` -> `int(torch.count_nonzero(m))`.",
-        refuses="a computed (f-string) message, a condition that is not a whole-tensor `.all()`/`.any()`.",
+        refuses="a computed (f-string) message, a condition that is not a whole-tensor `.all()`/`.any()` or a torch "
+                "check; a raising branch with anything else in it, an elif/else, or a non-builtin exception.",
         static="passing checks do nothing either way; nonzero's row count is the non-zero count.",
         verification="the receiver is a tensor when its creation is not visible. A failing check raises "
                      "RuntimeError instead of AssertionError, and still runs under `python -O`."),
+    RewriteDoc(
+        "device_math", _SYNC,
+        rewrites="`n = max(pos.sum().item(), 1.0)` (also `min`, `float(T)`, `int(T)`) -> `n = pos.sum().clamp(min=1.0)`, "
+                 "a 0-d tensor, when `n` only feeds tensor arithmetic.",
+        refuses="any use of `n` that is not an operand of + - * / with a visible tensor (a format, a comparison, a call "
+                "argument), `n` rebound, a bound that is not a number literal.",
+        static="the same values (the count rounded in the tensor's dtype instead of double).",
+        verification="the receiver is a tensor when its creation is not visible; in a training loop, the whole-run "
+                     "check (the parameters after every optimizer step equal)."),
     RewriteDoc(
         "log_reads", _SYNC,
         rewrites="the per-step log line that reads a device value (`print(f\"... {loss.item():.6f}\")`, "

@@ -8,6 +8,8 @@ stepped optimizer, the float64 sum and absolute sum; the rewrite is verified whe
 training steps (line events of the rewritten file are traced from the first step on). It is rejected when
 the patched run raises, stops early or trains differently. The candidate must be on the stack at every
 optimizer step of the unpatched run (it drives the loop), else the check would prove nothing and is not run.
+Only rewrites whose generators prove that nothing but the training can change are checked so
+(WHOLE_RUN_REWRITES).
 
     python -m npu_advise.verify.whole_run SPEC.json -- SCRIPT [ARGS]...
 
@@ -30,6 +32,10 @@ from pathlib import Path
 
 RTOL = 1e-5
 CHILD_MODULE = "npu_advise.verify.whole_run"
+# The rewrites this check can prove: their generators show from the syntax that nothing but the training (and
+# when the log lines are printed) can change, so equal trainings are their whole proof. A rewrite of the loop
+# that could change something else (a metric computed on the host, a saved file) is not proven by it.
+WHOLE_RUN_REWRITES = ("rewrites.log_reads", "rewrites.device_math", "rewrites.device_checks")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,7 +51,8 @@ def verify_whole_runs(report, candidates: dict, collection: dict, stats, timeout
     for f in report.findings:
         c = candidates.get(f.id)
         v = (f.fix.verification or {}) if f.fix is not None else {}
-        if c is None or v.get("status") != "not_verifiable" or v.get("calls") or c.requires or c.npu_calls:
+        if c is None or c.catalog_ref not in WHOLE_RUN_REWRITES or v.get("status") != "not_verifiable" \
+                or v.get("calls") or c.requires or c.npu_calls:
             continue
         if c.function == MODULE_LEVEL:
             if not collection.get("script") or collection.get("launcher") == "torchrun" or not _unchanged(c):

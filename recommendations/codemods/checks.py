@@ -5,6 +5,9 @@
   on a CPU it raises at once). Where the condition holds both do nothing, so on a run that passes the
   rewrite changes no value; where it fails, `RuntimeError` replaces `AssertionError`, and under `python -O`
   the check still runs. A computed message (f-string) would be evaluated on every call and is refused.
+* `if <tensor condition>: raise E("literal")` (the branch only raises; no elif/else), e.g.
+  `if not torch.isfinite(loss): raise RuntimeError("loss diverged")` -> `torch._assert_async(<the condition
+  negated>, "literal")`, on the same terms.
 * `torch.nonzero(m)` used only for its count (`len(...)`, `.shape[0]`, `.size(0)`) ->
   `int(torch.count_nonzero(m))`: the same number without the nonzero kernel, whose output size depends on
   the data (it waits for the device and then sizes its output).
@@ -33,6 +36,11 @@ def candidates(source: str, line: int) -> list:
     for node in node_index(module).of(cst.Assert):
         if start_line(meta, node) == line:
             r = _assert_async(meta, module, node)
+            if r is not None:
+                out.append(r)
+    for node in node_index(module).of(cst.If):
+        if start_line(meta, node) == line:
+            r = _raise_check(meta, module, node)
             if r is not None:
                 out.append(r)
     if not out:
@@ -81,6 +89,52 @@ def _assert_async(meta, module, node: cst.Assert) -> Optional[Rewrite]:
                    auto_applicable=not needs, verified=verified, needs_verification=needs, generator=GENERATOR,
                    constraints=["a failing check raises RuntimeError (asynchronously on the NPU, at the next sync) "
                                 "instead of AssertionError, and still runs under `python -O`"])
+
+
+_EXCEPTIONS = ("RuntimeError", "ValueError", "AssertionError", "FloatingPointError", "ArithmeticError", "Exception")
+
+
+def _raise_check(meta, module, node: cst.If) -> Optional[Rewrite]:
+    """`if <tensor condition>: raise E("literal")` (nothing else in the branch, no elif/else) ->
+    `torch._assert_async(<the negated condition>, "literal")`."""
+    if node.orelse is not None or len(node.body.body) != 1 or not isinstance(node.body.body[0], cst.SimpleStatementLine):
+        return None
+    stmt = node.body.body[0].body
+    if len(stmt) != 1 or not isinstance(stmt[0], cst.Raise) or stmt[0].cause is not None:
+        return None
+    exc = stmt[0].exc
+    if not (m.matches(exc, m.Call(func=m.OneOf(*[m.Name(n) for n in _EXCEPTIONS])))
+            and len(exc.args) <= 1 and all(a.keyword is None and not a.star
+                                           and isinstance(a.value, (cst.SimpleString, cst.ConcatenatedString))
+                                           for a in exc.args)):
+        return None
+    test = node.test
+    negated = isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not)
+    cond = test.expression if negated else test
+    function = enclosing_function(meta, node)
+    why = _tensor_operand(meta, cond, function, start_line(meta, node))
+    if not why and _condition_tensor(meta, cond) is None:
+        return None
+    holds = code(cond) if negated else f"torch.logical_not({code(cond)})"
+    args = holds + (f", {code(exc.args[0].value)}" if exc.args else "")
+    new_stmt = cst.SimpleStatementLine([cst.Expr(expr(f"torch._assert_async({args})"))],
+                                       leading_lines=node.leading_lines,
+                                       trailing_whitespace=node.body.header)
+    new_source = add_imports(replace_nodes(module, {node: new_stmt}, meta), [("torch", None)]).code
+    name = exc.func.value
+    verified = [f"the branch only raises {name} with a literal message",
+                "where the condition does not hold both do nothing: no value changes"]
+    needs = []
+    if why:
+        verified.append(f"the condition is a tensor: {why}")
+    else:
+        needs.append(f"`{code(cond)}` is a one-element tensor")
+    return Rewrite(new_source=new_source,
+                   description=("Check the condition on the device with `torch._assert_async` instead of `if ...: raise`, "
+                                "whose test reads the tensor to the host (a blocking sync) every step."),
+                   auto_applicable=not needs, verified=verified, needs_verification=needs, generator=GENERATOR,
+                   constraints=[f"a failing check raises RuntimeError{'' if name == 'RuntimeError' else ' instead of ' + name}"
+                                " (asynchronously on the NPU, at the next sync)"])
 
 
 def _tensor_operand(meta, node, function, before: int) -> Optional[str]:

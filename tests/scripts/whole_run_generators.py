@@ -19,6 +19,6 @@ def wrong_learning_rate(src, files):
                           auto_applicable=False, needs_verification=["the training is unchanged"])
         f = Finding(rule="NPA599", category="sync", title="whole-run test case", severity="low",
                     locations=[Location(src.rel(path), line, "main")], subject="wrong lr")
-        src.attach(f, src.candidate(path, text, rewrite, "tests.whole_run_wrong"))
+        src.attach(f, src.candidate(path, text, rewrite, "rewrites.device_math"))   # a kind the check proves
         out.append(f)
     return out
