@@ -10,6 +10,7 @@ the events; events are therefore kept with their pid and classified at the end.
 """
 from __future__ import annotations
 
+import re
 from typing import Optional, Union
 
 import msgspec
@@ -55,14 +56,19 @@ def _decode_piece(data: bytes) -> list:
     return _decoder.decode(data)
 
 
+_US_STRING = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
+
+
 def ts_ns(v) -> int:
     """µs (string "1736408883704643.212" or number) -> int ns, exact for strings."""
     if isinstance(v, str):
         s = v.strip()
         whole, _, frac = s.partition(".")
         neg = whole.startswith("-")
+        if not _US_STRING.fullmatch(s):
+            raise ValueError(f"timestamp {s[:40]!r} is not a number of microseconds")
         digits = (frac + "0000")[:4]
-        val = abs(int(whole or "0")) * 1000 + (int(digits) + 5) // 10
+        val = int(whole.lstrip("-") or "0") * 1000 + (int(digits) + 5) // 10
         return -val if neg else val
     if v is None:
         return -1
@@ -145,7 +151,7 @@ def read_trace_view(path) -> R.RawProfile:
     try:
         for events in ChunkedArray(str(path), _decode_piece):
             col.add(events)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, ValueError) as exc:
         raise TraceFormatError(f"{path}: not a torch_npu trace_view.json ({exc})") from None
     if not col.x["ts"]:
         raise TraceFormatError(f"{path}: the trace holds no profiler events")
