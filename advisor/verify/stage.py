@@ -229,8 +229,6 @@ def _python_of(collection: dict) -> str:
 
 
 def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[float], log, echo):
-    from npu_advise.collect.runner import _child_env
-
     schedule = collection.get("schedule") or {}
     max_steps = 0 if collection.get("mode") == "window" else \
         int(schedule.get("wait", 1)) + int(schedule.get("warmup", 1)) + int(schedule.get("active", 3))
@@ -251,25 +249,10 @@ def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[floa
                  f"{collection['script']} ({f'up to {max_steps} optimizer steps' if max_steps else 'its profiled window'}, "
                  f"{max_calls} calls each, time limit {timeout_s:g} s)")
         started = time.perf_counter()
-        killed = False
-        sink = open(log, "ab") if log is not None else subprocess.DEVNULL
         try:
-            proc = subprocess.Popen(cmd, cwd=collection.get("cwd") or None, env=_child_env(python),
-                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                killed, code = True, None
-            except KeyboardInterrupt:
-                _kill(proc)
-                raise
+            code, killed = launch(cmd, collection.get("cwd") or None, python, log, timeout_s)
         except OSError as exc:
             return {}, f"could not start {python}: {exc}", 0.0
-        finally:
-            if log is not None:
-                sink.close()
         wall = time.perf_counter() - started
         try:
             results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -300,6 +283,28 @@ def _kill(proc) -> None:
     except OSError:
         pass
     proc.wait()
+
+
+def launch(cmd: list, cwd, python: str, log, timeout_s: float) -> tuple:
+    """Run a verification child in its own session, output to `log` (or nowhere): (exit code, killed).
+    Killed at the time limit (code None) or when the user interrupts; OSError when it cannot start."""
+    from npu_advise.collect.runner import _child_env
+
+    sink = open(log, "ab") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(python), stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout_s), False
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            return None, True
+        except KeyboardInterrupt:
+            _kill(proc)
+            raise
+    finally:
+        if log is not None:
+            sink.close()
 
 
 def _final(result: Optional[dict], results: dict, outcome: str, spec: dict) -> dict:

@@ -23,7 +23,6 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -158,9 +157,7 @@ def _changed_lines(old: str, new: str) -> set:
 
 
 def _run(patch, collection: dict, max_steps: int, timeout_s, log, stats):
-    from npu_advise.collect.runner import _child_env
-
-    from .stage import MIN_RUN_TIMEOUT_S, _kill, _python_of
+    from .stage import MIN_RUN_TIMEOUT_S, _python_of, launch
 
     if timeout_s is None:
         timeout_s = max(MIN_RUN_TIMEOUT_S, 3 * float(collection.get("wall_seconds") or 0))
@@ -172,22 +169,10 @@ def _run(patch, collection: dict, max_steps: int, timeout_s, log, stats):
         cmd = [python, "-m", CHILD_MODULE, str(spec), "--", str(collection["script"]),
                *[str(a) for a in collection.get("args") or []]]
         started = time.perf_counter()
-        sink = open(log, "ab") if log is not None else subprocess.DEVNULL
-        killed = False
         try:
-            proc = subprocess.Popen(cmd, cwd=collection.get("cwd") or None, env=_child_env(python),
-                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                killed, code = True, None
+            code, killed = launch(cmd, collection.get("cwd") or None, python, log, timeout_s)
         except OSError as exc:
             return {}, f"could not start {python}: {exc}"
-        finally:
-            if log is not None:
-                sink.close()
         stats.runs += 1
         stats.wall_seconds += time.perf_counter() - started
         try:
