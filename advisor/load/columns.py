@@ -43,7 +43,7 @@ def ts_ns(values: list) -> np.ndarray:
     `str`): a float64 holds only ~0.25 µs at today's epoch (1.7e15 µs), so the integer and fraction
     digits are parsed separately. Anything else (exponents, odd strings) falls back to float64.
     """
-    arr = np.array(values)
+    arr = _scalars(values)
     if arr.dtype.kind in "iu":
         if len(arr) and (arr.max() > _MAX_US or arr.min() < -_MAX_US):
             raise OverflowError(_BEYOND)
@@ -64,13 +64,38 @@ def ts_ns(values: list) -> np.ndarray:
         return _float_ns(np.asarray(values, dtype=np.float64))
 
 
+def json_number(v, default):
+    """A JSON value as the loaders read a number: ints and number texts as they are, other scalars as
+    floats, anything else (a list, an object, null) as `default`."""
+    if isinstance(v, (int, str)) and not isinstance(v, bool):
+        return v
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _scalars(values: list) -> np.ndarray:
+    """One array element per timestamp. The typed decoder lets any JSON value through as a ts; a list or
+    object there (or a bool, a null) is read as the loose decoder reads it, so a trace gives the same
+    table whichever decoder a piece took."""
+    try:
+        arr = np.array(values)
+    except ValueError:          # lists of different lengths
+        arr = None
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iufSU":
+        arr = np.array([json_number(v, -1.0) for v in values])
+    return arr
+
+
 # Times and durations must fit int64 ns (up to the year 2262); beyond that a cast would wrap silently.
 _MAX_US = np.iinfo(np.int64).max // 1000 - 1
 _BEYOND = "a time or duration beyond the year 2262 (int64 ns): not a profiler time"
 
 
 def _float_ns(us: np.ndarray) -> np.ndarray:
-    ns = np.rint(us * 1000.0)
+    with np.errstate(over="ignore", invalid="ignore"):     # an overflow is caught just below
+        ns = np.rint(us * 1000.0)
     if len(ns) and not (np.abs(ns) < 9.2e18).all():       # also catches inf and nan
         raise OverflowError(_BEYOND)
     return ns.astype(np.int64)

@@ -22,7 +22,7 @@ import pandas as pd
 from .. import model
 from ..errors import TraceFormatError
 from .columns import (META_CAT, ROLE_ANNOT, ROLE_KERNEL, ROLE_OP, ROLE_PY, ROLE_RT, ColumnBuilder, counts,
-                      fix_mmap_threshold, has_labels, merge_role, piece_rows)
+                      fix_mmap_threshold, has_labels, json_number, merge_role, piece_rows)
 from .jsonstream import ChunkedArray
 from .locations import attach_locations
 from .placement import placement_roots
@@ -103,14 +103,6 @@ def _decode_piece(data: bytes) -> list:
 
 
 def _coerce(e: dict):
-    def num(v, default):
-        if isinstance(v, (int, str)) and not isinstance(v, bool):
-            return v
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return default
-
     def integer(v):
         try:
             return int(v)
@@ -139,12 +131,12 @@ def _coerce(e: dict):
     pid = pid if isinstance(pid, (int, str)) else str(pid)
     if ph == "M":
         return Metadata(name=str(e.get("name", "")), pid=pid, args=args)
-    dur = num(e.get("dur"), 0.0)
+    dur = json_number(e.get("dur"), 0.0)
     try:
         dur = float(dur)
     except ValueError:
         dur = 0.0
-    return Complete(cat=str(e.get("cat", "")), name=str(e.get("name", "")), ts=num(e.get("ts"), -1.0), dur=dur,
+    return Complete(cat=str(e.get("cat", "")), name=str(e.get("name", "")), ts=json_number(e.get("ts"), -1.0), dur=dur,
                     pid=pid, tid=tid if isinstance(tid, (int, str)) else str(tid), args=args)
 
 
