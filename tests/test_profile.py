@@ -30,7 +30,7 @@ def example_run(tmp_path_factory):
 
 
 def test_example_output_is_the_scripts_own_without_profiler_log_lines(example_run):
-    from npu_advise.collect.stderr_relay import PROFILER_LOG_LINE
+    from npu_advise.collect.output_relay import PROFILER_LOG_LINE
 
     proc, out = example_run
     # the example prints every 4th step; it was stopped in step 4, before that step's print

@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import SCRIPTS, run_cli
 
-from npu_advise.collect.stderr_relay import PROFILER_LOG_LINE, LineFilter
+from npu_advise.collect.output_relay import PROFILER_LOG_LINE, PROFILER_PRINT_LINE, LineFilter, OutputRelay
 
 CHATTER = SCRIPTS / "stderr_chatter.py"
 USDT = b"USDT:2026-12-02 00:00:06 4481:4481 SyncActivityProfilerHandler.cpp:52] profiler_start"
@@ -80,6 +81,36 @@ def test_filter_passes_partial_lines_and_decides_log_lines_at_their_end():
     assert PROFILER_LOG_LINE.match(USDT) and not PROFILER_LOG_LINE.match(b"USDT: not a log line")
 
 
+def test_stdout_filter_drops_only_torch_npu_profiler_prints():
+    f = LineFilter(PROFILER_PRINT_LINE)
+    out = f.feed(b"2026-12-02 00:00:06 [INFO] [4481] profiler.py: Start parsing profiling data\n" + USDT + b"\n"
+                 b"2026-12-02 00:00:06 [INFO] [4481] train.py: checkpoint saved\n")
+    assert out == USDT + b"\n2026-12-02 00:00:06 [INFO] [4481] train.py: checkpoint saved\n"   # a C++ logger's
+    assert f.dropped == ["2026-12-02 00:00:06 [INFO] [4481] profiler.py: Start parsing profiling data"]
+
+
+def _window(fd) -> tuple:
+    return struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+
+
+def test_relay_gives_the_script_terminals_of_our_size_and_passes_resizes_on():
+    master, terminal = pty.openpty()            # our terminal
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    before = signal.getsignal(signal.SIGWINCH)
+    relay = OutputRelay(stdout_fd=terminal, stderr_fd=terminal)
+    try:
+        assert os.isatty(relay.stdout) and os.isatty(relay.stderr)
+        assert _window(relay.stdout) == _window(relay.stderr) == (40, 100)
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        os.kill(os.getpid(), signal.SIGWINCH)    # what the terminal sends on a resize
+        assert _window(relay.stdout) == _window(relay.stderr) == (50, 200)
+    finally:
+        relay.finish()
+        os.close(terminal)
+        os.close(master)
+    assert signal.getsignal(signal.SIGWINCH) == before
+
+
 # -- profile: the script's output, the profiler's log lines --------------------------------------------
 
 @pytest.mark.parametrize("on_terminal", [False, True], ids=["pipe", "terminal"])
@@ -99,7 +130,9 @@ def test_profile_passes_script_output_through_without_profiler_lines(tmp_path, o
     assert own == [f"stderr is a terminal: {on_terminal}", "user warning: learning rate is high",
                    "loading weights ... done", "INFO: my own log line", "written to fd 2"]
     assert "USDT:" not in stderr and "profiler_start" not in stderr and "profiler_start" not in stdout
-    assert "profiler_start" in (tmp_path / "out" / "profiler.log").read_text()
+    assert "profiler.py" not in stdout and "train.py: checkpoint saved" in stdout
+    profiler_log = (tmp_path / "out" / "profiler.log").read_text()
+    assert "profiler_start" in profiler_log and "profiler.py: Start parsing profiling data" in profiler_log
     assert "npu-advise: error:" in stderr and "exited with status 3" in stderr      # errors are never quiet
     if on_terminal:
         assert "\x1b[" in stderr and "loading rank0" in stderr         # the trace-loading progress bar
@@ -107,7 +140,7 @@ def test_profile_passes_script_output_through_without_profiler_lines(tmp_path, o
     else:
         assert "npu-advise: profiling" not in stderr and "\x1b" not in stderr      # --quiet, a pipe
         assert [line for line in stdout.splitlines() if not line.startswith("step")] == [
-            f"report: {tmp_path / 'out' / 'report.html'}"]
+            "2026-12-02 00:00:06 [INFO] [4481] train.py: checkpoint saved", f"report: {tmp_path / 'out' / 'report.html'}"]
 
 
 # -- analyze / check: progress on a terminal, nothing in a pipe, --quiet --------------------------------

@@ -4,7 +4,7 @@ The script runs in a child process (`python -m npu_advise.collect.bootstrap CONF
 the same module under `torch.distributed.run` for several ranks), so a crash, `sys.exit` or `os._exit`
 in it cannot take npu-advise down. Each rank leaves `collection.rank{R}.json`; they are merged into
 `<out>/collection.json`, and the outcome decides between "analyze the trace" and a one-line error. The
-script's stdout is its own; its stderr is relayed without the profiler's log lines (stderr_relay).
+script's stdout and stderr are relayed without the profiler's log lines (output_relay).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Optional
 
 from ..errors import UserError
 from .bootstrap import RECORD_NAME
-from .stderr_relay import StderrRelay
+from .output_relay import OutputRelay
 
 BOOTSTRAP_MODULE = "npu_advise.collect.bootstrap"
 TORCHRUN_MODULE = "torch.distributed.run"
@@ -118,9 +118,10 @@ def run_collection(req: ProfileRequest, echo=print) -> CollectionResult:
         cmd = build_command(req, config_path)
         env = _child_env(req.python)
         started = time.time()
-        relay = StderrRelay()
+        sys.stdout.flush()          # ours first: the relay writes the script's output to fd 1 directly
+        relay = OutputRelay()
         try:
-            returncode = subprocess.run(cmd, env=env, stderr=relay.child_fd).returncode
+            returncode = subprocess.run(cmd, env=env, stdout=relay.stdout, stderr=relay.stderr).returncode
             elapsed = time.time() - started
         except FileNotFoundError:
             raise UserError(f"{req.python}: interpreter not found") from None

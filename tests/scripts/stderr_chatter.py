@@ -2,7 +2,9 @@
 
 Each step prints `step N` to stdout; stderr gets a plain line, a line finished 0.2 s after it started
 (a partial line must reach the terminal before its end), a line of the script's own that starts like a
-log line (`INFO: ...`), bytes written straight to fd 2, and whether stderr is a terminal.
+log line (`INFO: ...`), bytes written straight to fd 2, and whether stderr is a terminal. stdout also
+gets a line in the format torch_npu's profiler prints (`... profiler.py: ...`) and one of the script's own
+in nearly the same format.
 """
 import os
 import sys
@@ -19,6 +21,9 @@ for step in range(6):
     loss.backward()
     optimizer.step()
     print(f"step {step}", flush=True)
+    if step == 2:
+        print("2026-12-02 00:00:06 [INFO] [4481] profiler.py: Start parsing profiling data", flush=True)
+        print("2026-12-02 00:00:06 [INFO] [4481] train.py: checkpoint saved", flush=True)
     if step == 3:
         print("user warning: learning rate is high", file=sys.stderr, flush=True)
         sys.stderr.write("loading weights ...")
