@@ -11,7 +11,9 @@ Counting, per step and per source line, over the ops a Python call issues direct
 ops; the ops nested inside them are their implementation and are reported separately):
 - executions of a line = the most common count among its top-level op names (every execution of
   the line issues the same ops, most of them once);
-- iterations per step of a loop = the executions of its most executed line;
+- iterations per step of a loop = the executions of its most executed line (a line that issues one
+  op name only, k times per execution, cannot be told from k executions: where it would be a whole
+  multiple of another line's count, the other line's count is taken);
 - ops per iteration = the loop's top-level ops per step / iterations.
 Backward ops (run by autograd, not by the loop) are excluded.
 """
@@ -173,7 +175,8 @@ def _line_stats(group: pd.DataFrame) -> dict:
     # count, the smaller on ties.
     per_count = counts.value_counts()
     executions = int(min(per_count[per_count == per_count.max()].index))
-    return {"executions": executions, "ops": int(len(group)), "host_ns": float(group["dur"].sum()),
+    return {"executions": executions, "names": int(len(counts)), "ops": int(len(group)),
+            "host_ns": float(group["dur"].sum()),
             "nested": int(group["nested"].sum()),
             "items": int(group["name"].isin(_ITEM_OPS).sum())}
 
@@ -202,7 +205,8 @@ def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
         # One source line can appear under several function names (a comprehension): merge.
         prev = entry["lines"].get(line)
         if prev:
-            st = {"executions": max(prev["executions"], st["executions"]), "ops": prev["ops"] + st["ops"],
+            st = {"executions": max(prev["executions"], st["executions"]), "names": max(prev["names"], st["names"]),
+                  "ops": prev["ops"] + st["ops"],
                   "host_ns": prev["host_ns"] + st["host_ns"], "nested": prev["nested"] + st["nested"],
                   "items": prev["items"] + st["items"]}
         entry["lines"][line] = st
@@ -214,12 +218,26 @@ def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
     return findings
 
 
+def _executions_per_loop(lines: dict) -> int:
+    """The loop's iterations over the recorded steps: its most executed line's executions, except that a
+    line of one op name (`p, t = a[:, c], b[:, c]`: two selects) counts its repeats as executions; when
+    such a count is a whole multiple of another line's, the smaller count is the line's."""
+    counts = sorted({s["executions"] for s in lines.values()}, reverse=True)
+    for count in counts:
+        lines_here = [s for s in lines.values() if s["executions"] == count]
+        ambiguous = all(s["names"] == 1 for s in lines_here)
+        if not ambiguous or not any(c > 0 and count % c == 0 and count // c >= 2 for c in counts):
+            return count
+    return counts[-1]
+
+
 def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding]:
     n = stats.count
     loop = entry["loop"]
     lines = entry["lines"]
-    busiest = max(lines, key=lambda l: (lines[l]["executions"], lines[l]["ops"]))
-    iterations = lines[busiest]["executions"] / n
+    executions = _executions_per_loop(lines)
+    busiest = max((l for l in lines if lines[l]["executions"] == executions), key=lambda l: lines[l]["ops"])
+    iterations = executions / n
     ops_total = sum(s["ops"] for s in lines.values())
     host_ns = sum(s["host_ns"] for s in lines.values())
     nested_total = sum(s["nested"] for s in lines.values())

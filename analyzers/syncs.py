@@ -25,8 +25,8 @@ from npu_advise import model
 from npu_advise.findings import Evidence, Finding, severity_for_share
 from npu_advise.rules import Rule
 
-from . import Analysis, dispatch_cost, placement
-from .common import category_codes, category_mask, location, step_stats, us
+from . import Analysis, dispatch_cost, placement, source
+from .common import category_codes, category_mask, location, resolve_source, step_stats, us
 from npu_advise.model import covered_before, merge_intervals
 
 from .host_bound import busy_events
@@ -234,12 +234,16 @@ def analyze(trace, ctx) -> Analysis:
         is_root &= _reads_device(trace)
     nested = root[flagged & in_step_op]
     nested_events = np.bincount(nested[nested >= 0], minlength=len(ops))
+    call_api = trace.calls["api"].to_numpy() if placed else None
+    op_call = ops["call"].to_numpy() if placed else None
     for r in np.flatnonzero(is_root):
         g = group_for(int(r), names[r])
         g["calls"] += 1
         g["events"] += int(nested_events[r]) or 1
         g["ops"][names[r]] = g["ops"].get(names[r], 0) + 1
-        g["causes"].add(label[r])
+        # the collector recorded the call the user wrote (int(t) and t.item() issue the same op)
+        api = call_api[op_call[r]] if placed and op_call[r] >= 0 else None
+        g["causes"].add(_API_LABELS.get(api, label[r]))
         g.setdefault("roots", []).append(int(trace.calls["root"].iat[ops["call"].iat[r]]) if placed else -1)
         g.setdefault("steps", set()).add(int(op_step[r]))
     # 1b. Sync-prone calls that read a device tensor but issue no sync-named op on a CPU run (.cpu(),
@@ -454,6 +458,21 @@ def _waits_for_text(waits: dict, details: dict, n: int) -> str:
     return f", waiting for {names} ({w['elapsed_ns'] / 1e6:,.1f} ms in {first})"
 
 
+_SCALAR_CONVERSION = re.compile(r"\b(int|float|bool)\(")
+
+
+def _scalar_read_as_written(cause: str, loc, exact: bool, ctx) -> str:
+    """`.item()`, `int(t)` and `float(t)` issue the same op: without the collector's record of the call,
+    the source line tells which the user wrote."""
+    if cause != SYNC_OPS["aten::item"] or loc is None or not exact:
+        return cause
+    path = resolve_source(loc.file, ctx.project_root)
+    text = source.line_text(path, loc.line) if path is not None else ""
+    if ".item(" in text or not _SCALAR_CONVERSION.search(text):
+        return cause
+    return "int() / float() of a tensor (reads it like .item())"
+
+
 def _finding(trace, g, stats, ctx):
     n = stats.count
     measured = g["sync_calls"] > 0 or g["device_sync_ns"] > 0
@@ -463,7 +482,7 @@ def _finding(trace, g, stats, ctx):
     calls_ps = g["calls"] / n
     syncs_ps = g["sync_calls"] / n
     blocked_ps = us(g["blocked_ns"] / n)
-    causes = sorted(c for c in g["causes"] if c)
+    causes = sorted(_scalar_read_as_written(c, loc, exact, ctx) for c in g["causes"] if c)
     ops_txt = ", ".join(f"{name} x{cnt}" for name, cnt in sorted(g["ops"].items(), key=lambda x: -x[1]))
     steps_how = (f"over {n} ProfilerStep(s)" if stats.from_ranges else "over the whole trace (no ProfilerStep ranges)")
     where_note = "" if loc is not None else " (no source location in the trace: grouped by operator)"

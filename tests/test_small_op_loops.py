@@ -8,7 +8,7 @@ import pytest
 from npu_advise.analyzers import Context, small_op_loops, source
 from npu_advise.load.kineto import load_kineto
 
-from _tracing import demo_line, demo_trace
+from _tracing import demo_line, demo_trace, profile_script
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -76,6 +76,27 @@ def test_idioms_from_source(tmp_path):
     assert idiom(6) == ("prefix_mask", 6)
     assert idiom(8) == ("item_loop", 8)
     assert idiom(10) == (None, None)
+
+
+def test_a_line_issuing_one_op_twice_does_not_double_the_iterations(tmp_path):
+    # `p, t = probs[:, c], onehot[:, c]` issues two selects per iteration: by op counts alone it runs
+    # 20 times per step, the other lines 10
+    script = tmp_path / "dice.py"
+    script.write_text("import torch\n"
+                      "probs, onehot = torch.rand(2, 10, 8, 8), (torch.rand(2, 10, 8, 8) > 0.5).float()\n"
+                      "def step():\n"
+                      "    total = 0.0\n"
+                      "    for c in range(probs.shape[1]):\n"
+                      "        p, t = probs[:, c], onehot[:, c]\n"
+                      "        inter = (p * t).sum()\n"
+                      "        total = total + 1 - (2 * inter + 1) / (p.sum() + t.sum() + 1)\n"
+                      "    return total\n")
+    trace = load_kineto(str(profile_script(script, "step", tmp_path / "t.json")))
+    source.clear_cache()
+    f, = small_op_loops.analyze(trace, Context(project_root=tmp_path)).findings
+    assert f.details["loop_line"] == 5 and f.details["iterations_per_step"] == 10.0
+    per_line = {d["line"]: d["executions_per_step"] for d in f.details["lines"]}
+    assert per_line[6] == 20.0 and per_line[7] == per_line[8] == 10.0    # the recorded counts stay as they are
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (SHARED / "kineto").glob("*.json.gz")))

@@ -135,3 +135,20 @@ def test_bundled_example_syncs_at_marked_lines(tmp_path):
     mask = next(f for f in doc["findings"] if f["rule"] == "NPA302"
                 and f["locations"][0]["line"] == marked("valid-len-mask"))
     assert mask["predicted"] and mask["details"]["calls_per_step"] >= 1
+
+
+def test_int_of_a_tensor_is_named_as_written(tmp_path):
+    # int(t) and t.item() issue the same aten::item; without the collector's call record the line says which
+    from _tracing import profile_script
+
+    script = tmp_path / "reads.py"
+    script.write_text("import torch\n"
+                      "x = torch.rand(64)\n"
+                      "def step():\n"
+                      "    n = int((x > 0.5).sum())\n"
+                      "    m = (x > 0.2).sum().item()\n"
+                      "    return n + m\n")
+    trace, = load_profile(str(profile_script(script, "step", tmp_path / "t.json")))
+    causes = {f.locations[0].line: f.details["causes"] for f in syncs.analyze(trace, Context(project_root=tmp_path)).findings}
+    assert causes[4] == ["int() / float() of a tensor (reads it like .item())"]
+    assert causes[5] == [".item()"]
