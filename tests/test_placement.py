@@ -56,10 +56,11 @@ def test_no_finding_on_a_trap_line(traps_run):
     _, findings = traps_run
     located = _located(findings)
     hits = {line: (what, sorted(located[line])) for line, what in _tagged("trap").items() if line in located}
-    # the optimizer line is NPA601's (unfused AdamW), never a sync
+    # the optimizer line is NPA601's (unfused AdamW), never a sync; it may also rank among the measured
+    # host-op hotspots (NPA101: a CPU-time ranking, not a prediction, whose share swings with the load)
     step_line = next(line for line, what in _tagged("trap").items() if "AdamW" in what)
     if step_line in hits:
-        assert hits.pop(step_line)[1] == ["NPA601"]
+        assert set(hits.pop(step_line)[1]) - {"NPA101"} == {"NPA601"}
     assert not hits, hits
 
 
