@@ -126,6 +126,22 @@ DOCS = (
         verification="the receiver is a tensor when its creation is not visible; in a training loop, the whole-run "
                      "check (the parameters after every optimizer step equal)."),
     RewriteDoc(
+        "masked_reductions", _SYNC,
+        rewrites="`torch.masked_select(x, m).mean()` -> `torch.where(m, x, 0).sum() / m.sum()` (`.sum()`: without the "
+                 "division); the method form `x.masked_select(m)` too.",
+        refuses="reductions with a dim, a dtype or keywords; other selections (`x[m]`).",
+        static="equal up to float rounding, gradients zero where the mask is off, an empty mask gives nan / 0 as before.",
+        verification="the mask is a bool tensor with the shape of the values (its sum counts the selected elements)."),
+    RewriteDoc(
+        "stacked_reads", _SYNC,
+        rewrites="`{k: v.item() for k, v in log_vars.items()}` (also `float(v)`, and `[t.item() for t in terms]`) -> "
+                 "one `torch.stack([v.reshape(()) ...]).tolist()`, an empty container giving an empty result.",
+        refuses="filters, nested `for`s, keys other than the loop's, values other than the loop value's read, an iterable "
+                "that is not a name / attribute / constant subscript (it is evaluated more than once).",
+        static="each read needs one element, as `reshape(())` does; keys and order are the loop's.",
+        verification="the values share one dtype kind and device (a mix of integer and floating values would come back "
+                     "as floats)."),
+    RewriteDoc(
         "log_reads", _SYNC,
         rewrites="the per-step log line that reads a device value (`print(f\"... {loss.item():.6f}\")`, "
                  "`\"%f\" % loss`, `{loss:.6f}`, `float(loss)`) -> the detached value buffered with the rest of the "

@@ -232,7 +232,9 @@ def main(argv=None) -> int:
         stack = []
         frame = sys._getframe(1)
         while frame is not None:
-            stack.append((frame.f_code.co_filename, getattr(frame.f_code, "co_qualname", frame.f_code.co_name)))
+            # resolved here, in the script's working directory (the parent may run elsewhere)
+            stack.append((os.path.realpath(frame.f_code.co_filename),
+                          getattr(frame.f_code, "co_qualname", frame.f_code.co_name)))
             if patched_file and len(doc["steps"]) == 1 and os.path.realpath(frame.f_code.co_filename) == patched_file:
                 frame.f_trace, frame.f_trace_lines = line_tracer, True
             frame = frame.f_back

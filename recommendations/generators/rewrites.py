@@ -14,7 +14,8 @@ from ..registry import fix_generator
 
 # codemods modules, in the order their candidates are preferred
 LOOP_CODEMODS = ("segments", "foreach", "map_loops", "scalar_reads", "transfers")
-SYNC_CODEMODS = ("segments", "checks", "device_math", "scalar_reads", "transfers", "log_reads")
+SYNC_CODEMODS = ("segments", "checks", "device_math", "masked_reductions", "scalar_reads", "stacked_reads",
+                 "transfers", "log_reads")
 
 
 def _candidates(finding, src, modules: tuple, lines: list):
