@@ -70,7 +70,9 @@ def _fused_finding(match, path: Path, text: str, src, in_dispatch=None) -> Findi
     # a structural match (match.how) is the whole function it is in; a call of the pytorch MSDA runs its body
     function = match.function if match.how else ("multi_scale_deformable_attn_pytorch" if match.kind == "msda" else None)
     loc_ids, all_ids, evidence, share = _replaced_code_evidence(src, path, match.line, function, rel)
-    severity = severity_for_share(share) if share is not None else ("low" if src.index.files() else "info")
+    # With a trace, code that recorded no op in the profiled steps (numpy in a Dataset, a branch not taken)
+    # costs the step nothing measurable: an observation, not a fix to rank.
+    severity = severity_for_share(share) if share is not None else "info"
     checks = _msda_shape_checks(src.index, all_ids) if msda else (
         _aggregation_shape_checks(src.index, all_ids) if match.kind == "deformable_aggregation" else None)
     rewrite = None if in_dispatch is not None else build.fused_rewrite(
