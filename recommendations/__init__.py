@@ -69,6 +69,8 @@ def _recommend(src: Sources, index: SourceIndex, ctx) -> list:
     new = []
     for scanner in registry.scanners():
         new += scanner.scan(src, scanned)
+    from .build import loop_fused_severity
+    loop_fused_severity(new, ctx.findings, src.resolve)
     for finding in list(ctx.findings) + new:
         _state_requirements(finding)
     ctx.candidates = src.candidates

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from npu_advise.findings import Finding, Fix, Location
+from npu_advise.findings import SEVERITIES, Evidence, Finding, Fix, Location
 
 from .candidates import Candidate
 from .catalog import load
@@ -89,24 +89,30 @@ def dispatch_finding(d, rel: str, text: str, severity: Optional[str] = None, evi
     cat = load()
     op = cat.fused_ops.get(d.fused_key) if d.fused_key else None
     other = f"raises (`{d.other}`)" if d.other_raises else f"runs `{d.other}` (line {d.other_line}) instead"
+    # without a mapped call, the op the extension is named for (catalog cuda_migration.extension_ops)
+    named = ", ".join(d.replacements) if op is None else ""
     title = (f"{rule.name}: `if {d.test}` takes the CUDA extension `{d.cuda_call}` only on CUDA; on an NPU the "
-             f"branch {other}" + (f"; {op.qualified} replaces it" if op else ""))
+             f"branch {other}" + (f"; {op.qualified} replaces it" if op else "")
+             + (f"; {named} replaces the extension (by its name; map the arguments by hand)" if named else ""))
     finding = Finding(
         rule=rule.code, category="migration", title=title,
         severity=severity or ("high" if op is not None and not d.other_raises else "medium"),
         evidence=list(evidence), locations=[Location(rel, d.line, d.function)],
         details={"kind": "cuda_dispatch", "test": d.test, "cuda_call": d.cuda_call, "cuda_line": d.cuda_line,
                  "other_arm": d.other, "other_line": d.other_line, "other_raises": d.other_raises,
-                 "fused_op": op.qualified if op else None, "col": d.col, **(details or {})})
+                 "fused_op": op.qualified if op else None, "col": d.col,
+                 **({"extension_replaced_by": named} if named else {}), **(details or {})})
     rewrite = None
     if with_fix and op is not None and d.device_object and d.mapped_line:
         from .codemods import dispatch as dispatch_codemod
 
         rewrite = dispatch_codemod.add_npu_arm(text, d.line, d.mapped_line, op.key, d.device_object, shape_checks)
-    advice = ("Add an NPU arm before the CUDA test that calls " + (op.qualified if op else "the NPU kernel of this op")
-              + "." if op or not d.other_raises else rule.fix)
-    constraints = list(op.constraints) if op else ["no mx_driving op is known for this extension: the NPU keeps the "
-                                                   "other arm (profile it to see what it costs)"]
+    advice = ("Add an NPU arm before the CUDA test that calls " + (op.qualified if op else named or "the NPU kernel of this op")
+              + "." if op or named or not d.other_raises else rule.fix)
+    constraints = list(op.constraints) if op else [
+        f"{named} is named from the extension op `{d.cuda_call.split('(', 1)[0]}`; its arguments and layout are not "
+        f"mapped: check them against its documentation"] if named else [
+        "no mx_driving op is known for this extension: the NPU keeps the other arm (profile it to see what it costs)"]
     return _attach(finding, rel, text, rewrite, f"fused_ops.{op.key}" if op else "cuda_migration", advice, constraints,
                    attach)
 
@@ -142,3 +148,29 @@ def cuda_calls_finding(rel: str, calls: list) -> Finding:
                 constraints=list(load().migration["transfer_to_npu"]["constraints"]),
                 catalog_ref="migration.transfer_to_npu", file=rel)
     return f
+
+
+def loop_fused_severity(fused: list, findings: list, resolve) -> None:
+    """A fused op found as a loop (a structural match at the loop's line) replaces the whole loop: when the
+    small-op loop finding of that loop (NPA501) predicts a larger cost on the NPU (its dispatches, from a CPU
+    trace) than the host time at the match, the fused-op finding takes its severity, citing it.
+    `resolve(file)`: a finding location's file on disk."""
+    loops = {}
+    for f in findings:
+        if f.rule == "NPA501" and f.locations and f.details.get("loop_line") is not None:
+            loops[(resolve(f.locations[0].file), f.details["loop_line"])] = f
+    for f in fused:
+        if f.category != "fused_op" or "recognized_by" not in f.details or not f.locations:
+            continue
+        loop = loops.get((resolve(f.locations[0].file), f.locations[0].line))
+        if loop is None or SEVERITIES.index(loop.severity) >= SEVERITIES.index(f.severity):
+            continue
+        saving = loop.estimated_saving_us
+        f.evidence.append(Evidence(
+            "the loop's estimated saving per step (NPA501)", saving if saving is not None else "n/a", "us",
+            f"the small-op loop finding at {loop.locations[0].file}:{loop.locations[0].line}: "
+            f"{loop.details.get('ops_per_step')} ops per step over {loop.details.get('iterations_per_step')} iterations"
+            f"{' (predicted for the NPU: its dispatch cost)' if loop.predicted else ''}; the fused op replaces the "
+            f"whole loop"))
+        f.details["severity_from"] = f"{loop.rule} at {loop.locations[0].file}:{loop.locations[0].line} ({loop.severity})"
+        f.severity = loop.severity

@@ -45,6 +45,7 @@ class Dispatch:
     fused_key: Optional[str]   # catalog fused op one of the arms maps onto
     mapped_line: Optional[int]  # line of that arm's call (its arguments map onto the fused op)
     device_object: Optional[str]   # the tensor whose device the test reads (`value` of `value.is_cuda`)
+    replacements: tuple = ()   # mx_driving ops the CUDA arm's extension op is named for (catalog extension_ops)
 
 
 @dataclass
@@ -146,7 +147,7 @@ class _Bindings:
                     mod = "." * node.level + (node.module or "")
                     what = mod if from_ext else ", ".join(f"{mod}.{a.name}".lstrip(".") for a in names)
                     self.loads.append((node, f"import of `{what.lstrip('.') or what}`",
-                                       [mod.rsplit(".", 1)[-1]] if from_ext else [a.name for a in names],
+                                       [a.name for a in names],
                                        (names[0].asname or names[0].name) if not from_ext else None))
             elif isinstance(node, ast.Call):
                 q = sf.qualified(node.func) or dotted(node.func) or ""
@@ -246,7 +247,8 @@ def find_dispatches(sf: SourceFile) -> list:
             cuda_line=ext[0].lineno, other=one_line(sf.segment(first_other), 100), other_line=first_other.lineno,
             other_raises=raises, fused_key=mapped[1][0].key if mapped else None,
             mapped_line=mapped[0].lineno if mapped else None,
-            device_object=obj or (dotted(mapped[0].args[0]) if mapped and mapped[0].args else None)))
+            device_object=obj or (dotted(mapped[0].args[0]) if mapped and mapped[0].args else None),
+            replacements=tuple(extension_replacements([callee_text(ext[0]), sf.qualified(ext[0].func) or ""]))))
     return sorted(out, key=lambda d: d.line)
 
 
@@ -285,13 +287,16 @@ def _mapped(cat, call: ast.Call, kind: str):
 # Extensions and .cuda() calls
 # ---------------------------------------------------------------------------------------------
 def extension_replacements(names) -> list:
+    """mx_driving ops that replace the extension ops or modules `names`, by the catalog's name fragments; per
+    name only the longest fragments count (`modulated_deform_conv`, not also `deform_conv`)."""
     table = _cfg()["extension_ops"]
     out = []
     for n in names:
         low = n.lower()
-        for key, op in table.items():
-            if key in low and op not in out:
-                out.append(op)
+        keys = [k for k in table if k in low]
+        for key in keys:
+            if not any(key != other and key in other for other in keys) and table[key] not in out:
+                out.append(table[key])
     return out
 
 
@@ -301,7 +306,7 @@ def find_extensions(sf: SourceFile) -> list:
     out = []
     for node, what, ops, bound in binds.loads:
         out.append(Extension(line=node.lineno, col=node.col_offset + 1, function=sf.function_name(node), what=what,
-                             ops=ops, replacements=extension_replacements(ops),
+                             ops=ops, replacements=extension_replacements(ops + [what]),
                              used=bound is None or bound in used_names))
     return sorted(out, key=lambda e: e.line)
 

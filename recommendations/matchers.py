@@ -39,7 +39,8 @@ def scan_tokens() -> tuple:
     """Every match needs one of these written in the file: the callee names the catalog maps (MSDA,
     bev_pool_v2), the names of the qualified-name checks, the names the structural detectors look for."""
     return tuple(load().replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
-        "grid_sample", "argsort", "sort(", "unique", "gaussian", "assign", "match", "abs", "sqrt", "softmax")
+        "grid_sample", "argsort", "sort(", "unique", "gaussian", "assign", "match", "abs", "sqrt", "softmax", "exp",
+        "_reduce")
 
 
 @dataclass

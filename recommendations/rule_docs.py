@@ -48,19 +48,27 @@ FUSED_OP_RULES = {
                         "spconv is CUDA-only.",
                         "mx_driving.SparseConv3d / SubMConv3d / SparseConvTensor (kernel 1-3, dilation = groups = 1)."),
     "centerpoint_targets": Rule("NPA807", "centerpoint-gaussian-targets", "fused_op",
-                                "A per-object Python loop drawing gaussian heatmap targets (it calls a "
-                                "draw_*gaussian* / gaussian_radius helper), as in CenterPoint's get_targets_single.",
+                                "A per-object Python loop drawing gaussian heatmap targets: it calls a "
+                                "draw_*gaussian* / gaussian_radius helper (CenterPoint's get_targets_single), or "
+                                "computes the gaussian itself on the device (`torch.exp(-(dx ** 2 + dy ** 2) / "
+                                "(2 * sigma ** 2))`) and merges it into the heatmap with an element-wise max "
+                                "(`torch.maximum(heat, g)`, `torch.max(region, g, out=region)`); numpy / math "
+                                "gaussians of a data pipeline are not device work and are left alone.",
                                 "Each object costs several tiny ops and `.item()` syncs; " + _WHY_LAUNCH + ".",
                                 "mx_driving.npu_gaussian(...) computes center_int, radius, mask, ind and anno_box for "
-                                "all objects at once (see the seed's BEVDet rewrite); the whole per-head assignment "
+                                "all objects at once (see the seed's BEVDet rewrite), "
+                                "mx_driving.npu_draw_gaussian_to_heatmap draws the gaussians of all objects into the "
+                                "heatmap (the op named for a written-out gaussian); the whole per-head assignment "
                                 "(heatmap included) is mx_driving.npu_assign_target_of_single_head(boxes, cur_class_id, "
                                 "num_classes, out_size_factor, gaussian_overlap, min_radius, voxel_size, pc_range, "
                                 "feature_map_size, ...) (BEVFusion, CenterPoint in DrivingSDK; boxes 2-D)."),
     "torch_scatter": Rule("NPA808", "torch-scatter", "fused_op",
-                          "torch_scatter.scatter_* calls, or a Python loop over unique() ids that masks each group "
-                          "(`ids == g`) and reduces it (max / mean / sum).",
+                          "torch_scatter.scatter_* calls, a Python loop over unique() ids that masks each group "
+                          "(`ids == g`) and reduces it (max / mean / sum), or a reduction by index: "
+                          "`Tensor.index_reduce` / `scatter_reduce` with reduce='amax' (along dim 0) or 'mean'.",
                           "torch_scatter is a CUDA extension without NPU kernels; a per-group loop is one mask, "
-                          "one boolean-index read (a sync) and one reduction per group.",
+                          "one boolean-index read (a sync) and one reduction per group; index_reduce has no NPU "
+                          "kernel (it falls back to the CPU, NPA401).",
                           "mx_driving.scatter_max / scatter_mean / scatter_add (fp32 src, int32 index; scatter_max "
                           "reduces dim 0 only and takes (updates, indices, out))."),
     "hungarian_host": Rule("NPA809", "host-hungarian-match", "fused_op",
@@ -143,6 +151,8 @@ FUSED_OP_RULES = {
 FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]
 FUSED_OP_RULES["voxel_pooling"] = FUSED_OP_RULES["bev_pool_v2"]
 FUSED_OP_RULES["group_loop"] = FUSED_OP_RULES["torch_scatter"]
+FUSED_OP_RULES["index_reduce"] = FUSED_OP_RULES["torch_scatter"]
+FUSED_OP_RULES["gaussian_heatmap"] = FUSED_OP_RULES["centerpoint_targets"]
 
 SOURCE_RULES = {
     "cuda_dispatch": Rule(
@@ -154,8 +164,12 @@ SOURCE_RULES = {
         "attention the pure-PyTorch reference, one grid_sample per level plus stacks and a weighted sum, forward "
         "and backward, many small kernels instead of one fused kernel (the seed guide's BEVFormer example).",
         "Add an NPU arm, tested first, that calls the mx_driving op (the diff maps the arguments from the catalog: "
-        "`im2col_step` dropped, `level_start_index` derived from `spatial_shapes` when absent). Where the op has a "
-        "pure-PyTorch reference the other arm is that reference, so the two can be compared on your inputs."),
+        "`im2col_step` dropped, `level_start_index` derived from `spatial_shapes` when absent). Where the arm's call "
+        "is not mapped, the finding names the op that replaces the extension by the extension op's name (catalog "
+        "`cuda_migration.extension_ops`: `ms_deform_attn_forward` -> multi_scale_deformable_attn, "
+        "`pillar_scatter_max_cuda` -> scatter_max), without a diff. Where the op has a "
+        "pure-PyTorch reference the other arm is that reference, so the two can be compared on your inputs; a "
+        "verification run off the NPU never takes the NPU arm, so it reports the arm as not verifiable."),
     "cuda_extension": Rule(
         "NPA908", "cuda-extension", "migration",
         "A compiled extension loaded or built by the project: `ext_loader.load_ext(...)`, "

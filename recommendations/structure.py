@@ -30,6 +30,11 @@ from .pyast import SourceFile, last_name
 
 GROUP_REDUCTIONS = {"max": "scatter_max", "amax": "scatter_max", "mean": "scatter_mean", "sum": "scatter_add"}
 GAUSSIAN_TARGET_WORDS = ("draw", "radius", "heatmap")
+HOST_LIBRARIES = ("numpy", "math", "scipy", "cv2")
+# Tensor methods reducing `src` into `self` by an index, and the mx_driving op of each reduction they take.
+INDEX_REDUCE_METHODS = ("index_reduce", "index_reduce_", "scatter_reduce", "scatter_reduce_")
+INDEX_REDUCTIONS = {"amax": "scatter_max", "mean": "scatter_mean"}
+ELEMENTWISE_MAX = ("maximum", "max", "fmax")
 SCATTER_METHODS = ("index_add_", "index_add", "scatter_add_", "scatter_add", "index_put_", "scatter_", "scatter_reduce_")
 
 
@@ -195,6 +200,99 @@ def gaussian_loop_matches(sf: SourceFile, fn) -> list:
     inner = {id(i) for o in hits for i in _walk_local(o) if i in hits}
     return [("centerpoint_targets", l, "fused_ops.npu_gaussian",
              "a per-object loop drawing gaussian heatmap targets") for l in hits if id(l) not in inner]
+
+
+def _host_library_call(sf: SourceFile, call) -> bool:
+    """`np.exp(...)`, `math.exp(...)`: host arrays and scalars (a data pipeline's targets), no device ops."""
+    return (sf.qualified(call.func) or "").split(".", 1)[0] in HOST_LIBRARIES
+
+
+def _is_gaussian(sf: SourceFile, call) -> bool:
+    """`exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))` (torch): exp of a negated sum of squared differences,
+    scaled by a division or product."""
+    if not (isinstance(call, ast.Call) and last_name(call) == "exp") or _host_library_call(sf, call):
+        return False
+    arg = call.args[0] if call.args else (call.func.value if isinstance(call.func, ast.Attribute) else None)
+    if arg is None:
+        return False
+    nodes = list(ast.walk(arg))
+    negated = any(isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub) for n in nodes)
+    differences = [b for b in map(_squared_base, nodes) if isinstance(b, ast.BinOp) and isinstance(b.op, ast.Sub)]
+    scaled = any(isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Div, ast.Mult)) for n in nodes)
+    return negated and len(differences) >= 2 and scaled
+
+
+def _squared_base(node):
+    """`d` of `d ** 2`, `d.pow(2)`, `torch.square(d)`; else None."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) \
+            and node.right.value == 2:
+        return node.left
+    if isinstance(node, ast.Call) and last_name(node) == "pow" and isinstance(node.func, ast.Attribute) \
+            and any(isinstance(a, ast.Constant) and a.value == 2 for a in node.args):
+        return node.func.value
+    if isinstance(node, ast.Call) and last_name(node) == "square" and node.args:
+        return node.args[0]
+    return None
+
+
+def _names(node) -> set:
+    return {x.id for x in ast.walk(node) if isinstance(x, ast.Name)}
+
+
+def _elementwise_max_of(sf: SourceFile, call, gaussians: list, derived: set) -> bool:
+    """`torch.maximum(heat, g)`, `torch.max(region, g, out=region)`, `heat.maximum(g)`: an element-wise max of
+    two tensors, one of them the gaussian (or computed from it) -- not a reduction such as `x.max(-1)`."""
+    if last_name(call) not in ELEMENTWISE_MAX or _host_library_call(sf, call):
+        return False
+    function_form = (sf.qualified(call.func) or "").startswith("torch.")
+    operands = [a for a in call.args if not isinstance(a, ast.Constant)]
+    if len(operands) + (0 if function_form or not isinstance(call.func, ast.Attribute) else 1) < 2:
+        return False
+    return any(g in list(ast.walk(call)) for g in gaussians) or bool(_names(call) & derived)
+
+
+def gaussian_heatmap_matches(sf: SourceFile, fn, skip=()) -> list:
+    """A per-object loop that computes a gaussian on the device (`torch.exp(-(dx**2 + dy**2) / (2 * s**2))`)
+    and merges it into a heatmap with an element-wise max (`heat = torch.maximum(heat, blob)`,
+    `torch.max(region, g, out=region)`): gaussian heatmap targets written out, whatever the helpers are called.
+    `skip`: loops matched already (by their helpers' names); loops inside a matched loop are not reported."""
+    hits = []
+    for loop in (n for n in _walk_local(fn) if isinstance(n, (ast.For, ast.While))):
+        body = list(_walk_local(loop))
+        gaussians = [c for c in body if _is_gaussian(sf, c)]
+        if not gaussians:
+            continue
+        derived = set()          # names holding the gaussian or values computed from it
+        for n in sorted((n for n in body if isinstance(n, ast.Assign)), key=lambda n: (n.lineno, n.col_offset)):
+            if any(g in list(ast.walk(n.value)) for g in gaussians) or _names(n.value) & derived:
+                derived |= {t.id for t in n.targets if isinstance(t, ast.Name)}
+        if any(_elementwise_max_of(sf, c, gaussians, derived) for c in body if isinstance(c, ast.Call)):
+            hits.append(loop)
+    taken = hits + list(skip)
+    inner = {id(i) for o in taken for i in _walk_local(o)}
+    return [("gaussian_heatmap", l, "fused_ops.npu_draw_gaussian_to_heatmap",
+             "a per-object loop computing a gaussian and merging it into a heatmap with an element-wise max")
+            for l in hits if id(l) not in inner and l not in skip]
+
+
+def reduce_call_matches(sf: SourceFile, fn) -> list:
+    """`out.index_reduce(0, index, src, "amax")`, `out.scatter_reduce(0, index, src, reduce="mean")`: a
+    per-group reduction by index -> mx_driving.scatter_max / scatter_mean (scatter_max: dim 0 only)."""
+    out = []
+    for call in _calls(list(_walk_local(fn)), set(INDEX_REDUCE_METHODS)):
+        if not isinstance(call.func, ast.Attribute):
+            continue
+        kw = {k.arg: k.value for k in call.keywords}
+        reduce = call.args[3] if len(call.args) > 3 else kw.get("reduce")
+        dim = call.args[0] if call.args else kw.get("dim")
+        if not (isinstance(reduce, ast.Constant) and reduce.value in INDEX_REDUCTIONS):
+            continue
+        op = INDEX_REDUCTIONS[reduce.value]
+        if op == "scatter_max" and not (isinstance(dim, ast.Constant) and dim.value == 0):
+            continue
+        out.append(("index_reduce", call, "fused_ops.scatter",
+                    f"a reduction by index with reduce={reduce.value!r}", f"mx_driving.{op}"))
+    return out
 
 
 def greedy_nms_matches(sf: SourceFile, fn) -> list:
@@ -363,8 +461,12 @@ def structural_matches(sf: SourceFile) -> list:
             found += [vp] if vp else []
         if "unique" in src or "range(" in src:
             found += group_loop_matches(sf, fn)
-        if "gaussian" in src.lower():
-            found += gaussian_loop_matches(sf, fn)
+        named = gaussian_loop_matches(sf, fn) if "gaussian" in src.lower() else []
+        found += named
+        if "exp" in src and "max" in src:
+            found += gaussian_heatmap_matches(sf, fn, [m[1] for m in named])
+        if "_reduce" in src:
+            found += reduce_call_matches(sf, fn)
         if "abs" in src:
             found += points_in_box_matches(sf, fn)
         if "sort" in src:

@@ -28,9 +28,13 @@ score = _load_scorer()
 
 
 @pytest.fixture(scope="session")
-def corpus_scores(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    scores, summary = score.run(keep=out, jobs=2)
+def corpus_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("corpus")
+
+
+@pytest.fixture(scope="session")
+def corpus_scores(corpus_out):
+    scores, summary = score.run(keep=corpus_out, jobs=2)
     text = io.StringIO()
     score.report(scores, summary, text)
     print(text.getvalue())
@@ -77,3 +81,27 @@ def test_corpus_precision_and_recall_above_floors(corpus_scores):
     floors = json.loads((CORPUS / "floors.json").read_text())
     failed = score.check_floors(summary, floors)
     assert not failed, "\n".join(failed) + "\n" + text
+
+
+def test_npu_arm_that_never_ran_is_not_verifiable(corpus_scores, corpus_out):
+    """bevformer_tsa's `is_cuda` dispatch gets an NPU arm calling mx_driving.multi_scale_deformable_attn; off an
+    NPU the verification run never takes it (the reference is called 0 times), so the arm is not verified."""
+    doc = json.loads((corpus_out / "bevformer_tsa" / "findings.json").read_text())
+    (dispatch,) = [f for f in doc["findings"] if f["rule"] == "NPA907"]
+    assert '+        if value.device.type == "npu":' in dispatch["fix"]["diff"]
+    v = dispatch["fix"]["verification"]
+    assert v["status"] == "not_verifiable" and v["on_this_machine"] and v["reference_calls"] == 0 and v["calls"] >= 1, v
+    assert "never called mx_driving.multi_scale_deformable_attn (its pure-PyTorch reference ran 0 times)" in v["reason"]
+    assert v["summary"].startswith("not verifiable on this machine: the rewritten ")
+
+
+def test_fused_loop_takes_the_predicted_cost_of_the_loop_it_replaces(corpus_scores, corpus_out):
+    """centerpoint_bev's per-object target loop costs little CPU time at its own lines (its helpers run
+    elsewhere) but ~900 launches per step on an NPU: the NPA807 finding takes the NPA501 loop's severity."""
+    doc = json.loads((corpus_out / "centerpoint_bev" / "findings.json").read_text())
+    (loop,) = [f for f in doc["findings"] if f["rule"] == "NPA501" and f["locations"][0]["line"] == 57]
+    (fused,) = [f for f in doc["findings"] if f["rule"] == "NPA807"]
+    assert fused["locations"][0]["line"] == 57 and fused["severity"] == loop["severity"] == "high"
+    assert fused["details"]["severity_from"] == "NPA501 at targets.py:57 (high)"
+    (ev,) = [e for e in fused["evidence"] if e["label"] == "the loop's estimated saving per step (NPA501)"]
+    assert ev["value"] == loop["estimated_saving_us"] and "the fused op replaces the whole loop" in ev["how"]

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 MSDA_RENAMED = '''\
 import torch
@@ -174,6 +174,94 @@ def test_group_loops_points_in_boxes_and_gaussian_targets(tmp_path):
         ("NPA811", _line(GROUPS_AND_BOXES, "for box in boxes"), "points_in_boxes", "mx_driving.points_in_box"),
         ("NPA815", _line(GROUPS_AND_BOXES, "while order.numel()"), "greedy_nms", "mx_driving.nms3d"),
         ("NPA807", _line(GROUPS_AND_BOXES, "for k in range"), "targets", "mx_driving.npu_gaussian")]
+
+
+WRITTEN_OUT_TARGETS = '''\
+import numpy as np
+import torch
+
+
+def render_heatmap(centers, sigmas, h, w):
+    ys = torch.arange(h, dtype=centers.dtype).view(h, 1)
+    xs = torch.arange(w, dtype=centers.dtype).view(1, w)
+    heat = centers.new_zeros(h, w)
+    for k in range(centers.shape[0]):
+        blob = torch.exp(-((xs - centers[k, 0]) ** 2 + (ys - centers[k, 1]) ** 2) / (2 * sigmas[k] ** 2))
+        heat = torch.maximum(heat, blob * 0.9)
+    return heat
+
+
+def render_heatmap_np(centers, sigma, h, w):
+    """Not device work: numpy targets of a data pipeline."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    heat = np.zeros((h, w))
+    for cx, cy in centers:
+        heat = np.maximum(heat, np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2)))
+    return heat
+
+
+def mixture_density(x, means, sigmas):
+    """Not a heatmap: gaussians summed into a density, no element-wise max."""
+    total = 0
+    for m, s in zip(means, sigmas):
+        total = total + torch.exp(-((x[:, 0] - m[0]) ** 2 + (x[:, 1] - m[1]) ** 2) / (2 * s ** 2))
+    return total.max()
+
+
+def pillar_max(feats, idx, n):
+    out = feats.new_full((n, feats.shape[1]), -1e4)
+    return out.index_reduce(0, idx, feats, "amax", include_self=True)
+
+
+def pillar_mean(feats, idx, n):
+    return feats.new_zeros(n, feats.shape[1]).scatter_reduce(0, idx[:, None].expand_as(feats), feats, reduce="mean")
+
+
+def column_max(feats, idx, n):
+    """Not scatter_max: amax along dim 1 (scatter_max reduces dim 0 only)."""
+    return feats.new_zeros(feats.shape[0], n).index_reduce(1, idx, feats, "amax")
+
+
+def products(feats, idx, n):
+    """No mx_driving op reduces a product."""
+    return feats.new_ones(n, feats.shape[1]).index_reduce(0, idx, feats, "prod")
+'''
+
+
+def test_written_out_gaussian_heatmap_and_reductions_by_index(tmp_path):
+    """A gaussian computed on the device and max-merged per object (no draw_*gaussian* helper), and
+    index_reduce / scatter_reduce by group; numpy gaussians, sums without a max, dim-1 amax and prod are not."""
+    assert _check(tmp_path, "targets.py", WRITTEN_OUT_TARGETS) == [
+        ("NPA807", _line(WRITTEN_OUT_TARGETS, "for k in range"), "render_heatmap", "mx_driving.npu_draw_gaussian_to_heatmap"),
+        ("NPA808", _line(WRITTEN_OUT_TARGETS, 'return out.index_reduce(0'), "pillar_max", "mx_driving.scatter_max"),
+        ("NPA808", _line(WRITTEN_OUT_TARGETS, "return feats.new_zeros(n, "), "pillar_mean", "mx_driving.scatter_mean")]
+    r = run_cli("rules", "NPA807")
+    assert r.returncode == 0 and "merges it into the heatmap with an element-wise max" in r.stdout
+    assert "npu_draw_gaussian_to_heatmap" in r.stdout
+    r = run_cli("rules", "NPA808")
+    assert r.returncode == 0 and "index_reduce" in r.stdout and "reduce='amax' (along dim 0)" in r.stdout
+
+
+def test_corpus_loops_found_by_what_they_compute():
+    """Two corpus scripts through `check`: the per-object-slot gaussian rendering of registry_det (helpers of
+    no telling name) and the pillar max of radar_fusion (index_reduce amax in the pure-PyTorch arm of an
+    is_cuda dispatch, whose NPA907 names the op the compiled extension is replaced by)."""
+    corpus = REPO / "tests" / "corpus"
+    r = run_cli("check", "--format", "json", "--no-cache", "--fail-on", "none", ".", cwd=corpus / "registry_det")
+    found = json.loads(r.stdout)["findings"]
+    (gauss,) = [f for f in found if f["rule"] == "NPA807"]
+    assert gauss["locations"][0]["file"] == "models.py" and gauss["locations"][0]["function"] == "render_targets"
+    assert gauss["details"]["replacement"] == "mx_driving.npu_draw_gaussian_to_heatmap"
+    r = run_cli("check", "--format", "json", "--no-cache", "--fail-on", "none", ".", cwd=corpus / "radar_fusion")
+    found = {f["rule"]: f for f in json.loads(r.stdout)["findings"] if f["locations"][0]["file"] == "pillar_ops.py"}
+    assert found["NPA808"]["details"]["replacement"] == "mx_driving.scatter_max"
+    assert found["NPA808"]["details"]["dispatch_line"] == found["NPA907"]["locations"][0]["line"]
+    assert found["NPA907"]["details"]["extension_replaced_by"] == "mx_driving.scatter_max"
+    assert "mx_driving.scatter_max replaces the extension" in found["NPA907"]["title"]
+    assert found["NPA908"]["details"]["ops"] == ["pillar_scatter_max_cuda"]
+    assert found["NPA908"]["details"]["replacements"] == ["mx_driving.scatter_max"]
+    r = run_cli("check", "--format", "json", "--no-cache", "--fail-on", "none", ".", cwd=corpus / "clean_centernet")
+    assert all(f["rule"] != "NPA807" for f in json.loads(r.stdout)["findings"])   # its numpy gaussian loop: a trap
 
 
 def test_structural_msda_checks_constraints_against_recorded_shapes(tmp_path):

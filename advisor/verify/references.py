@@ -91,8 +91,10 @@ def _references() -> dict:
 REFERENCES = _references()
 
 
-def shims(names: list) -> dict:
-    """Top-level package name -> namespace with the references of `names` at their dotted paths."""
+def shims(names: list, on_call=None) -> dict:
+    """Top-level package name -> namespace with the references of `names` at their dotted paths; `on_call()`
+    runs at every call of one of them (a rewrite whose reference never ran was not checked by the run)."""
+    import functools
     import types
 
     roots = {}
@@ -103,5 +105,16 @@ def shims(names: list) -> dict:
             if not hasattr(node, p):
                 setattr(node, p, types.SimpleNamespace())
             node = getattr(node, p)
-        setattr(node, parts[-1], REFERENCES[name])
+        ref = REFERENCES[name]
+        if on_call is not None:
+            ref = _counted(ref, on_call, functools)
+        setattr(node, parts[-1], ref)
     return roots
+
+
+def _counted(ref, on_call, functools):
+    @functools.wraps(ref)
+    def counted(*args, **kwargs):
+        on_call()
+        return ref(*args, **kwargs)
+    return counted

@@ -71,6 +71,7 @@ class Target:
         self.calls = 0                      # calls compared
         self.steps = set()                  # the optimizer steps they were made in
         self.seen = 0                       # calls the script made
+        self.reference_calls = 0            # calls of the pure-PyTorch references of its NPU-only APIs
         self.status = "not_called"          # not_called | running | verified | rejected | not_verifiable
         self.reason = None
         self.max_abs = {}
@@ -104,6 +105,8 @@ class Target:
     def record(self) -> dict:
         out = {"id": self.id, "status": self.status if self.status != "running" else "verified",
                "reason": self.reason, "calls": self.calls}
+        if self.spec.get("npu_calls"):
+            out["reference_calls"] = self.reference_calls
         if self.status == "not_called":
             out["status"] = "not_called"
         if self.max_abs:
@@ -202,7 +205,10 @@ class Session:
             return None
         from .references import shims
         from .swap import Overlay
-        return Overlay(original.__globals__, shims(names))
+
+        def called():
+            target.reference_calls += 1
+        return Overlay(original.__globals__, shims(names, called))
 
     def all_done(self) -> bool:
         return all(t.done for t in self.targets.values())

@@ -321,6 +321,13 @@ def _final(result: Optional[dict], results: dict, outcome: str, spec: dict) -> d
                              f"{results.get('steps', 0)} optimizer steps)")
     elif result["status"] == "verified" and not result.get("calls"):
         result.update(status="not_verifiable", reason=f"no call was compared ({outcome})")
+    elif result["status"] == "verified" and result.get("reference_calls") == 0:
+        # the rewrite's new code (an NPU arm behind a device test) never ran: only unchanged code was compared
+        result.update(status="not_verifiable", not_exercised=True, on_this_machine=True,
+                      reason=f"the rewritten {spec['function']} ran on {result['calls']} call"
+                             f"{'s' if result['calls'] != 1 else ''} and never called {', '.join(spec['npu_calls'])} "
+                             f"(its pure-PyTorch reference ran 0 times): the branch that calls it is not taken on "
+                             f"this machine (an NPU arm behind a device test), so only unchanged code was compared")
     if spec.get("npu_calls"):
         result["reference"] = list(spec["npu_calls"])
     result["run_outcome"] = outcome

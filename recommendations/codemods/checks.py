@@ -20,7 +20,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from .base import Rewrite, add_imports, analyzed, code, enclosing_function, expr, node_index, qualified_names, \
-    replace_nodes, start_line
+    render, replace_nodes, start_line
 from .loop_syntax import is_tensor_expr
 
 GENERATOR = "device_checks"
@@ -75,7 +75,7 @@ def _assert_async(meta, module, node: cst.Assert) -> Optional[Rewrite]:
         proven = f"the condition reduces a tensor: {why}" if why else None
     args = code(node.test) + (f", {code(node.msg)}" if node.msg is not None else "")
     new_stmt = cst.Expr(expr(f"torch._assert_async({args})"))
-    new_source = add_imports(replace_nodes(module, {node: new_stmt}, meta), [("torch", None)]).code
+    new_source = render(add_imports(replace_nodes(module, {node: new_stmt}, meta), [("torch", None)]))
     verified = ["the condition is `.all()`/`.any()` over the whole tensor (one element)",
                 "the message is a literal (evaluating it eagerly reads nothing)"]
     needs = []
@@ -120,7 +120,7 @@ def _raise_check(meta, module, node: cst.If) -> Optional[Rewrite]:
     new_stmt = cst.SimpleStatementLine([cst.Expr(expr(f"torch._assert_async({args})"))],
                                        leading_lines=node.leading_lines,
                                        trailing_whitespace=node.body.header)
-    new_source = add_imports(replace_nodes(module, {node: new_stmt}, meta), [("torch", None)]).code
+    new_source = render(add_imports(replace_nodes(module, {node: new_stmt}, meta), [("torch", None)]))
     name = exc.func.value
     verified = [f"the branch only raises {name} with a literal message",
                 "where the condition does not hold both do nothing: no value changes"]
@@ -184,8 +184,8 @@ def _count_nonzero(meta, module, line: int) -> Optional[Rewrite]:
         mask, proven = found
         function = enclosing_function(meta, node)
         why = "`torch.nonzero` takes a tensor" if proven else _tensor_operand(meta, mask, function, line)
-        new_source = add_imports(replace_nodes(module, {node: expr(f"int(torch.count_nonzero({code(mask)}))")}, meta),
-                                 [("torch", None)]).code
+        new_source = render(add_imports(replace_nodes(module, {node: expr(f"int(torch.count_nonzero({code(mask)}))")}, meta),
+                                        [("torch", None)]))
         needs = [] if why else [f"`{code(mask)}` is a tensor (a numpy array's nonzero() is a tuple)"]
         return Rewrite(new_source=new_source,
                        description=(f"Count with `torch.count_nonzero({code(mask)})` instead of materializing "

@@ -17,7 +17,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, analyzed, code, enclosing_function, expr, node_index, replace_nodes, start_line
+from .base import Rewrite, analyzed, code, enclosing_function, expr, node_index, render, replace_nodes, start_line
 from .loop_syntax import is_tensor_expr
 
 GENERATOR = "device_math"
@@ -77,7 +77,7 @@ def _clamp(meta, module, node: cst.Assign) -> Optional[Rewrite]:
     side = "min" if call.func.value == "max" else "max"
     new_value = expr(f"{code(tensor) if isinstance(tensor, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else '(' + code(tensor) + ')'}"
                      f".clamp({side}={code(bound)})")
-    new_source = replace_nodes(module, {call: new_value}, meta).code
+    new_source = render(replace_nodes(module, {call: new_value}, meta))
     verified = [f"every use of `{name}` after it is an operand of + - * / with a tensor ({'; '.join(dict.fromkeys(proven))})",
                 f"`{name}` is not rebound later in the function"]
     needs = []

@@ -16,7 +16,7 @@ from typing import Optional
 import libcst as cst
 
 from ..catalog import load
-from .base import Rewrite, add_imports, analyzed, code, expr, node_index, replace_nodes, start_line
+from .base import Rewrite, add_imports, analyzed, code, expr, node_index, render, replace_nodes, start_line
 from .fused_ops import bind_arguments, remap_call, replacement_for
 
 
@@ -68,7 +68,7 @@ def add_npu_arm(source: str, if_line: int, call_line: int, key: str, device_obje
     npu_if = cst.If(test=test, body=cst.IndentedBlock(body=[npu_stmt]),
                     orelse=target_if.with_changes(leading_lines=()), leading_lines=target_if.leading_lines)
     new_module = replace_nodes(module, {target_if: npu_if}, meta)
-    new_source = add_imports(new_module, [(op.module, None)] + ([("torch", None)] if derived else [])).code
+    new_source = render(add_imports(new_module, [(op.module, None)] + ([("torch", None)] if derived else [])))
     dropped = [p for p in rep.drop if p in (bind_arguments(call, rep.signature) or {})]
     verified = [f"the NPU arm calls {op.qualified} with the arguments of `{code(call.func)}(...)` mapped by the catalog: "
                 + ", ".join(f"{k}={v}" for k, v in mapping.items())]

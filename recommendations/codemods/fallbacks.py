@@ -13,7 +13,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import (Rewrite, analyzed, code, enclosing_function, expr, node_index, qualified_names, replace_nodes,
+from .base import (Rewrite, analyzed, code, enclosing_function, expr, node_index, qualified_names, render, replace_nodes,
                    start_line)
 
 LOGDET_APIS = ("torch.logdet", "torch.linalg.logdet")
@@ -64,7 +64,7 @@ def rewrite_logdet(source: str, line: int) -> Optional[Rewrite]:
     kind, outer, call, arg = found[0]
     new_module = replace_nodes(module, {outer: _svd_logabsdet(arg)}, meta)
     from .base import add_imports
-    new_source = add_imports(new_module, [("torch", None)]).code
+    new_source = render(add_imports(new_module, [("torch", None)]))
     arg_c = code(arg)
     if kind == "slogdet":
         return Rewrite(

@@ -13,7 +13,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import FusedOp, Replaces, load
-from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, replace_nodes, start_line
+from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, render, replace_nodes, start_line
 
 
 def callee_text(call: cst.Call) -> str:
@@ -114,7 +114,7 @@ def rewrite_fused_call(source: str, line: int, keys=None, shape_checks: Optional
             continue
         new_call, mapping, derived = remapped
         new_module = replace_nodes(module, {call: new_call}, meta)
-        new_source = add_imports(new_module, [(op.module, None)] + ([("torch", None)] if derived else [])).code
+        new_source = render(add_imports(new_module, [(op.module, None)] + ([("torch", None)] if derived else [])))
         dropped = [p for p in rep.drop if p in (bind_arguments(call, rep.signature) or {})]
         verified = ["arguments mapped by the catalog: " + ", ".join(f"{k}={v}" for k, v in mapping.items())]
         constraints = [f"needs {op.module} installed (import {op.module})"]
@@ -192,7 +192,7 @@ def rewrite_add_relu(source: str, line: int, shapes_equal: Optional[str] = None)
         new_stmt = cst.parse_statement(f"{var} = {op.qualified}({var}, {other})\n").with_changes(
             leading_lines=block.body[k].leading_lines)
         new_block = block.with_changes(body=list(block.body[:k]) + [new_stmt] + list(block.body[k + 2:]))
-        new_source = add_imports(replace_nodes(module, {block: new_block}, meta), [(op.module, None)]).code
+        new_source = render(add_imports(replace_nodes(module, {block: new_block}, meta), [(op.module, None)]))
         verified = [f"`{var} += {other}` is directly followed by `{var} = relu({var})`"]
         constraints = [f"needs {op.module} installed (import {op.module})"]
         if shapes_equal:

@@ -34,7 +34,7 @@ import libcst.matchers as m
 from libcst.metadata import ParentNodeProvider
 
 from .base import Rewrite, add_imports, analyzed, code, enclosing_function, expr, names_in, node_index, \
-    replace_nodes, start_line
+    render, replace_nodes, start_line
 from .loop_syntax import fresh, is_tensor_expr
 
 GENERATOR = "log_reads"
@@ -262,7 +262,7 @@ def _rewrite(meta, module, stmt: cst.SimpleStatementLine) -> Optional[Rewrite]:
     new_loop = new_loop.with_changes(leading_lines=[])
     new_module = replace_nodes(module, {loop: cst.FlattenSentinel([init, new_loop, flush_end])}, meta)
     new_module = _insert_helper(new_module, HELPER.format(interval=interval, n=LOG_INTERVAL, helper=helper))
-    new_source = add_imports(new_module, [("torch", None)]).code
+    new_source = render(add_imports(new_module, [("torch", None)]))
     why = is_tensor_expr(meta, x, function, start_line(meta, stmt))
     verified = ["everything on the line but the read value is evaluated where it was, in the same order",
                 f"the read value is formatted later with the same format spec ({spec!r}): the printed text is the same",

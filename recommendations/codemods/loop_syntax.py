@@ -8,7 +8,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import add_imports, analyzed, code, end_line, node_index, qualified_names, replace_nodes, start_line
+from .base import add_imports, analyzed, code, end_line, node_index, qualified_names, render, replace_nodes, start_line
 
 # Calls/methods whose result is certainly a tensor (for the `.item()` loop precondition).
 TENSOR_METHODS = ("cpu", "detach", "flatten", "view", "reshape", "to", "float", "long", "int", "clone",
@@ -138,7 +138,7 @@ def fresh(taken: set, base: str) -> str:
 def replace_loop(meta, module: cst.Module, loop: cst.For, new_statements: list, imports=(("torch", None),)) -> str:
     first = new_statements[0].with_changes(leading_lines=loop.leading_lines)
     new_module = replace_nodes(module, {loop: cst.FlattenSentinel([first] + list(new_statements[1:]))}, meta)
-    return add_imports(new_module, list(imports)).code
+    return render(add_imports(new_module, list(imports)))
 
 
 def is_tensor_expr(meta, node, function, before_line: int) -> Optional[str]:

@@ -27,7 +27,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, code, enclosing_function, expr, names_in, replace_nodes, start_line
+from .base import Rewrite, code, enclosing_function, expr, names_in, render, replace_nodes, start_line
 from .loop_syntax import (assigned_from, body_statements, first_rewrite, fresh, is_tensor_expr, replace_loop,
                           used_after)
 
@@ -321,7 +321,7 @@ def _match_item_loop(meta, module, loop) -> Optional[Rewrite]:
     new_iter = expr(f"({code(loop.iter)}).reshape(-1).tolist()" if not isinstance(
         loop.iter, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else f"{code(loop.iter)}.reshape(-1).tolist()")
     new_loop = loop.with_changes(iter=new_iter, body=new_body)
-    new_source = replace_nodes(module, {loop: new_loop}, meta).code
+    new_source = render(replace_nodes(module, {loop: new_loop}, meta))
     return _tolist_rewrite(
         meta, loop, function, loop.iter, "iterated", new_source,
         description=(f"Copy `{code(loop.iter)}` to the host once with `.tolist()` instead of calling "
@@ -423,7 +423,7 @@ def _indexed_item_loop(meta, module, loop: cst.For) -> Optional[Rewrite]:
                                      iter=expr(f"enumerate({listed})"), body=new_body)
     else:
         new_loop = loop.with_changes(target=cst.Name(value), iter=expr(listed), body=new_body)
-    new_source = replace_nodes(module, {loop: new_loop}, meta).code
+    new_source = render(replace_nodes(module, {loop: new_loop}, meta))
     return _tolist_rewrite(
         meta, loop, function, seq, "indexed", new_source,
         description=(f"Copy `{code(seq)}` to the host once with `.tolist()` instead of calling `{code(seq)}[{i}].item()` "

@@ -35,7 +35,7 @@ import libcst.matchers as m
 from libcst.metadata import ParentNodeProvider
 
 from .base import (Rewrite, add_imports, analyzed, code, enclosing_function, expr, names_in,
-                   node_index, qualified_names, replace_nodes, start_line, end_line)
+                   node_index, qualified_names, render, replace_nodes, start_line, end_line)
 from .loop_syntax import fresh, loops_at, used_after
 from .scalar_reads import iteration, parents_of
 
@@ -722,7 +722,7 @@ def _emit(meta, module, ml: MapLoop, generator: str, taken: set) -> Optional[str
                 if name is None:    # comprehension: the stack/cat call itself is replaced
                     if pre:
                         return None
-                    return add_imports(replace_nodes(module, {call_node: expr(value)}, meta), [("torch", None)]).code
+                    return render(add_imports(replace_nodes(module, {call_node: expr(value)}, meta), [("torch", None)]))
                 new_stmts = pre + [cst.parse_statement(f"{name} = {value}\n")]
                 return replace_collected(meta, module, ml.node, new_stmts, prev, (call_node, cst.Name(name)))
             out_stmts.append(f"{name}.extend({_wrap(value)}.unbind(0))")
@@ -741,7 +741,7 @@ def replace_collected(meta, module, loop, new_stmts: list, drop_prev, swap) -> s
         mapping[drop_prev] = cst.RemovalSentinel.REMOVE
     if swap is not None:
         mapping[swap[0]] = swap[1]
-    return add_imports(replace_nodes(module, mapping, meta), [("torch", None)]).code
+    return render(add_imports(replace_nodes(module, mapping, meta), [("torch", None)]))
 
 
 def candidates(source: str, line: int) -> list:

@@ -15,7 +15,7 @@ import libcst.matchers as m
 from libcst.metadata import PositionProvider
 
 from ..catalog import load
-from .base import Rewrite, add_imports, analyzed, code, node_index, parsed, qualified_names, replace_nodes
+from .base import Rewrite, add_imports, analyzed, code, node_index, parsed, qualified_names, render, replace_nodes
 
 _MAIN_GUARD = m.If(test=m.Comparison(left=m.Name("__name__"), comparisons=[
     m.ComparisonTarget(operator=m.Equal(), comparator=m.SimpleString())]))
@@ -51,7 +51,7 @@ def rewrite_patcher(source: str) -> Optional[Rewrite]:
             ).with_changes(leading_lines=stmt.leading_lines)
             body[k] = with_stmt
             new_module = replace_nodes(module, {guard.body: guard.body.with_changes(body=body)}, meta)
-            new_source = add_imports(new_module, [("mx_driving.patcher", "default_patcher_builder")]).code
+            new_source = render(add_imports(new_module, [("mx_driving.patcher", "default_patcher_builder")]))
             return Rewrite(
                 new_source=new_source,
                 description=("Run `main()` inside mx_driving's one-click patcher (`default_patcher_builder.build()`), "
@@ -65,7 +65,7 @@ def rewrite_patcher(source: str) -> Optional[Rewrite]:
 
 def rewrite_transfer_to_npu(source: str) -> Optional[Rewrite]:
     module = parsed(source)
-    new_source = add_imports(module, [("torch_npu", None), ("torch_npu.contrib", "transfer_to_npu")]).code
+    new_source = render(add_imports(module, [("torch_npu", None), ("torch_npu.contrib", "transfer_to_npu")]))
     if new_source == source:
         return None
     return Rewrite(
@@ -107,7 +107,7 @@ def rewrite_npu_ddp(source: str) -> Optional[Rewrite]:
     needed |= {new for _, new in calls}
     new_module = add_imports(new_module, [("mmcv.device.npu", n) for n in sorted(needed)])
     return Rewrite(
-        new_source=new_module.code,
+        new_source=render(new_module),
         description=("Use mmcv's NPU wrappers: " + ", ".join(f"{k} -> {v}" for k, v in mapping.items())
                      + " (imported from mmcv.device.npu)."),
         auto_applicable=True, constraints=list(load().migration["npu_ddp"]["constraints"]),
@@ -139,7 +139,7 @@ def rewrite_local_rank(source: str) -> Optional[Rewrite]:
                                trailing_whitespace=cst.TrailingWhitespace())
     new_module = replace_nodes(module, {stmt: cst.FlattenSentinel([dashed, stmt.with_changes(leading_lines=())])}, meta)
     return Rewrite(
-        new_source=new_module.code,
+        new_source=render(new_module),
         description=("Accept `--local-rank` as well as `--local_rank`: torch >= 2.0 distributed launchers pass the "
                      "dashed form, and the script would exit with 'unrecognized arguments'."),
         auto_applicable=True, constraints=list(load().migration["local_rank"]["constraints"]),

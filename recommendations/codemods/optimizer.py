@@ -13,7 +13,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from ..catalog import load
-from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, replace_nodes, start_line
+from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, render, replace_nodes, start_line
 
 TORCH_ONLY_KWARGS = ("foreach", "fused", "capturable", "differentiable", "maximize")
 
@@ -49,7 +49,7 @@ def rewrite_optimizer(source: str, line: Optional[int] = None, name: Optional[st
     call, opt = calls[0]
     new_call = call.with_changes(func=expr(opt.replacement))
     new_module = replace_nodes(wrapper.module, {call: new_call}, meta)
-    new_source = add_imports(new_module, [("torch_npu", None)]).code
+    new_source = render(add_imports(new_module, [("torch_npu", None)]))
     cat = load()
     positional = [a for a in call.args if a.keyword is None and not a.star]
     keywords = [a.keyword.value for a in call.args if a.keyword is not None]
@@ -111,7 +111,7 @@ def rewrite_config_optimizer(source: str) -> Optional[Rewrite]:
     module = replace_nodes(wrapper.module, mapping, meta)
     names = sorted({n for _, n in found})
     return Rewrite(
-        new_source=module.code,
+        new_source=render(module),
         description=("Use the torch_npu fused optimizer in the config: "
                      + ", ".join(f"type='{n}' -> '{opt_names[n].config_type}'" for n in names) + "."),
         auto_applicable=True,

@@ -31,7 +31,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from .base import (Rewrite, analyzed, code, end_line, enclosing_function, expr, names_in,
-                   node_index, replace_nodes, start_line)
+                   node_index, render, replace_nodes, start_line)
 from .loop_syntax import assigned_from, fresh, is_tensor_expr, loops_at, used_after
 
 GENERATOR = "scalar_reads"
@@ -303,7 +303,7 @@ def _rewrite_iterated(meta, module, node, target, iterable, scope) -> Optional[R
         new_iter = new_iters[it] if len(parts) == 1 else it.with_changes(
             args=[a.with_changes(value=new_iters.get(a.value, a.value)) for a in it.args])
         new_node = node.visit(new_scope_parts).with_changes(for_in=node.for_in.with_changes(iter=new_iter))
-    new_source = replace_nodes(module, {node: new_node}, meta).code
+    new_source = render(replace_nodes(module, {node: new_node}, meta))
     what = ", ".join(f"`{code(it)}`" for it, _ in listed)
     return _finish(meta, node, function, [it for it, _ in listed], kinds, new_source,
                    description=(f"Copy {what} to the host once with `.tolist()` before the loop instead of reading one "
@@ -369,7 +369,7 @@ def _rewrite_indexed(meta, module, loop: cst.For) -> Optional[Rewrite]:
     new_loop = loop.with_changes(body=new_body)
     first = hoists[0].with_changes(leading_lines=loop.leading_lines)
     new_loop = new_loop.with_changes(leading_lines=[])
-    new_source = replace_nodes(module, {loop: cst.FlattenSentinel([first] + hoists[1:] + [new_loop])}, meta).code
+    new_source = render(replace_nodes(module, {loop: cst.FlattenSentinel([first] + hoists[1:] + [new_loop])}, meta))
     seqs = [seq for seq, _ in chosen.values()]
     what = ", ".join(f"`{c}`" for c in chosen)
     return _finish(meta, loop, function, seqs, kinds, new_source,

@@ -19,7 +19,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, code, enclosing_function, expr, names_in, replace_nodes, start_line
+from .base import Rewrite, code, enclosing_function, expr, names_in, render, replace_nodes, start_line
 from .loop_syntax import first_rewrite, fresh, is_tensor_expr, used_after
 from .scalar_reads import _rebound, iteration, parents_of
 
@@ -164,7 +164,7 @@ def _finish(meta, module, loop, new_statements: list, tensor, stacked: bool, met
                 f"not change", "the loop variable is not read after the loop"]
     if why:
         verified.append(f"`{code(tensor)}` is a tensor: {why}")
-    return Rewrite(new_source=new.code,
+    return Rewrite(new_source=render(new),
                    description=(f"Copy `{code(tensor)}` to the host once before the loop (`.{chain}`) and index the "
                                 f"copy, instead of one device->host copy (a blocking sync on an NPU) per element."),
                    auto_applicable=not needs, generator=GENERATOR, verified=verified, needs_verification=needs,

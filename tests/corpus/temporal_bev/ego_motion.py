@@ -15,7 +15,7 @@ def warp_bev(prev_bev, rel_pose, bev_range):
                             torch.linspace(-bev_range, bev_range, w, device=prev_bev.device), indexing="ij")
     cells = torch.stack([xs, ys, torch.zeros_like(xs), torch.ones_like(xs)], -1).view(1, -1, 4, 1)
     inv = torch.inverse(rel_pose)  # trap: cpu_fallback inverse has an NPU kernel; gt: sync low
-    prev_xy = (inv[:, None] @ cells).squeeze(-1)[..., :2] / bev_range
+    prev_xy = (inv[:, None] @ cells).squeeze(-1)[..., :2] / bev_range  # a 4x4 pose times (x, y, 0, 1) cells, the npu_batch_matmul shape; gt: fused_op low
     grid = prev_xy.view(b, h, w, 2)
     return F.grid_sample(prev_bev, grid, align_corners=True)
 
