@@ -5,7 +5,8 @@ tree (pyast.py, no libcst):
   PyTorch>` (BEVFormer's decoder.py line 325). On an NPU the test is false, so every step takes the slow
   arm, and nothing says so;
 * compiled CUDA extensions: `ext_loader.load_ext(...)`, `torch.utils.cpp_extension`, `*_cuda` / `*_ext`
-  modules, each named with the mx_driving op that replaces it where one exists;
+  modules, and any module imported under `try: ... except ImportError:` whose names are called only in
+  CUDA-only arms; each named with the mx_driving op that replaces it where one exists;
 * `.cuda()` / `torch.cuda.*` calls in a project that never imports torch_npu's `transfer_to_npu`.
 
 What counts as a CUDA test, an extension loader or an extension module is data (catalog
@@ -164,6 +165,38 @@ class _Bindings:
                         self.modules.add(bound)
                     self.loads.append((node, f"`{one_line(sf.segment(node), 100)}`", ops, bound))
         self.loaders = loaders
+        self._add_optional_cuda_modules(sf)
+
+    def _add_optional_cuda_modules(self, sf: SourceFile):
+        """A module imported under `try: ... except ImportError:` whose names are called only in CUDA-only
+        arms is an optional compiled extension whatever its name (`from bevfusion_ops import
+        bev_pool_forward`, then `if bev_pool_forward is not None and x.is_cuda:`)."""
+        known = {id(node) for node, *_ in self.loads}
+        arms = _cuda_arms(sf)
+        for node in _guarded_imports(sf):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else \
+                [] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            if id(node) in known or any(m.split(".", 1)[0] in _LIBRARY_ROOTS for m in modules):
+                continue
+            bound = {(a.asname or a.name.split(".")[0]): a.name for a in node.names if a.name != "*"}
+            called = set()
+            for call in sf.calls():
+                head = (dotted(call.func) or "").split(".", 1)[0]
+                if head in bound:
+                    if not any(a <= call.lineno <= b for a, b in arms):
+                        break           # also called where no CUDA test guards it: a plain dependency
+                    called.add(head)
+            else:
+                if not called:
+                    continue
+                if isinstance(node, ast.ImportFrom):
+                    self.functions |= called
+                    mod = "." * node.level + (node.module or "")
+                    self.loads.append((node, f"import of `{mod}`", [bound[n] for n in sorted(called)], None))
+                else:
+                    self.modules |= called
+                    self.loads.append((node, f"import of `{', '.join(bound[n] for n in sorted(called))}`",
+                                       [bound[n].rsplit(".", 1)[-1] for n in sorted(called)], None))
 
     def is_extension_call(self, call: ast.Call) -> bool:
         f = call.func
@@ -175,6 +208,27 @@ class _Bindings:
         head = d.split(".", 1)[0]
         return ((head in self.modules and "." in d) or (isinstance(f, ast.Name) and f.id in self.functions)
                 or _compiled_op(self.sf.qualified(f) or ""))
+
+
+# Packages of ops with NPU builds of their own, or whose calls are judged by their qualified names
+# (COMPILED_OP_PACKAGES): an optional import of them is no unknown CUDA extension.
+_LIBRARY_ROOTS = {"torch", "torchvision", "torch_npu", "mx_driving"} | {p.split(".", 1)[0] for p in COMPILED_OP_PACKAGES}
+
+
+_IMPORT_ERRORS = ("ImportError", "ModuleNotFoundError", "Exception", "BaseException")
+
+
+def _guarded_imports(sf: SourceFile) -> list:
+    """Import statements directly in the body of a `try` whose handlers catch a failed import."""
+    out = []
+    for t in sf.of(ast.Try):
+        caught = set()
+        for h in t.handlers:
+            types = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+            caught |= {"Exception" if ty is None else (dotted(ty) or "").rsplit(".", 1)[-1] for ty in types}
+        if caught & set(_IMPORT_ERRORS):
+            out += [s for s in t.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+    return out
 
 
 def _calls_in(stmts) -> list:

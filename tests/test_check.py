@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import SHARED_DATA, run_cli
+from conftest import REPO, SHARED_DATA, run_cli
 
 BEVFORMER = SHARED_DATA / "src" / "bevformer"
 MODULES = "projects/mmdet3d_plugin/bevformer/modules"
@@ -223,6 +223,41 @@ def test_dispatch_forms_and_what_is_not_a_dispatch(tmp_path):
     assert not [f for f in found if f["locations"][0]["file"] == "util.py" and f["rule"] in ("NPA907", "NPA909")]
     exts = [f for f in found if f["rule"] == "NPA908"]
     assert [(f["locations"][0]["file"], f["details"]["ops"]) for f in exts] == [("attn.py", ["nms_ext"])]
+
+
+OPTIONAL_MODULES = """\
+import torch
+try:
+    import scipy.optimize
+except ImportError:
+    scipy = None
+try:
+    from fast_ops import fused_nms, box_area
+except (ImportError, OSError):
+    fused_nms = box_area = None
+
+
+def match(cost):
+    return scipy.optimize.linear_sum_assignment(cost.detach().numpy())
+
+
+def nms(boxes, scores):
+    if fused_nms is not None and boxes.is_cuda:
+        return fused_nms(boxes, scores, 0.5)
+    return scores.argsort(descending=True)
+"""
+
+
+def test_an_optional_module_called_only_on_cuda_is_an_extension_whatever_its_name(tmp_path):
+    _write(tmp_path, "ops.py", OPTIONAL_MODULES)
+    r = run_cli("check", "--format", "json", "--no-cache", tmp_path)
+    found = json.loads(r.stdout)["findings"]
+    exts = [(f["locations"][0]["line"], f["details"]["ops"]) for f in found if f["rule"] == "NPA908"]
+    assert exts == [(7, ["fused_nms"])]               # scipy is called unguarded: a plain dependency
+    assert [f["locations"][0]["line"] for f in found if f["rule"] == "NPA907"] == [17]
+    bev = json.loads(run_cli("check", "--format", "json", "--no-cache", REPO / "tests" / "corpus" / "bevfusion_voxel").stdout)
+    ext, = [f for f in bev["findings"] if f["rule"] == "NPA908"]
+    assert ext["locations"][0]["line"] == 7 and "mx_driving.bev_pool_v3" in ext["title"]
 
 
 def test_npu_arm_is_idempotent_and_keeps_both_arms():

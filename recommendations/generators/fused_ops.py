@@ -71,8 +71,12 @@ def _fused_finding(match, path: Path, text: str, src, in_dispatch=None) -> Findi
     function = match.function if match.how else ("multi_scale_deformable_attn_pytorch" if match.kind == "msda" else None)
     loc_ids, all_ids, evidence, share = _replaced_code_evidence(src, path, match.line, function, rel)
     # With a trace, code that recorded no op in the profiled steps (numpy in a Dataset, a branch not taken)
-    # costs the step nothing measurable: an observation, not a fix to rank.
-    severity = severity_for_share(share) if share is not None else "info"
+    # costs the step nothing measurable: an observation, not a fix to rank -- except the CUDA arm of a
+    # dispatch, which never runs here and whose NPU replacement is the point of the dispatch finding.
+    if share is not None:
+        severity = severity_for_share(share)
+    else:
+        severity = "low" if in_dispatch is not None and src.index.files() else "info"
     checks = _msda_shape_checks(src.index, all_ids) if msda else (
         _aggregation_shape_checks(src.index, all_ids) if match.kind == "deformable_aggregation" else None)
     rewrite = None if in_dispatch is not None else build.fused_rewrite(
