@@ -35,6 +35,7 @@ HOST_LIBRARIES = ("numpy", "math", "scipy", "cv2")
 INDEX_REDUCE_METHODS = ("index_reduce", "index_reduce_", "scatter_reduce", "scatter_reduce_")
 INDEX_REDUCTIONS = {"amax": "scatter_max", "mean": "scatter_mean"}
 ELEMENTWISE_MAX = ("maximum", "max", "fmax")
+GRID_CONSTRUCTORS = ("arange", "meshgrid", "linspace", "mgrid", "ogrid", "indices", "cartesian_prod")
 SCATTER_METHODS = ("index_add_", "index_add", "scatter_add_", "scatter_add", "index_put_", "scatter_", "scatter_reduce_")
 
 
@@ -207,9 +208,10 @@ def _host_library_call(sf: SourceFile, call) -> bool:
     return (sf.qualified(call.func) or "").split(".", 1)[0] in HOST_LIBRARIES
 
 
-def _is_gaussian(sf: SourceFile, call) -> bool:
-    """`exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))` (torch): exp of a negated sum of squared differences,
-    scaled by a division or product."""
+def _is_gaussian(sf: SourceFile, call, grid: set) -> bool:
+    """`exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))` (torch): exp of a negated sum of squared
+    differences, scaled by a division or product, with the pixel coordinates of a grid (`grid`: names bound to
+    arange / meshgrid / linspace results) in them -- a gaussian drawn over a map, not a likelihood of points."""
     if not (isinstance(call, ast.Call) and last_name(call) == "exp") or _host_library_call(sf, call):
         return False
     arg = call.args[0] if call.args else (call.func.value if isinstance(call.func, ast.Attribute) else None)
@@ -219,7 +221,19 @@ def _is_gaussian(sf: SourceFile, call) -> bool:
     negated = any(isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub) for n in nodes)
     differences = [b for b in map(_squared_base, nodes) if isinstance(b, ast.BinOp) and isinstance(b.op, ast.Sub)]
     scaled = any(isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Div, ast.Mult)) for n in nodes)
-    return negated and len(differences) >= 2 and scaled
+    on_grid = sum(1 for d in differences if _names(d) & grid)
+    return negated and len(differences) >= 2 and on_grid >= 2 and scaled
+
+
+def _grid_names(fn) -> set:
+    """Names `fn` binds to coordinate grids (`ys = torch.arange(h).view(h, 1)`, `yy, xx = torch.meshgrid(...)`)
+    or to values computed from them."""
+    assigns = sorted((n for n in _walk_local(fn) if isinstance(n, ast.Assign)), key=lambda n: (n.lineno, n.col_offset))
+    out = set()
+    for n in assigns:
+        if _calls(list(ast.walk(n.value)), set(GRID_CONSTRUCTORS)) or _names(n.value) & out:
+            out |= {x.id for t in n.targets for x in ast.walk(t) if isinstance(x, ast.Name)}
+    return out
 
 
 def _squared_base(node):
@@ -257,9 +271,10 @@ def gaussian_heatmap_matches(sf: SourceFile, fn, skip=()) -> list:
     `torch.max(region, g, out=region)`): gaussian heatmap targets written out, whatever the helpers are called.
     `skip`: loops matched already (by their helpers' names); loops inside a matched loop are not reported."""
     hits = []
-    for loop in (n for n in _walk_local(fn) if isinstance(n, (ast.For, ast.While))):
+    grid = _grid_names(fn)
+    for loop in (n for n in _walk_local(fn) if isinstance(n, (ast.For, ast.While))) if grid else ():
         body = list(_walk_local(loop))
-        gaussians = [c for c in body if _is_gaussian(sf, c)]
+        gaussians = [c for c in body if _is_gaussian(sf, c, grid)]
         if not gaussians:
             continue
         derived = set()          # names holding the gaussian or values computed from it

@@ -201,11 +201,20 @@ def render_heatmap_np(centers, sigma, h, w):
 
 
 def mixture_density(x, means, sigmas):
-    """Not a heatmap: gaussians summed into a density, no element-wise max."""
+    """Not a heatmap: gaussians over a grid summed into a density, no element-wise max."""
+    ys, xs = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
     total = 0
     for m, s in zip(means, sigmas):
-        total = total + torch.exp(-((x[:, 0] - m[0]) ** 2 + (x[:, 1] - m[1]) ** 2) / (2 * s ** 2))
+        total = total + torch.exp(-((xs - m[0]) ** 2 + (ys - m[1]) ** 2) / (2 * s ** 2))
     return total.max()
+
+
+def best_mode(x, means, sigmas):
+    """Not a heatmap: the likelihood of points under each mode, max-merged, over no pixel grid."""
+    best = torch.zeros(x.shape[0])
+    for m, s in zip(means, sigmas):
+        best = torch.maximum(best, torch.exp(-((x[:, 0] - m[0]) ** 2 + (x[:, 1] - m[1]) ** 2) / (2 * s ** 2)))
+    return best
 
 
 def pillar_max(feats, idx, n):
@@ -229,8 +238,9 @@ def products(feats, idx, n):
 
 
 def test_written_out_gaussian_heatmap_and_reductions_by_index(tmp_path):
-    """A gaussian computed on the device and max-merged per object (no draw_*gaussian* helper), and
-    index_reduce / scatter_reduce by group; numpy gaussians, sums without a max, dim-1 amax and prod are not."""
+    """A gaussian over a pixel grid computed on the device and max-merged per object (no draw_*gaussian*
+    helper), and index_reduce / scatter_reduce by group; numpy gaussians, sums without a max, a max over
+    point likelihoods (no grid), dim-1 amax and prod are not."""
     assert _check(tmp_path, "targets.py", WRITTEN_OUT_TARGETS) == [
         ("NPA807", _line(WRITTEN_OUT_TARGETS, "for k in range"), "render_heatmap", "mx_driving.npu_draw_gaussian_to_heatmap"),
         ("NPA808", _line(WRITTEN_OUT_TARGETS, 'return out.index_reduce(0'), "pillar_max", "mx_driving.scatter_max"),
