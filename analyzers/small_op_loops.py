@@ -181,6 +181,9 @@ def _line_stats(group: pd.DataFrame) -> dict:
             "items": int(group["name"].isin(_ITEM_OPS).sum())}
 
 
+_COMPREHENSION_FRAMES = ("<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>")
+
+
 def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
     if not len(top):
         return []
@@ -202,10 +205,17 @@ def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
         entry.setdefault("roots", []).extend(group["root"].tolist())
         entry.setdefault("names", []).extend(group["name"].tolist())
         st = _line_stats(group)
+        # A comprehension's ops run once per ITS iteration: inside a loop statement they say nothing of how
+        # often the statement's loop ran (Python <= 3.11 records them under the comprehension's own frame).
+        in_comprehension = str(locs.at[int(where), "function"]) in _COMPREHENSION_FRAMES
+        if in_comprehension and loop.kind != "comprehension":
+            st["comprehension_executions"], st["executions"] = st["executions"], 0
         # One source line can appear under several function names (a comprehension): merge.
         prev = entry["lines"].get(line)
         if prev:
             st = {"executions": max(prev["executions"], st["executions"]), "names": max(prev["names"], st["names"]),
+                  "comprehension_executions": max(prev.get("comprehension_executions", 0),
+                                                  st.get("comprehension_executions", 0)),
                   "ops": prev["ops"] + st["ops"],
                   "host_ns": prev["host_ns"] + st["host_ns"], "nested": prev["nested"] + st["nested"],
                   "items": prev["items"] + st["items"]}
@@ -222,6 +232,9 @@ def _executions_per_loop(lines: dict) -> int:
     """The loop's iterations over the recorded steps: its most executed line's executions, except that a
     line of one op name (`p, t = a[:, c], b[:, c]`: two selects) counts its repeats as executions; when
     such a count is a whole multiple of another line's, the smaller count is the line's."""
+    if not any(s["executions"] for s in lines.values()):
+        # every line's ops are a comprehension's inside the statement: the best count there is
+        return max(s.get("comprehension_executions", 0) for s in lines.values())
     counts = sorted({s["executions"] for s in lines.values()}, reverse=True)
     for count in counts:
         lines_here = [s for s in lines.values() if s["executions"] == count]
@@ -236,7 +249,7 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     loop = entry["loop"]
     lines = entry["lines"]
     executions = _executions_per_loop(lines)
-    busiest = max((l for l in lines if lines[l]["executions"] == executions), key=lambda l: lines[l]["ops"])
+    busiest = max(lines, key=lambda l: (lines[l]["executions"] == executions, lines[l]["ops"]))
     iterations = executions / n
     ops_total = sum(s["ops"] for s in lines.values())
     host_ns = sum(s["host_ns"] for s in lines.values())
@@ -316,7 +329,7 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     if predicted:
         details["placement"] = placed or "not recorded: every op of the loop's lines counted"
     what = {"affine_interpolation": "A per-point interpolation loop", "prefix_mask": "A per-row mask loop",
-            "item_loop": "A loop that reads tensor values with .item()"}.get(idiom, f"A Python {loop.kind} loop")
+            "item_loop": "A loop that reads tensor values with .item()"}.get(idiom, "A comprehension" if loop.kind == "comprehension" else f"A Python {loop.kind} loop")
     return Finding(
         rule=RULE.code, category="small_op_loop",
         title=f"{what} at {rel}:{loop.line} ({function_name}) issues {ops_per_step:.0f} small ops per step "
@@ -330,7 +343,9 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
 # ---------------------------------------------------------------------------------------------------
 def detect_idiom(loop, has_item_ops: bool = False) -> tuple:
     """(idiom, line of the statement it was recognized on) for a loop: "affine_interpolation",
-    "prefix_mask", "item_loop" or (None, None)."""
+    "prefix_mask", "item_loop" or (None, None). The idioms are statement loops."""
+    if loop.kind == "comprehension":
+        return None, None
     for stmt in _body_statements(loop.node):
         if _is_affine_interpolation(stmt):
             return "affine_interpolation", stmt.lineno

@@ -18,14 +18,14 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class LoopInfo:
-    kind: str              # "for" | "while"
+    kind: str              # "for" | "while" | "comprehension" (a list/set/dict comprehension or generator)
     line: int              # header line
     end_line: int          # last line of the loop (body and else)
     body_first: int        # first line of the body
     body_last: int         # last line of the body
     iter_text: str         # `for`: the iterable's source; `while`: the condition's source
     targets: tuple         # names bound by a `for` target (("i", "ll") for `for i, ll in ...`); () for while
-    node: ast.AST          # the ast.For / ast.While node
+    node: ast.AST          # the ast.For / ast.While / comprehension node
 
     @property
     def body_lines(self) -> tuple:
@@ -141,15 +141,36 @@ def _chain(path, line: int) -> list:
         node = inner
 
 
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _comprehension_at(stmt: ast.AST, line: int):
+    """The outermost comprehension of `stmt` that spans `line` (not inside a nested def or lambda)."""
+    todo = [stmt]
+    while todo:
+        node = todo.pop(0)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            if isinstance(child, _COMPREHENSIONS) and child.lineno <= line <= child.end_lineno:
+                return child
+            if isinstance(child, ast.expr) or not isinstance(child, ast.stmt):
+                todo.append(child)
+    return None
+
+
 def enclosing_loops(path, line: int) -> list:
-    """The `for`/`while` loops whose body (or header) holds `line`, innermost first.
+    """The `for`/`while` loops whose body (or header) holds `line`, innermost first; where there is none,
+    the comprehension on the line's statement that spans it (a comprehension inside a loop statement is
+    part of that loop's body, as its ops are).
 
     Stops at the nearest enclosing function or class: a loop around a `def` does not run the
     function's body once per iteration.
     """
     path = str(path)
     loops = []
-    for node in reversed(_chain(path, line)):
+    chain = _chain(path, line)
+    for node in reversed(chain):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             break
         if isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
@@ -159,6 +180,12 @@ def enclosing_loops(path, line: int) -> list:
                 body_first=node.body[0].lineno, body_last=node.body[-1].end_lineno,
                 iter_text=_segment(path, node.iter if is_for else node.test),
                 targets=_names(node.target) if is_for else (), node=node))
+    comp = _comprehension_at(chain[-1], line) if chain and not loops else None
+    if comp is not None and not isinstance(chain[-1], (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        loops.append(LoopInfo(
+            kind="comprehension", line=comp.lineno, end_line=comp.end_lineno, body_first=comp.lineno,
+            body_last=comp.end_lineno, iter_text=_segment(path, comp.generators[0].iter),
+            targets=tuple(n for g in comp.generators for n in _names(g.target)), node=comp))
     return loops
 
 

@@ -99,6 +99,28 @@ def test_a_line_issuing_one_op_twice_does_not_double_the_iterations(tmp_path):
     assert per_line[6] == 20.0 and per_line[7] == per_line[8] == 10.0    # the recorded counts stay as they are
 
 
+def test_a_comprehension_outside_any_loop_statement_is_a_loop(tmp_path):
+    script = tmp_path / "shifts.py"
+    script.write_text("import torch\n"
+                      "v = torch.rand(4, 40, 2)\n"
+                      "def step():\n"
+                      "    shifts = [torch.roll(v, s, dims=1) for s in range(40)]\n"
+                      "    rows = []\n"
+                      "    for i in range(10):\n"
+                      "        rows.append(torch.stack([v[i % 4, j] * 2 for j in range(3)]))\n"
+                      "    return torch.stack(shifts), rows\n")
+    trace = load_kineto(str(profile_script(script, "step", tmp_path / "t.json")))
+    source.clear_cache()
+    by_loop = {f.details["loop_line"]: f for f in small_op_loops.analyze(trace, Context(project_root=tmp_path)).findings}
+    comp = by_loop[4]
+    assert comp.details["loop_kind"] == "comprehension" and comp.details["targets"] == ["s"]
+    assert comp.details["iterations_per_step"] == 40.0 and comp.title.startswith("A comprehension at shifts.py:4")
+    # inside a for statement the comprehension's ops belong to the statement's loop, whose iterations are
+    # the statement's (10), not the comprehension's (30)
+    assert set(by_loop) == {4, 6}
+    assert by_loop[6].details["loop_kind"] == "for" and by_loop[6].details["iterations_per_step"] == 10.0
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (SHARED / "kineto").glob("*.json.gz")))
 def test_real_gpu_traces_have_no_exact_loop_findings(name):
     # Foreign traces have no exact lines and their sources are not here: no loop can be pinpointed.
