@@ -55,7 +55,7 @@ def level_points(feats):
 def fcos_targets(points, gt_boxes, gt_labels):
     """Per point: class (0 = background) and ltrb distances to its smallest enclosing box."""
     all_pts = torch.cat(points)
-    ranges = torch.cat([all_pts.new_tensor(r).expand(len(p), 2) for p, r in zip(points, REGRESS_RANGES)])  # gt: small_op_loop low (one host-to-device tensor per level each step; constant, could be built once)
+    ranges = torch.cat([all_pts.new_tensor(r).expand(len(p), 2) for p, r in zip(points, REGRESS_RANGES)])  # gt: small_op_loop low
     xs, ys = all_pts[:, 0:1], all_pts[:, 1:2]
     ltrb = torch.stack([xs - gt_boxes[:, 0], ys - gt_boxes[:, 1], gt_boxes[:, 2] - xs, gt_boxes[:, 3] - ys], -1)
     inside = ltrb.min(-1).values > 0
