@@ -45,6 +45,8 @@ MAX_MEAN_OP_US = 100.0
 # ops, such as recurrent cells, whose device time would dominate their dispatch).
 MIN_ITERATIONS_PREDICTED = 2
 MAX_MEAN_OP_US_PREDICTED = 500.0
+# A comprehension, always from MIN_ITERATIONS_PER_STEP: over a handful of classes, levels or cameras it is
+# the usual way to write a fixed structural step, which costs little and rarely vectorizes.
 # Function-level (non-exact) locations: a function is reported when it issues at least this many
 # small top-level ops per step and its source contains a loop.
 MIN_FUNCTION_OPS_PER_STEP = 200
@@ -262,7 +264,8 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     # each pays its dispatch cost there, so a loop is worth vectorizing from fewer iterations.
     max_mean_us = MAX_MEAN_OP_US if trace.has_device_timeline else MAX_MEAN_OP_US_PREDICTED
     predicted_launches = placement.recorded(trace) and not trace.has_device_timeline
-    min_iterations = MIN_ITERATIONS_PREDICTED if predicted_launches else MIN_ITERATIONS_PER_STEP
+    min_iterations = MIN_ITERATIONS_PREDICTED if predicted_launches and loop.kind != "comprehension" \
+        else MIN_ITERATIONS_PER_STEP
     if iterations < min_iterations or ops_per_step < MIN_OPS_PER_STEP or mean_op_us > max_mean_us:
         return None
     ops_per_iteration = ops_per_step / iterations
