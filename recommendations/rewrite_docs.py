@@ -126,6 +126,40 @@ DOCS = (
         verification="the receiver is a tensor when its creation is not visible; in a training loop, the whole-run "
                      "check (the parameters after every optimizer step equal)."),
     RewriteDoc(
+        "index_reads", _LOOP + _SYNC,
+        rewrites="`best = ade[b].argmin().item()` (also `int(T)`) whose every use indexes a tensor (`xy[b, best]`) -> "
+                 "the read dropped: `best` stays a 0-d integer tensor on the device (`T.reshape(())`, `.long()` for "
+                 "`int()`); at a loop line, every such read in the loop.",
+        refuses="any other use of the name (arithmetic, a format, a slice bound, a call argument, a return), the name "
+                "bound anywhere else in the function, an indexed result that is assigned to, aliased by a name, changed "
+                "in place or written through a view.",
+        static="a 0-d integer tensor index selects what the Python integer selected (same shape and values; a copy "
+               "instead of a view, which nothing changes).",
+        verification="`T` is a tensor when its creation is not visible. Not provable on a CPU run (a constraint of the "
+                     "fix): the indexed tensors live on `T`'s device."),
+    RewriteDoc(
+        "element_reads", _SYNC,
+        rewrites="several elements of one tensor read as Python numbers on one line (`x, y = int(c[0]), int(c[1])`; "
+                 "`float(T[k])`, `T[k].item()` with integer literals k) -> one `T[[k0, k1]].reshape(n).tolist()` on a "
+                 "new line before it, the reads taking their numbers from that list.",
+        refuses="fewer than two elements of one tensor, a tensor that is not a name or attribute or is bound on the "
+                "line, a line with parts evaluated only sometimes (`if`-expressions, `and`/`or`, comprehensions, "
+                "lambdas), a line that is not a simple statement.",
+        static="`.tolist()` gives each element as the number `.item()` gives (one tensor, one dtype); `reshape(n)` "
+               "accepts exactly the one-value elements the reads accepted.",
+        verification="`T` is a tensor (not a list or an array) when its creation is not visible."),
+    RewriteDoc(
+        "masked_assign", _SYNC,
+        rewrites="`X[m] = E` where E reads tensors only through the same mask (`Y[m]`) and combines them with `+ - *`, "
+                 "comparisons, bit operators and dtype casts (`assigned[pos] = argmax[pos] + 1`) -> "
+                 "`X.copy_(torch.where(m, E on the whole tensors, X))`.",
+        refuses="a right side with a division, any other call or another mask; nothing read through the mask (a masked "
+                "fill needs no sync); `X[m, ...]`; a mask that is not a name.",
+        static="E on the whole tensors, where m holds, equals E on the selection; nothing in E can raise on the whole "
+               "tensors; `copy_` writes X itself, in the dtype the indexed write required.",
+        verification="m is a bool mask with the shape of X and of every Y, and the other names in E are numbers (or "
+                     "broadcast like them); gradients equal (0 * inf where the mask is off would differ)."),
+    RewriteDoc(
         "masked_reductions", _SYNC,
         rewrites="`torch.masked_select(x, m).mean()` -> `torch.where(m, x, 0).sum() / m.sum()` (`.sum()`: without the "
                  "division); the method form `x.masked_select(m)` too.",
@@ -149,7 +183,8 @@ DOCS = (
                  "The text printed is the same; it appears every 20 steps instead of every step.",
         refuses="another print, a `return`/`yield` or a loop `else` in the loop; the value changed in place there or not "
                 "assigned a computed value in the loop (it could alias a parameter the step updates); several reads on "
-                "the line; print keywords; `!r`, `%s` or a format spec that is not a float one.",
+                "the line (a number-formatted name last assigned a certain Python number -- `float()`, `int()`, "
+                "`round()`, `len()`, a `time` clock, arithmetic of those -- is not a read); print keywords; `!r`, `%s` or a format spec that is not a float one.",
         static="everything else on the line is evaluated where it was; the same format spec formats the same number.",
         verification="whole run: the script runs with and without the rewrite for the profiled optimizer steps; the "
                      "parameters after every step must be equal and a rewritten line must have run. The value being a "

@@ -18,7 +18,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from .base import Rewrite, analyzed, code, enclosing_function, expr, node_index, render, replace_nodes, start_line
-from .loop_syntax import is_tensor_expr
+from .loop_syntax import is_tensor_expr, prove_tensor
 
 GENERATOR = "device_math"
 _ARITH = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide)
@@ -81,11 +81,7 @@ def _clamp(meta, module, node: cst.Assign) -> Optional[Rewrite]:
     verified = [f"every use of `{name}` after it is an operand of + - * / with a tensor ({'; '.join(dict.fromkeys(proven))})",
                 f"`{name}` is not rebound later in the function"]
     needs = []
-    why_t = is_tensor_expr(meta, tensor, function, start_line(meta, node))
-    if why_t:
-        verified.append(f"`{code(tensor)}` is a tensor: {why_t}")
-    else:
-        needs.append(f"`{code(tensor)}` is a tensor")
+    prove_tensor(meta, tensor, function, start_line(meta, node), verified, needs)
     return Rewrite(new_source=new_source,
                    description=(f"Keep `{name}` on the device: `{code(tensor)}.clamp({side}={code(bound)})` instead of "
                                 f"reading it to the host with {code(call)} (a blocking sync), since it only feeds tensor "

@@ -19,7 +19,9 @@ training reads the device once per LOG_INTERVAL steps instead of every step.
 Refused: other print calls in the loop (their order against the buffered lines would change), `return` /
 `yield` in the loop (the buffered lines would be lost), a loop `else`, X changed in place in the loop, X not
 assigned in the loop body from a computation (it could alias a tensor the step updates, e.g. a parameter),
-several reads on one line, keyword arguments to print, `!r` conversions, a non-float format spec.
+several reads on one line (a number-formatted field of a name last assigned a certain Python number --
+`float()`, `int()`, `round()`, `len()`, a `time` clock, arithmetic of those -- reads nothing and does not count), keyword
+arguments to print, `!r` conversions, a non-float format spec.
 Whether X is a tensor (not a Python float or a numpy scalar) and that the training is unchanged are proven
 by the verification stage on the user's run (whole-run check: parameters after every optimizer step equal).
 """
@@ -34,14 +36,15 @@ import libcst.matchers as m
 from libcst.metadata import ParentNodeProvider
 
 from .base import Rewrite, add_imports, analyzed, code, enclosing_function, expr, names_in, node_index, \
-    render, replace_nodes, start_line
-from .loop_syntax import fresh, is_tensor_expr
+    qualified_names, render, replace_nodes, start_line
+from .loop_syntax import assigned_from, fresh, is_tensor_expr
 
 GENERATOR = "log_reads"
 LOG_INTERVAL = 20                 # training steps whose log lines come out together, after one read
 _FLOAT_SPEC = re.compile(r"^[^{}]*[eEfFgG%]$")
 _PERCENT = re.compile(r"%(?:%|(?P<flags>[-+ 0]*)(?P<width>\d*)(?P<prec>\.\d+)?(?P<type>[diouxXeEfFgGcrsa]))")
 _STRIPPED = ("detach", "cpu")
+_CLOCKS = {"time.time", "time.perf_counter", "time.monotonic", "time.process_time"}
 
 HELPER = '''
 {interval} = {n}  # training steps whose log lines are printed together, after one device->host read
@@ -86,8 +89,9 @@ def _literal(text: str) -> cst.SimpleString:
     return cst.SimpleString(json.dumps(text, ensure_ascii=False))
 
 
-def _split_fstring(node: cst.FormattedString):
-    """(head, X, spec, tail) for an f-string with exactly one read field, else None."""
+def _split_fstring(node: cst.FormattedString, host=lambda x: False):
+    """(head, X, spec, tail) for an f-string with exactly one read field, else None. `host(name)`: the name is
+    certainly a Python number (a number-formatted field of it reads nothing)."""
     if node.start not in ('f"', "f'"):
         return None
     explicit, implicit = [], []
@@ -97,7 +101,7 @@ def _split_fstring(node: cst.FormattedString):
         x = _read_of(part.expression)
         spec = part.format_spec
         found = explicit if x is not None else implicit
-        if x is None and isinstance(part.expression, cst.Name) and spec:
+        if x is None and isinstance(part.expression, cst.Name) and spec and not host(part.expression):
             x = part.expression            # `{loss:.6f}`: Tensor.__format__ reads a 0-d tensor
         if x is None:
             continue
@@ -122,7 +126,7 @@ def _split_fstring(node: cst.FormattedString):
     return piece(node.parts[:k]), x, spec, piece(node.parts[k + 1:])
 
 
-def _split_percent(node: cst.BinaryOperation):
+def _split_percent(node: cst.BinaryOperation, host=lambda x: False):
     """(head, X, spec, tail) for `"... %.6f ..." % (..., X, ...)` with exactly one float conversion of a read."""
     if not (isinstance(node.operator, cst.Modulo) and isinstance(node.left, cst.SimpleString)):
         return None
@@ -139,7 +143,7 @@ def _split_percent(node: cst.BinaryOperation):
     for k, (c, v) in enumerate(zip(convs, values)):
         x = _read_of(v.value)
         found = explicit if x is not None else implicit
-        x = x or (v.value if isinstance(v.value, cst.Name) else None)
+        x = x or (v.value if isinstance(v.value, cst.Name) and not host(v.value) else None)
         if x is not None and c.group("type") in "eEfFgG" and not (set(c.group("flags")) - {"+", " ", "0"}):
             found.append((k, x, c))
         elif found is explicit and x is not None:
@@ -162,6 +166,26 @@ def _split_percent(node: cst.BinaryOperation):
         return cst.BinaryOperation(left=_literal(text), operator=cst.Modulo(), right=args)
 
     return piece(fmt[:c.start()], values[:k]), x, spec, piece(fmt[c.end():], values[k + 1:])
+
+
+def _host_number(meta, value, function, line: int, depth: int = 0) -> bool:
+    """`value` (a name's last assigned value) is certainly a Python number: a number literal, `float()`/`int()`/
+    `round()`/`len()` of anything, `time.time()`-style clocks, or arithmetic of those."""
+    if value is None or depth > 8:
+        return False
+    if isinstance(value, (cst.Integer, cst.Float)):
+        return True
+    if isinstance(value, cst.UnaryOperation):
+        return _host_number(meta, value.expression, function, line, depth + 1)
+    if isinstance(value, cst.BinaryOperation):
+        return all(_host_number(meta, v, function, line, depth + 1) for v in (value.left, value.right))
+    if isinstance(value, cst.Name):
+        return _host_number(meta, assigned_from(meta, function, value.value, line), function, line, depth + 1)
+    if isinstance(value, cst.Call):
+        if m.matches(value.func, m.Name("float") | m.Name("int") | m.Name("round") | m.Name("len")):
+            return True
+        return bool(qualified_names(meta, value.func) & _CLOCKS)
+    return False
 
 
 def _loop_of(meta, stmt):
@@ -231,8 +255,13 @@ def _rewrite(meta, module, stmt: cst.SimpleStatementLine) -> Optional[Rewrite]:
             and call.args[0].keyword is None and not call.args[0].star):
         return None
     arg = call.args[0].value
-    split = _split_fstring(arg) if isinstance(arg, cst.FormattedString) else \
-        _split_percent(arg) if isinstance(arg, cst.BinaryOperation) else None
+    function, line = enclosing_function(meta, stmt), start_line(meta, stmt)
+
+    def host(name: cst.Name) -> bool:
+        return _host_number(meta, assigned_from(meta, function, name.value, line), function, line)
+
+    split = _split_fstring(arg, host) if isinstance(arg, cst.FormattedString) else \
+        _split_percent(arg, host) if isinstance(arg, cst.BinaryOperation) else None
     if split is None:
         return None
     head, x, spec, tail = split
@@ -248,7 +277,6 @@ def _rewrite(meta, module, stmt: cst.SimpleStatementLine) -> Optional[Rewrite]:
                 and not isinstance(parents[a].value, (cst.Name, cst.Attribute, cst.Subscript))]
     if not computed or len(computed) != len(facts.assigned):
         return None
-    function = enclosing_function(meta, stmt)
     taken = names_in(module)
     interval, helper = fresh(taken, "LOG_INTERVAL"), fresh(taken, "print_log_lines")
     pending = fresh(taken, "log_lines")

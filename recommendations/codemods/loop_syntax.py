@@ -155,6 +155,16 @@ def is_tensor_expr(meta, node, function, before_line: int) -> Optional[str]:
     return None
 
 
+def prove_tensor(meta, node, function, line: int, verified: list, needs: list) -> None:
+    """Record in `verified` why `node` is certainly a tensor, else in `needs` that the verification stage must show
+    it (the rewrite is not auto-applicable before)."""
+    why = is_tensor_expr(meta, node, function, line) if function is not None else None
+    if why:
+        verified.append(f"`{code(node)}` is a tensor: {why}")
+    else:
+        needs.append(f"`{code(node)}` is a tensor")
+
+
 def first_rewrite(source: str, line: int, match):
     """The rewrite `match(meta, module, loop)` gives for the innermost loop at `line` that it matches."""
     wrapper, meta = analyzed(source)

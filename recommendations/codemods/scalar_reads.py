@@ -391,12 +391,13 @@ def _alias_context(meta, function, loop, sub, parents: dict) -> Optional[str]:
     name = assign.targets[0].target.value
     uses = [u for u in _uses(loop.body, name) if u is not assign.targets[0].target]
     contexts = [scalar_context(u, parents) for u in uses]
-    if not uses or None in contexts or _bindings(loop.body, name) != 1 or used_after(meta, function, loop, {name}):
+    if not uses or None in contexts or bindings(loop.body, name) != 1 or used_after(meta, function, loop, {name}):
         return None
     return _INEXACT if _INEXACT in contexts else _EXACT
 
 
-def _bindings(body, name: str) -> int:
+def bindings(body, name: str) -> int:
+    """How many statements or clauses of `body` bind `name` (assignments, loops, comprehensions, `:=`, `as`)."""
     found = []
 
     def binds(target) -> bool:
@@ -411,8 +412,24 @@ def _bindings(body, name: str) -> int:
             if binds(node.target):
                 found.append(node)
 
+        def visit_AnnAssign(self, node) -> None:
+            if binds(node.target):
+                found.append(node)
+
         def visit_For(self, node) -> None:
             if binds(node.target):
+                found.append(node)
+
+        def visit_CompFor(self, node) -> None:
+            if binds(node.target):
+                found.append(node)
+
+        def visit_NamedExpr(self, node) -> None:
+            if binds(node.target):
+                found.append(node)
+
+        def visit_AsName(self, node) -> None:
+            if binds(node.name):
                 found.append(node)
 
     body.visit(_V())

@@ -25,8 +25,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import score  # noqa: E402  (the corpus' scorer: script list, tool path)
 
-_FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|nan|inf")
-_LOSS_LINE = re.compile(r"loss", re.IGNORECASE)
+_NUMBER = r"[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|nan|inf)"
+_FLOAT = re.compile(_NUMBER)
+# a `loss` label and the number right after it (`loss 0.5`, `loss=0.5`, `loss: 0.5`), or a `losses` label and the
+# run of numbers right after it (`losses 0.5 0.4`, `losses [0.5, 0.4]`); what follows (an elapsed time, another
+# metric) is not a loss
+_LOSS = re.compile(rf"\b(?:(?P<one>loss)|(?P<many>losses))\b\s*[:=]?\s*"
+                   rf"(?:(?(one)(?P<value>{_NUMBER})(?![\w.])|\[?\s*(?P<values>{_NUMBER}(?:[\s,]+{_NUMBER})*)))",
+                   re.IGNORECASE)
 
 
 def _env():
@@ -34,12 +40,14 @@ def _env():
 
 
 def loss_sequence(stdout: str) -> list:
-    """Every number after the word `loss` on the script's output lines, in order."""
+    """The loss values printed on the script's output lines, in order: the number right after each `loss`
+    label, the numbers right after each `losses` label."""
     values = []
     for line in stdout.splitlines():
-        m = _LOSS_LINE.search(line)
-        if m and not line.startswith("npu-advise"):
-            values += [float(x) for x in _FLOAT.findall(line[m.end():])]
+        if line.startswith("npu-advise"):
+            continue
+        for m in _LOSS.finditer(line):
+            values += [float(m["value"])] if m["value"] else [float(x) for x in _FLOAT.findall(m["values"])]
     return values
 
 
