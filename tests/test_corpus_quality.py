@@ -101,7 +101,9 @@ def test_fused_loop_takes_the_predicted_cost_of_the_loop_it_replaces(corpus_scor
     doc = json.loads((corpus_out / "centerpoint_bev" / "findings.json").read_text())
     (loop,) = [f for f in doc["findings"] if f["rule"] == "NPA501" and f["locations"][0]["line"] == 57]
     (fused,) = [f for f in doc["findings"] if f["rule"] == "NPA807"]
-    assert fused["locations"][0]["line"] == 57 and fused["severity"] == loop["severity"] == "high"
-    assert fused["details"]["severity_from"] == "NPA501 at targets.py:57 (high)"
+    # the loop's severity is its NPU saving over the measured CPU step time: high on a quiet machine,
+    # medium when load stretches the step; either way the fused finding takes it (its own lines: low)
+    assert fused["locations"][0]["line"] == 57 and fused["severity"] == loop["severity"] in ("high", "medium")
+    assert fused["details"]["severity_from"] == f"NPA501 at targets.py:57 ({loop['severity']})"
     (ev,) = [e for e in fused["evidence"] if e["label"] == "the loop's estimated saving per step (NPA501)"]
     assert ev["value"] == loop["estimated_saving_us"] and "the fused op replaces the whole loop" in ev["how"]
