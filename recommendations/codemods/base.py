@@ -337,6 +337,19 @@ def node_index(module: cst.Module) -> NodeIndex:
     return NodeIndex(module)
 
 
+def rewrites_at(source: str, line: int, node_type, build, accept=lambda node: True) -> list:
+    """[the first rewrite `build(meta, module, node)` gives for a `node_type` node that starts at `line` and
+    that `accept` takes], or [] -- how the one-statement generators find their candidate."""
+    wrapper, meta = analyzed(source)
+    module = wrapper.module
+    for node in node_index(module).of(node_type):
+        if start_line(meta, node) == line and accept(node):
+            r = build(meta, module, node)
+            if r is not None:
+                return [r]
+    return []
+
+
 class _ReplaceNodes(cst.CSTTransformer):
     """Replace nodes by identity in one pass (several deep_replace calls would lose the later targets,
     which belong to the tree before the first replacement). With `descend` (ids of the targets'

@@ -17,7 +17,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, analyzed, code, enclosing_function, expr, node_index, render, replace_nodes, start_line
+from .base import Rewrite, code, enclosing_function, expr, render, replace_nodes, rewrites_at, start_line
 from .loop_syntax import is_tensor_expr, prove_tensor
 
 GENERATOR = "device_math"
@@ -25,14 +25,7 @@ _ARITH = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide)
 
 
 def candidates(source: str, line: int) -> list:
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    for node in node_index(module).of(cst.Assign):
-        if start_line(meta, node) == line:
-            r = _clamp(meta, module, node)
-            if r is not None:
-                return [r]
-    return []
+    return rewrites_at(source, line, cst.Assign, _clamp)
 
 
 def _read(node) -> Optional[cst.BaseExpression]:

@@ -22,21 +22,14 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import (Rewrite, analyzed, code, enclosing_function, expr, names_in, node_index, render, replace_nodes,
-                   start_line)
+from .base import Rewrite, code, enclosing_function, expr, names_in, render, replace_nodes, rewrites_at, start_line
 from .loop_syntax import assigned_from, fresh, prove_tensor
 
 GENERATOR = "element_reads"
 
 
 def candidates(source: str, line: int) -> list:
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    for stmt in node_index(module).of(cst.SimpleStatementLine):
-        if start_line(meta, stmt) == line and len(stmt.body) == 1:
-            r = _rewrite(meta, module, stmt)
-            return [r] if r is not None else []
-    return []
+    return rewrites_at(source, line, cst.SimpleStatementLine, _rewrite, lambda stmt: len(stmt.body) == 1)
 
 
 def _element(node) -> Optional[tuple]:

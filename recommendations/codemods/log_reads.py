@@ -35,8 +35,8 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import ParentNodeProvider
 
-from .base import Rewrite, add_imports, analyzed, code, enclosing_function, expr, names_in, node_index, \
-    qualified_names, render, replace_nodes, start_line
+from .base import (Rewrite, add_imports, enclosing_function, expr, names_in, qualified_names, render, replace_nodes,
+                   rewrites_at, start_line)
 from .loop_syntax import assigned_from, fresh, is_tensor_expr
 
 GENERATOR = "log_reads"
@@ -60,13 +60,8 @@ def {helper}(pending):
 
 
 def candidates(source: str, line: int) -> list:
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    for stmt in node_index(module).of(cst.SimpleStatementLine):
-        if start_line(meta, stmt) == line and len(stmt.body) == 1 and isinstance(stmt.body[0], cst.Expr):
-            r = _rewrite(meta, module, stmt)
-            return [r] if r is not None else []
-    return []
+    return rewrites_at(source, line, cst.SimpleStatementLine, _rewrite,
+                       lambda stmt: len(stmt.body) == 1 and isinstance(stmt.body[0], cst.Expr))
 
 
 def _base(node) -> Optional[cst.BaseExpression]:

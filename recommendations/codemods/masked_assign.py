@@ -22,8 +22,7 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import (Rewrite, add_imports, analyzed, code, enclosing_function, expr, node_index, render, replace_nodes,
-                   start_line)
+from .base import Rewrite, add_imports, code, enclosing_function, expr, render, replace_nodes, rewrites_at, start_line
 from .loop_syntax import prove_tensor
 
 GENERATOR = "masked_assign"
@@ -33,13 +32,7 @@ _UNARY = (cst.Minus, cst.Plus, cst.BitInvert)
 
 
 def candidates(source: str, line: int) -> list:
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    for node in node_index(module).of(cst.Assign):
-        if start_line(meta, node) == line:
-            r = _rewrite(meta, module, node)
-            return [r] if r is not None else []
-    return []
+    return rewrites_at(source, line, cst.Assign, _rewrite)
 
 
 def _masked(node, mask: str) -> bool:

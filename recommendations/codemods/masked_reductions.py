@@ -18,21 +18,13 @@ from typing import Optional
 import libcst as cst
 import libcst.matchers as m
 
-from .base import Rewrite, add_imports, analyzed, code, expr, node_index, qualified_names, replace_nodes, start_line
+from .base import Rewrite, add_imports, code, expr, qualified_names, replace_nodes, rewrites_at
 
 GENERATOR = "masked_reductions"
 
 
 def candidates(source: str, line: int) -> list:
-    wrapper, meta = analyzed(source)
-    module = wrapper.module
-    out = []
-    for node in node_index(module).of(cst.Call):
-        if start_line(meta, node) == line:
-            r = _rewrite(meta, module, node)
-            if r is not None:
-                out.append(r)
-    return out[:1]
+    return rewrites_at(source, line, cst.Call, _rewrite)
 
 
 def _selection(meta, node) -> Optional[tuple]:
