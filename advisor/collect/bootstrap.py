@@ -37,6 +37,17 @@ def _parse(argv):
     return argv[0], argv[2], list(argv[3:])
 
 
+def enter_script(argv) -> tuple:
+    """(config, script, args) of a child's `CONFIG.json -- SCRIPT [ARGS]...` command line (None: sys.argv), with
+    sys.argv and sys.path[0] set as `python SCRIPT ARGS` sets them: the script must not see that it runs in
+    one of our children (the collector's or the verification stage's)."""
+    config_path, script, script_args = _parse(sys.argv[1:] if argv is None else argv)
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    sys.argv = [script] + script_args
+    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    return config, script, script_args
+
+
 def _exit_code(exc: SystemExit) -> int:
     """What the interpreter would exit with for this SystemExit (printing a str code like it does)."""
     code = exc.code
@@ -64,8 +75,7 @@ def _last_error_line(exc: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    config_path, script, script_args = _parse(sys.argv[1:] if argv is None else argv)
-    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    config, script, script_args = enter_script(argv)
     out_dir = Path(config["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0") or 0)
@@ -74,9 +84,6 @@ def main(argv=None) -> int:
               "outcome": "starting", "exit_code": None, "error": None, "stopped_early": False,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
-    # Look exactly like `python SCRIPT ARGS` to the script.
-    sys.argv = [script] + script_args
-    sys.path[0] = os.path.dirname(os.path.realpath(script))
 
     try:
         import torch  # noqa: F401

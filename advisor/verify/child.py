@@ -22,17 +22,14 @@ import sys
 import types
 from pathlib import Path
 
-from npu_advise.collect.bootstrap import _exit_code, _last_error_line, _parse, _print_user_traceback
+from npu_advise.collect.bootstrap import _exit_code, _last_error_line, _print_user_traceback, enter_script
 
 from .swap import PAIR_BUILTIN, instrument
 
 
 def main(argv=None) -> int:
-    spec_path, script, script_args = _parse(sys.argv[1:] if argv is None else argv)
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    spec, script, _ = enter_script(argv)
     results = Path(spec["results"])
-    sys.argv = [script] + script_args
-    sys.path[0] = os.path.dirname(os.path.realpath(script))
     try:
         import torch  # noqa: F401
     except Exception as exc:

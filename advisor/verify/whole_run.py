@@ -193,13 +193,10 @@ class _Stop(SystemExit):
 
 
 def main(argv=None) -> int:
-    from npu_advise.collect.bootstrap import _exit_code, _last_error_line, _parse
+    from npu_advise.collect.bootstrap import _exit_code, _last_error_line, enter_script
 
-    spec_path, script, script_args = _parse(sys.argv[1:] if argv is None else argv)
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    spec, script, _ = enter_script(argv)
     results = Path(spec["results"])
-    sys.argv = [script] + script_args
-    sys.path[0] = os.path.dirname(os.path.realpath(script))
     doc = {"steps": [], "driving": None, "lines": [], "outcome": None}
     patch = spec.get("patch")
     patched_file = os.path.realpath(patch["file"]) if patch else None
