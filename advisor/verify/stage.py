@@ -228,12 +228,18 @@ def _python_of(collection: dict) -> str:
         return sys.executable
 
 
+def run_timeout(collection: dict, timeout_s: Optional[float]) -> float:
+    """A verification child's time limit: `timeout_s` as given, else MIN_RUN_TIMEOUT_S or 3x the profiled run."""
+    if timeout_s is not None:
+        return timeout_s
+    return max(MIN_RUN_TIMEOUT_S, 3 * float(collection.get("wall_seconds") or 0))
+
+
 def _run(specs: list, collection: dict, max_calls: int, timeout_s: Optional[float], log, echo):
     schedule = collection.get("schedule") or {}
     max_steps = 0 if collection.get("mode") == "window" else \
         int(schedule.get("wait", 1)) + int(schedule.get("warmup", 1)) + int(schedule.get("active", 3))
-    if timeout_s is None:
-        timeout_s = max(MIN_RUN_TIMEOUT_S, 3 * float(collection.get("wall_seconds") or 0))
+    timeout_s = run_timeout(collection, timeout_s)
     python = _python_of(collection)
     with tempfile.TemporaryDirectory(prefix="npu_advise_verify_") as tmp:
         results_path = Path(tmp) / "results.json"

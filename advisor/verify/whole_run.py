@@ -157,10 +157,9 @@ def _changed_lines(old: str, new: str) -> set:
 
 
 def _run(patch, collection: dict, max_steps: int, timeout_s, log, stats):
-    from .stage import MIN_RUN_TIMEOUT_S, _python_of, launch
+    from .stage import _python_of, launch, run_timeout
 
-    if timeout_s is None:
-        timeout_s = max(MIN_RUN_TIMEOUT_S, 3 * float(collection.get("wall_seconds") or 0))
+    timeout_s = run_timeout(collection, timeout_s)
     python = _python_of(collection)
     with tempfile.TemporaryDirectory(prefix="npu_advise_whole_run_") as tmp:
         results = Path(tmp) / "results.json"
