@@ -20,6 +20,7 @@ Backward ops (run by autograd, not by the loop) are excluded.
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -30,7 +31,8 @@ from npu_advise.findings import Evidence, Finding, Location, severity_for_share
 from npu_advise.load.locations import is_user_file
 from npu_advise.rules import Rule
 
-from . import Analysis, dispatch_cost, placement, source
+from . import Analysis, callers, dispatch_cost, placement, source
+from .callers import COMPREHENSION_FRAMES
 from .common import relative_path, resolve_source, step_stats, us
 from .optimizer import ops_inside, step_ranges
 
@@ -183,14 +185,12 @@ def _line_stats(group: pd.DataFrame) -> dict:
             "items": int(group["name"].isin(_ITEM_OPS).sum())}
 
 
-_COMPREHENSION_FRAMES = ("<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>")
-
-
 def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
     if not len(top):
         return []
     locs = trace.locations
-    loops = {}   # (file, loop line) -> {"loop": LoopInfo, "path": Path, "lines": {line: stats}, "function": str}
+    loops = {}   # (path, loop line) -> {"loop": LoopInfo, "path": Path, "file": str, "lines": {line: stats}, ...}
+    outside = []     # rows of user lines outside any loop: a helper function's, perhaps called in a loop
     for where, group in top.groupby("loc", sort=False):
         file, line = str(locs.at[int(where), "file"]), int(locs.at[int(where), "line"])
         if not is_user_file(file):
@@ -198,36 +198,67 @@ def _loop_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
         path = resolve_source(file, ctx.project_root)
         if path is None:
             continue
-        enclosing = source.enclosing_loops(path, line)
-        if not enclosing:
-            continue
-        loop = enclosing[0]
-        entry = loops.setdefault((file, loop.line), {"loop": loop, "path": path, "lines": {},
-                                                     "function": str(locs.at[int(where), "function"])})
-        entry.setdefault("roots", []).extend(group["root"].tolist())
-        entry.setdefault("names", []).extend(group["name"].tolist())
-        st = _line_stats(group)
-        # A comprehension's ops run once per ITS iteration: inside a loop statement they say nothing of how
-        # often the statement's loop ran (Python <= 3.11 records them under the comprehension's own frame).
-        in_comprehension = str(locs.at[int(where), "function"]) in _COMPREHENSION_FRAMES
-        if in_comprehension and loop.kind != "comprehension":
-            st["comprehension_executions"], st["executions"] = st["executions"], 0
-        # One source line can appear under several function names (a comprehension): merge.
-        prev = entry["lines"].get(line)
-        if prev:
-            st = {"executions": max(prev["executions"], st["executions"]), "names": max(prev["names"], st["names"]),
-                  "comprehension_executions": max(prev.get("comprehension_executions", 0),
-                                                  st.get("comprehension_executions", 0)),
-                  "ops": prev["ops"] + st["ops"],
-                  "host_ns": prev["host_ns"] + st["host_ns"], "nested": prev["nested"] + st["nested"],
-                  "items": prev["items"] + st["items"]}
-        entry["lines"][line] = st
+        function = str(locs.at[int(where), "function"])
+        if not _add_line(loops, file, path, line, function, group):
+            outside.append(group)
+    if outside:
+        _add_helper_ops(trace, ctx, loops, pd.concat(outside))
     findings = []
-    for (file, loop_line), entry in loops.items():
-        f = _loop_finding(trace, ctx, stats, file, entry)
+    for entry in loops.values():
+        f = _loop_finding(trace, ctx, stats, entry["file"], entry)
         if f is not None:
             findings.append(f)
     return findings
+
+
+def _add_line(loops: dict, file: str, path, line: int, function: str, group: pd.DataFrame,
+              helper: bool = False) -> bool:
+    """Count `group`'s ops (issued at `line`, in `function`'s frame) for the innermost loop around the line;
+    False when no loop holds it."""
+    enclosing = source.enclosing_loops(path, line)
+    if not enclosing:
+        return False
+    loop = enclosing[0]
+    # keyed by the file on disk: Kineto's frames and the collector's marks spell its path differently
+    entry = loops.setdefault((str(Path(path).resolve()), loop.line), {
+        "loop": loop, "path": path, "file": file, "lines": {}, "function": function, "helper_ops": 0})
+    entry.setdefault("roots", []).extend(group["root"].tolist())
+    entry.setdefault("names", []).extend(group["name"].tolist())
+    if helper:
+        entry["helper_ops"] += len(group)
+    st = _line_stats(group)
+    # A comprehension's ops run once per ITS iteration: inside a loop statement they say nothing of how
+    # often the statement's loop ran (Python <= 3.11 records them under the comprehension's own frame).
+    if function in COMPREHENSION_FRAMES and loop.kind != "comprehension":
+        st["comprehension_executions"], st["executions"] = st["executions"], 0
+    # One source line can appear under several function names (a comprehension), or issue its own ops and
+    # a helper's: merge.
+    prev = entry["lines"].get(line)
+    if prev:
+        st = {"executions": max(prev["executions"], st["executions"]), "names": max(prev["names"], st["names"]),
+              "comprehension_executions": max(prev.get("comprehension_executions", 0),
+                                              st.get("comprehension_executions", 0)),
+              "ops": prev["ops"] + st["ops"],
+              "host_ns": prev["host_ns"] + st["host_ns"], "nested": prev["nested"] + st["nested"],
+              "items": prev["items"] + st["items"]}
+    entry["lines"][line] = st
+    return True
+
+
+def _add_helper_ops(trace, ctx, loops: dict, group: pd.DataFrame) -> None:
+    """Count the ops of helper functions for the loop of the call that issued them (analyzers/callers.py),
+    at the call's line."""
+    locs = trace.locations
+    functions = locs["function"].to_numpy()[group["loc"].to_numpy()]
+    sites = callers.loop_call_sites(trace, group["row"].to_numpy(), functions, ctx.project_root)
+    keep = np.array([s is not None for s in sites], dtype=bool)
+    if not keep.any():
+        return
+    group = group[keep].assign(site=[s for s in sites if s is not None])
+    for (file, line, function), ops in group.groupby("site", sort=False):
+        path = resolve_source(file, ctx.project_root)
+        if path is not None:
+            _add_line(loops, file, path, line, function, ops.drop(columns="site"), helper=True)
 
 
 def _executions_per_loop(lines: dict) -> int:
@@ -264,8 +295,11 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     # each pays its dispatch cost there, so a loop is worth vectorizing from fewer iterations.
     max_mean_us = MAX_MEAN_OP_US if trace.has_device_timeline else MAX_MEAN_OP_US_PREDICTED
     predicted_launches = placement.recorded(trace) and not trace.has_device_timeline
+    # A loop that is small-op bound only with the ops of the helpers it calls is held to the full iteration
+    # floor: over a handful of levels or classes, a call per iteration is the usual structure.
+    helper_bound = (ops_total - entry["helper_ops"]) / n < MIN_OPS_PER_STEP
     min_iterations = MIN_ITERATIONS_PREDICTED if predicted_launches and loop.kind != "comprehension" \
-        else MIN_ITERATIONS_PER_STEP
+        and not helper_bound else MIN_ITERATIONS_PER_STEP
     if iterations < min_iterations or ops_per_step < MIN_OPS_PER_STEP or mean_op_us > max_mean_us:
         return None
     ops_per_iteration = ops_per_step / iterations
@@ -284,6 +318,10 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         Evidence("ops per iteration", round(ops_per_iteration, 3), "ops", "top-level ops per step / iterations per step"),
         Evidence("ops per step", round(ops_per_step, 3), "ops",
                  "top-level ops issued by the loop's lines (forward only) / steps"),
+        *([Evidence("ops of called functions per step", round(entry["helper_ops"] / n, 3), "ops",
+                    "of the ops per step, those issued inside functions the loop's lines call, tied to the call "
+                    "by the recorded Python call chain (a callee called from one line of its caller)")]
+          if entry["helper_ops"] else []),
         Evidence("aten ops per step incl. nested", round((ops_total + nested_total) / n, 3), "ops",
                  "top-level ops plus the ops nested inside them / steps"),
         Evidence("host time per step", round(host_us, 3), "us", "sum of top-level op host durations / steps"
@@ -328,6 +366,7 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         "ops_per_step": round(ops_per_step, 3), "host_us_per_step": round(host_us, 3),
         "function": function_name, "idiom": idiom, "idiom_line": idiom_line, "busiest_line": busiest,
         "item_calls_per_step": round(items / n, 3), "lines": per_line,
+        "helper_ops_per_step": round(entry["helper_ops"] / n, 3),
     }
     if predicted:
         details["placement"] = placed or "not recorded: every op of the loop's lines counted"

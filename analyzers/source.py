@@ -201,6 +201,7 @@ def clear_cache():
     _read.cache_clear()
     _lines.cache_clear()
     _tree.cache_clear()
+    _call_lines.cache_clear()
 
 
 # Folders that never hold the user's own code (VCS data, caches, environments, build copies).
@@ -220,3 +221,33 @@ def python_files(root: Path, limit: int) -> list:
                 if len(out) >= limit:
                     return out
     return out
+
+
+@lru_cache(maxsize=4096)
+def _call_lines(path: str, def_line: int, name: str) -> tuple:
+    tree = parse(path)
+    if tree is None:
+        return ()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and def_line in (
+                node.lineno, *(d.lineno for d in node.decorator_list)):
+            sites, todo = set(), [(stmt, False) for stmt in node.body]
+            while todo:
+                sub, in_comprehension = todo.pop()
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                    continue        # a nested def's calls run in its own frame
+                if isinstance(sub, ast.Call):
+                    f = sub.func
+                    if (isinstance(f, ast.Name) and f.id == name) or (isinstance(f, ast.Attribute) and f.attr == name):
+                        sites.add((sub.lineno, in_comprehension))
+                inner = in_comprehension or isinstance(sub, _COMPREHENSIONS)
+                todo.extend((child, inner) for child in ast.iter_child_nodes(sub))
+            return tuple(sorted(sites))
+    return ()
+
+
+def call_lines(path, def_line: int, name: str) -> tuple:
+    """(line, inside a comprehension) of every call of something named `name` (`name(...)`, `obj.name(...)`)
+    in the function defined at `def_line`, not counting nested defs and lambdas; () when there is no such
+    function."""
+    return _call_lines(str(path), def_line, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class Candidate:
         The replaced function is the innermost def that holds every changed line in both texts, once
         module-level imports the rewrite adds are set aside. Anything else is MODULE_LEVEL."""
         try:
-            old_defs, new_defs = _defs(ast.parse(self.old_source)), _defs(ast.parse(self.new_source))
+            old_defs, new_defs = _source_defs(self.old_source), _source_defs(self.new_source)
         except SyntaxError:
             return
         old_lines, new_lines = self.old_source.split("\n"), self.new_source.split("\n")
@@ -137,10 +138,13 @@ def function_defs(tree: ast.Module) -> dict:
     return out
 
 
-def _defs(tree: ast.Module) -> dict:
-    """qualified name -> (first line incl. decorators, last line) of every def."""
+# Every candidate of a file is located against the same original text: parse it once.
+@functools.lru_cache(maxsize=16)
+def _source_defs(source: str) -> dict:
+    """qualified name -> (first line incl. decorators, last line) of every def (read-only: shared). Raises
+    SyntaxError."""
     return {name: (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno)
-            for name, (node, _) in function_defs(tree).items()}
+            for name, (node, _) in function_defs(ast.parse(source)).items()}
 
 
 def _bodies(node) -> list:

@@ -121,6 +121,45 @@ def test_a_comprehension_outside_any_loop_statement_is_a_loop(tmp_path):
     assert by_loop[6].details["loop_kind"] == "for" and by_loop[6].details["iterations_per_step"] == 10.0
 
 
+def test_ops_of_a_helper_called_in_a_loop_count_for_the_loop(tmp_path):
+    # The ops run inside `seg_dist` (lines 4-6, outside any loop) belong to the loop and the comprehension
+    # that call it. Silent: a loop over 3 levels (small-op bound only with its helper's ops), and a loop
+    # whose helper is called from two lines of its function (the trace cannot tell which call ran where).
+    script = tmp_path / "helpers.py"
+    script.write_text("import torch\n"
+                      "pts, segs = torch.rand(12, 2), torch.rand(5, 2)\n"
+                      "def seg_dist(p, s):\n"
+                      "    d = (p[None] - s).abs()\n"
+                      "    d = d * 0.5 + 0.1\n"
+                      "    return d.sum(-1).amin()\n"
+                      "def loop():\n"
+                      "    total = 0.0\n"
+                      "    for t in range(12):\n"
+                      "        total = total + seg_dist(pts[t], segs)\n"
+                      "    return total\n"
+                      "def comprehension():\n"
+                      "    return [seg_dist(pts[t], segs) for t in range(10)]\n"
+                      "def levels():\n"
+                      "    return sum(seg_dist(pts[lvl], segs) for lvl in range(3))\n"
+                      "def twice():\n"
+                      "    first = seg_dist(pts[0], segs)\n"
+                      "    for t in range(12):\n"
+                      "        first = first + seg_dist(pts[t], segs)\n"
+                      "    return first\n"
+                      "def step():\n"
+                      "    return loop(), comprehension(), levels(), twice()\n")
+    trace = load_kineto(str(profile_script(script, "step", tmp_path / "t.json")))
+    source.clear_cache()
+    by_loop = {f.details["loop_line"]: f for f in small_op_loops.analyze(trace, Context(project_root=tmp_path)).findings}
+    assert set(by_loop) == {9, 13}
+    loop, comp = by_loop[9], by_loop[13]
+    assert loop.details["iterations_per_step"] == 12.0 and comp.details["iterations_per_step"] == 10.0
+    # the same helper ops per call, wherever it is called from
+    assert loop.details["helper_ops_per_step"] / 12 == comp.details["helper_ops_per_step"] / 10 >= 5
+    assert any(e.label == "ops of called functions per step" for e in loop.evidence)
+    assert [l.line for l in loop.locations] == [9, 10]
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (SHARED / "kineto").glob("*.json.gz")))
 def test_real_gpu_traces_have_no_exact_loop_findings(name):
     # Foreign traces have no exact lines and their sources are not here: no loop can be pinpointed.
