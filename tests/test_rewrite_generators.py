@@ -478,6 +478,58 @@ def test_map_vmap_sums_and_maps_over_a_non_leading_dim(cams):
     _idempotent(map_loops, r.new_source, line_of(r.new_source, "return acc / hits"))
 
 
+NEW_AXIS = '''import torch
+import torch.nn.functional as F
+
+
+def collision(ego, agents, valid, safe=3.0):
+    total = ego.new_zeros(())
+    steps = ego.shape[1]
+    for t in range(steps):
+        dist = torch.linalg.norm(agents[:, :, t] - ego[:, None, t], dim=-1)
+        total = total + (F.relu(safe - dist) * valid).sum() / valid.sum().clamp(min=1.0)
+    return total / max(steps, 1)
+
+
+def offsets(ego, anchors):
+    return torch.stack([ego[None, :, t] - anchors[t] for t in range(anchors.shape[0])])
+'''
+
+
+@pytest.mark.parametrize("steps,agents,contiguous", [(0, 3, True), (1, 1, True), (6, 4, True), (5, 3, False)])
+def test_map_vmap_keeps_new_axes_of_an_indexed_operand(steps, agents, contiguous):
+    # `ego[:, None, t]`: the loop index on ego's dim 1, a new axis before it -> ego mapped over dim 1, the element
+    # read as `ego_t[:, None]`
+    r = map_loops.candidates(NEW_AXIS, line_of(NEW_AXIS, "for t in range(steps)"))[0]
+    assert r.generator == "map_vmap" and "ego_t[:, None]" in r.new_source and "ego[:, :steps].movedim(1, 0)" in r.new_source
+    old, new = _pair(NEW_AXIS, r, "collision")
+    gen = torch.Generator().manual_seed(steps)
+    ego = torch.randn(2, steps, 2, generator=gen) * 3
+    others = torch.randn(2, agents, steps, 2, generator=gen) * 3
+    if not contiguous:
+        ego, others = ego.transpose(0, 1).contiguous().transpose(0, 1), others.flip(-1)
+    valid = (torch.rand(2, agents, generator=gen) > 0.3).float()
+    if steps == 0:       # vmap over zero iterations raises: said in the constraints
+        assert any("zero iterations" in c for c in r.constraints)
+        with pytest.raises((RuntimeError, IndexError)):
+            new(ego, others, valid)
+    else:
+        _same(old(ego, others, valid), new(ego, others, valid))
+        ego.requires_grad_(True)
+        g_old, = torch.autograd.grad(old(ego, others, valid), ego)
+        g_new, = torch.autograd.grad(new(ego, others, valid), ego)
+        _same(g_old, g_new)
+    _idempotent(map_loops, r.new_source, line_of(r.new_source, "return total / max(steps, 1)"))
+    # a leading new axis in a comprehension: `ego[None, :, t]` -> `ego_t[None]`
+    c = map_loops.candidates(NEW_AXIS, line_of(NEW_AXIS, "torch.stack([ego[None, :, t]"))
+    vm = next(x for x in c if x.generator == "map_vmap")
+    assert "ego_t[None]" in vm.new_source
+    old, new = _pair(NEW_AXIS, vm, "offsets")
+    anchors = torch.randn(max(steps, 1), 2, 2, generator=gen)
+    ego = torch.randn(2, max(steps, 1), 2, generator=gen)
+    _same(old(ego, anchors), new(ego, anchors))
+
+
 FOREACH = '''import torch
 
 

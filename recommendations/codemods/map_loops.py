@@ -284,12 +284,29 @@ def _full(el: cst.SubscriptElement) -> bool:
     return isinstance(sl, cst.Slice) and sl.lower is None and sl.upper is None and sl.step is None
 
 
+def _new_axis(el: cst.SubscriptElement) -> bool:
+    return isinstance(el.slice, cst.Index) and m.matches(el.slice.value, m.Name("None"))
+
+
 def index_position(sub: cst.Subscript, el: cst.SubscriptElement) -> Optional[int]:
-    """k when `sub` is `A[:, ..., i, :, ...]` with `el` (holding i) at position k and every other element `:`."""
-    k = next(j for j, e in enumerate(sub.slice) if e is el)
-    if all(_full(e) for j, e in enumerate(sub.slice) if j != k):
-        return k
+    """k when `sub` is `A[:, ..., i, :, ...]` with `el` (holding i) on A's dim k and every other element `:` or
+    `None` (a new axis, which takes no dim of A)."""
+    j = next(j for j, e in enumerate(sub.slice) if e is el)
+    if all(_full(e) or _new_axis(e) for e in sub.slice if e is not el):
+        return sum(1 for e in sub.slice[:j] if not _new_axis(e))
     return None
+
+
+def _element_read(sub: cst.Subscript, el: cst.SubscriptElement, param: str) -> cst.BaseExpression:
+    """What `sub` reads, written on the element `param` (A's dim of `el` mapped away): `A[:, i]` -> `param`,
+    `A[:, None, i]` -> `param[:, None]` (its new axes kept in place)."""
+    rest = [e for e in sub.slice if e is not el]
+    if not any(_new_axis(e) for e in rest):
+        return cst.Name(param)
+    while rest and _full(rest[-1]):
+        rest.pop()
+    elements = [e.with_changes(comma=cst.MaybeSentinel.DEFAULT) for e in rest]
+    return cst.Subscript(value=cst.Name(param), slice=elements)
 
 
 def _python_int_use(uses: list, parents: dict) -> bool:
@@ -334,9 +351,8 @@ def _build_params(meta, loop_target, loop_iter, stmts, result, taken) -> Optiona
         subs, other = _index_reads(stmts, result, i)
         by_seq = {}
         for sub in subs:
-            k = index_position(sub, next(e for e in sub.slice if isinstance(e.slice, cst.Index)
-                                         and m.matches(e.slice.value, m.Name(i))))
-            by_seq.setdefault((code(sub.value), k), []).append(sub)
+            el = next(e for e in sub.slice if isinstance(e.slice, cst.Index) and m.matches(e.slice.value, m.Name(i)))
+            by_seq.setdefault((code(sub.value), index_position(sub, el)), []).append((sub, el))
         for (seq_c, k), nodes in by_seq.items():
             p = fresh(taken, f"{seq_c.split('.')[-1]}_{i}")
             lead = ":, " * k
@@ -349,8 +365,8 @@ def _build_params(meta, loop_target, loop_iter, stmts, result, taken) -> Optiona
             params.append((p, sl))
             if k:
                 in_dims[p] = k
-            for sub in nodes:
-                replace[id(sub)] = cst.Name(p)
+            for sub, el in nodes:
+                replace[id(sub)] = _element_read(sub, el, p)
         if other:
             holder = cst.IndentedBlock(body=[cst.SimpleStatementLine(body=[cst.Expr(result)])] + list(stmts))
             if _python_int_use(other, parents_of(holder)):
