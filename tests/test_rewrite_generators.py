@@ -493,6 +493,15 @@ def collision(ego, agents, valid, safe=3.0):
 
 def offsets(ego, anchors):
     return torch.stack([ego[None, :, t] - anchors[t] for t in range(anchors.shape[0])])
+
+
+def sweeps(rots, pts, stamps, n):
+    out = []
+    for k in range(n):
+        xyz = torch.einsum("bij,bnj->bni", rots[:, k], pts[:, k, :, :3]) + pts[:, k, :1, -1, None]
+        dt = (stamps[:, k:k + 1] - stamps[:, :1]).expand(-1, pts.shape[2])[..., None]
+        out.append(torch.cat([xyz, dt, pts[:, k, :, 3:4]], -1))
+    return torch.stack(out, 1)
 '''
 
 
@@ -528,6 +537,25 @@ def test_map_vmap_keeps_new_axes_of_an_indexed_operand(steps, agents, contiguous
     anchors = torch.randn(max(steps, 1), 2, 2, generator=gen)
     ego = torch.randn(2, max(steps, 1), 2, generator=gen)
     _same(old(ego, anchors), new(ego, anchors))
+
+
+@pytest.mark.parametrize("n,contiguous", [(1, True), (3, True), (4, False)])
+def test_map_vmap_maps_reads_with_integer_and_slice_elements(n, contiguous):
+    # `pts[:, k, :, :3]`, `pts[:, k, :1, -1, None]` (basic indexing beside the loop index) and `stamps[:, k:k + 1]`
+    # (the element at k with its dim kept) are read from the mapped element
+    r = map_loops.candidates(NEW_AXIS, line_of(NEW_AXIS, "for k in range(n)"))[0]
+    assert r.generator == "map_vmap"
+    assert "pts_k[:, :, :3]" in r.new_source and "pts_k[:, :1, -1, None]" in r.new_source
+    assert "stamps_k[:, None]" in r.new_source and "stamps[:, :1]" in r.new_source
+    old, new = _pair(NEW_AXIS, r, "sweeps")
+    gen = torch.Generator().manual_seed(n)
+    rots = torch.randn(2, n, 3, 3, generator=gen)
+    pts = torch.randn(2, n, 5, 4, generator=gen)
+    stamps = torch.rand(2, n, generator=gen)
+    if not contiguous:
+        rots, pts = rots.transpose(-1, -2), pts.flip(2)
+    _same(old(rots, pts, stamps, n), new(rots, pts, stamps, n))
+    _idempotent(map_loops, r.new_source, line_of(r.new_source, "out = torch.vmap(_out_one, out_dims=1)"))
 
 
 FOREACH = '''import torch

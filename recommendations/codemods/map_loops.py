@@ -255,9 +255,9 @@ def _effect_free(stmt, locals_: set) -> bool:
 
 
 def _index_reads(stmts: list, result, i: str) -> tuple:
-    """(subscripts `A[i]` / `A[:, i]` / `A[i, :]` with A a loop-invariant name/attribute and `i` alone among full
-    slices, other uses of `i`)."""
-    subs, other = [], []
+    """([(subscript, element)] for reads `A[i]` / `A[:, i]` / `A[:, None, i, 0]` / `A[:, i:i + 1]` with A a
+    loop-invariant name/attribute and the element holding `i` (see index_position), other uses of `i`)."""
+    subs, other, seen = [], [], set()
     holder = cst.IndentedBlock(body=list(stmts) + [cst.SimpleStatementLine(body=[cst.Expr(result)])])
     parents = parents_of(holder)
 
@@ -265,13 +265,17 @@ def _index_reads(stmts: list, result, i: str) -> tuple:
         def visit_Name(self, node) -> None:
             if node.value != i:
                 return
-            idx = parents.get(node)
-            el = parents.get(idx)
+            up = parents.get(node)
+            if isinstance(parents.get(up), cst.Slice):     # `i + 1`, the upper bound of `i:i + 1`
+                up = parents.get(up)
+            el = parents.get(up)
             sub = parents.get(el)
-            if (isinstance(idx, cst.Index) and isinstance(el, cst.SubscriptElement) and isinstance(sub, cst.Subscript)
-                    and index_position(sub, el) is not None and isinstance(sub.value, (cst.Name, cst.Attribute))
-                    and not (isinstance(parents.get(sub), cst.AssignTarget))):
-                subs.append(sub)
+            if (isinstance(el, cst.SubscriptElement) and _holds_index(el, i) and isinstance(sub, cst.Subscript)
+                    and isinstance(sub.value, (cst.Name, cst.Attribute)) and index_position(sub, el, i) is not None
+                    and not isinstance(parents.get(sub), cst.AssignTarget)):
+                if id(el) not in seen:
+                    seen.add(id(el))
+                    subs.append((sub, el))
             else:
                 other.append(node)
 
@@ -288,25 +292,46 @@ def _new_axis(el: cst.SubscriptElement) -> bool:
     return isinstance(el.slice, cst.Index) and m.matches(el.slice.value, m.Name("None"))
 
 
-def index_position(sub: cst.Subscript, el: cst.SubscriptElement) -> Optional[int]:
-    """k when `sub` is `A[:, ..., i, :, ...]` with `el` (holding i) on A's dim k and every other element `:` or
-    `None` (a new axis, which takes no dim of A)."""
+def _unit_slice(el: cst.SubscriptElement, i: str) -> bool:
+    """`i:i + 1`: the element at `i`, its dim kept."""
+    sl = el.slice
+    return (isinstance(sl, cst.Slice) and sl.step is None and m.matches(sl.lower, m.Name(i))
+            and m.matches(sl.upper, m.BinaryOperation(left=m.Name(i), operator=m.Add(), right=m.Integer("1"))))
+
+
+def _holds_index(el: cst.SubscriptElement, i: str) -> bool:
+    return (isinstance(el.slice, cst.Index) and m.matches(el.slice.value, m.Name(i))) or _unit_slice(el, i)
+
+
+def _basic(el: cst.SubscriptElement, i: str) -> bool:
+    """An element that selects the same on every iteration by basic indexing: `:`, `None`, an integer literal, a
+    slice with bounds that do not read `i`."""
+    sl = el.slice
+    if isinstance(sl, cst.Slice):
+        return i not in names_in(sl)
+    v = sl.value
+    return m.matches(v, m.Name("None") | m.Integer() | m.UnaryOperation(operator=m.Minus(), expression=m.Integer()))
+
+
+def index_position(sub: cst.Subscript, el: cst.SubscriptElement, i: str) -> Optional[int]:
+    """A's dim that `el` (holding the loop index `i`) indexes in `sub` = `A[...]`, when every other element is
+    basic (`_basic`: a new axis takes no dim of A, the others one each)."""
     j = next(j for j, e in enumerate(sub.slice) if e is el)
-    if all(_full(e) or _new_axis(e) for e in sub.slice if e is not el):
+    if all(_basic(e, i) for e in sub.slice if e is not el):
         return sum(1 for e in sub.slice[:j] if not _new_axis(e))
     return None
 
 
-def _element_read(sub: cst.Subscript, el: cst.SubscriptElement, param: str) -> cst.BaseExpression:
+def _element_read(sub: cst.Subscript, el: cst.SubscriptElement, param: str, i: str) -> cst.BaseExpression:
     """What `sub` reads, written on the element `param` (A's dim of `el` mapped away): `A[:, i]` -> `param`,
-    `A[:, None, i]` -> `param[:, None]` (its new axes kept in place)."""
-    rest = [e for e in sub.slice if e is not el]
-    if not any(_new_axis(e) for e in rest):
-        return cst.Name(param)
+    `A[:, None, i, 0]` -> `param[:, None, 0]`, `A[:, i:i + 1]` -> `param[:, None]`."""
+    none = cst.SubscriptElement(cst.Index(cst.Name("None")))
+    rest = [none if e is el else e for e in sub.slice if e is not el or _unit_slice(el, i)]
     while rest and _full(rest[-1]):
         rest.pop()
-    elements = [e.with_changes(comma=cst.MaybeSentinel.DEFAULT) for e in rest]
-    return cst.Subscript(value=cst.Name(param), slice=elements)
+    if not rest:
+        return cst.Name(param)
+    return cst.Subscript(value=cst.Name(param), slice=[e.with_changes(comma=cst.MaybeSentinel.DEFAULT) for e in rest])
 
 
 def _python_int_use(uses: list, parents: dict) -> bool:
@@ -350,9 +375,8 @@ def _build_params(meta, loop_target, loop_iter, stmts, result, taken) -> Optiona
             lower, upper = "0", f"len({code(element_sources[0])})"
         subs, other = _index_reads(stmts, result, i)
         by_seq = {}
-        for sub in subs:
-            el = next(e for e in sub.slice if isinstance(e.slice, cst.Index) and m.matches(e.slice.value, m.Name(i)))
-            by_seq.setdefault((code(sub.value), index_position(sub, el)), []).append((sub, el))
+        for sub, el in subs:
+            by_seq.setdefault((code(sub.value), index_position(sub, el, i)), []).append((sub, el))
         for (seq_c, k), nodes in by_seq.items():
             p = fresh(taken, f"{seq_c.split('.')[-1]}_{i}")
             lead = ":, " * k
@@ -366,7 +390,7 @@ def _build_params(meta, loop_target, loop_iter, stmts, result, taken) -> Optiona
             if k:
                 in_dims[p] = k
             for sub, el in nodes:
-                replace[id(sub)] = _element_read(sub, el, p)
+                replace[id(sub)] = _element_read(sub, el, p, i)
         if other:
             holder = cst.IndentedBlock(body=[cst.SimpleStatementLine(body=[cst.Expr(result)])] + list(stmts))
             if _python_int_use(other, parents_of(holder)):
