@@ -40,7 +40,7 @@ def scan_tokens() -> tuple:
     bev_pool_v2), the names of the qualified-name checks, the names the structural detectors look for."""
     return tuple(load().replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
         "grid_sample", "argsort", "sort(", "unique", "gaussian", "assign", "match", "abs", "sqrt", "softmax", "exp",
-        "_reduce")
+        "_reduce", "max")
 
 
 @dataclass

@@ -146,6 +146,16 @@ FUSED_OP_RULES = {
                     "Call the mx_driving op named in the finding; argument orders and layouts can differ from mmcv's "
                     "(roi_align_rotated takes pooled_height and pooled_width separately), so check each call against "
                     "its documentation."),
+    "furthest_point_sampling": Rule(
+        "NPA819", "furthest-point-sampling", "fused_op",
+        "Iterative furthest point sampling written in PyTorch (PointNet++ / VoteNet / 3DSSD fallbacks): a loop that "
+        "lowers a running distance to the chosen points with an elementwise minimum (`torch.minimum`, `torch.min`, "
+        "`torch.where(x < d, x, d)` or `d[m] = x[m]` under `m = x < d`) and takes its argmax as the next point, which "
+        "the loop reads again; any function name, for or while.",
+        "One iteration per sampled point (hundreds to thousands per step), each a gather, a distance, a minimum and "
+        "an argmax: the loop is sequential by nature, so it cannot be vectorized; " + _WHY_LAUNCH + ".",
+        "mx_driving.furthest_point_sampling(points, num_points) samples all points in one kernel (fp32 points "
+        "(B, N, 3); check the index dtype and layout the code expects)."),
 }
 # Structural matches (structure.py) of the same ops share their rule.
 FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]

@@ -13,6 +13,8 @@ than by the names it calls, so a renamed or copied reference implementation is f
 * a per-box loop testing which points lie inside it (`abs(local) <= size / 2`, reduced with `.all` or `&`):
   mx_driving.points_in_box;
 * greedy NMS (`order = scores.argsort()`, a loop refiltering `order = order[1:][iou <= thr]`): mx_driving.nms3d;
+* iterative furthest point sampling (a loop lowering a running distance with a minimum and taking its argmax as
+  the next point): mx_driving.furthest_point_sampling;
 * RMSNorm (`x * rsqrt(mean(x ** 2) + eps)`), rotary embedding (`x * cos + rotate_half(x) * sin` with
   `rotate_half = cat(-x2, x1)`) and attention (`softmax(q @ k^T) @ v`): torch_npu.npu_rms_norm,
   npu_rotary_mul, npu_fusion_attention.
@@ -330,6 +332,85 @@ def greedy_nms_matches(sf: SourceFile, fn) -> list:
     return out
 
 
+def _name_args(call: ast.Call) -> set:
+    """Names the call reads directly: its receiver (`d.min(...)`) and its plain-name arguments."""
+    names = {a.id for a in call.args if isinstance(a, ast.Name)}
+    if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
+        names.add(call.func.value.id)
+    return names
+
+
+def _running_minima(body: list) -> set:
+    """Names a loop body lowers to an elementwise minimum with a new value: `d = torch.minimum(d, x)` (min,
+    fmin, `d.minimum(x)`), `d = torch.where(x < d, x, d)`, or `d[m] = x[m]` under `m = x < d`."""
+    out = set()
+    masks = {}          # mask name -> names its comparison reads
+    for n in body:
+        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) \
+                and isinstance(n.value, ast.Compare):
+            masks[n.targets[0].id] = {x.id for x in ast.walk(n.value) if isinstance(x, ast.Name)}
+    for n in body:
+        if not (isinstance(n, ast.Assign) and len(n.targets) == 1):
+            continue
+        target, value = n.targets[0], n.value
+        if isinstance(target, ast.Name) and isinstance(value, ast.Call):
+            d = target.id
+            if last_name(value) in ("minimum", "min", "fmin") and d in _name_args(value) and \
+                    len(value.args) + (isinstance(value.func, ast.Attribute) and
+                                       isinstance(value.func.value, ast.Name)) >= 2:
+                out.add(d)
+            elif last_name(value) == "where" and len(value.args) == 3 and isinstance(value.args[0], ast.Compare) \
+                    and d in {x.id for x in ast.walk(value.args[0]) if isinstance(x, ast.Name)} \
+                    and isinstance(value.args[2], ast.Name) and value.args[2].id == d:
+                out.add(d)
+        elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) \
+                and isinstance(target.slice, ast.Name) and target.value.id in masks.get(target.slice.id, set()):
+            out.add(target.value.id)
+    return out
+
+
+def _argmax_of(value, names: set) -> bool:
+    """`argmax(d)` / `d.argmax(-1)` / `torch.max(d, -1)[1]` / `d.max(-1).indices` with d in `names`."""
+    if isinstance(value, ast.Subscript) and isinstance(value.slice, ast.Constant) and value.slice.value == 1:
+        value = value.value
+    elif isinstance(value, ast.Attribute) and value.attr == "indices":
+        value = value.value
+    elif isinstance(value, ast.Call) and last_name(value) == "argmax":
+        return bool(_name_args(value) & names)
+    else:
+        return False
+    return isinstance(value, ast.Call) and last_name(value) == "max" and bool(_name_args(value) & names) \
+        and len(value.args) + len(value.keywords) + isinstance(value.func, ast.Attribute) >= 2
+
+
+def furthest_point_matches(sf: SourceFile, fn) -> list:
+    """A loop that lowers a running distance to the chosen points (`d = min(d, dist to the new point)`) and
+    picks the next point as its argmax, which the loop reads again: iterative furthest point sampling, one
+    distance update, one argmax and one gather per sampled point."""
+    out = []
+    for loop in (n for n in _walk_local(fn) if isinstance(n, (ast.For, ast.While))):
+        body = list(_walk_local(loop))
+        minima = _running_minima(body)
+        if not minima:
+            continue
+        picks = set()
+        for n in body:
+            if isinstance(n, ast.Assign) and len(n.targets) == 1:
+                t = n.targets[0]
+                if isinstance(t, ast.Name) and _argmax_of(n.value, minima):
+                    picks.add(t.id)
+                elif isinstance(t, ast.Tuple) and len(t.elts) == 2 and isinstance(t.elts[1], ast.Name) \
+                        and isinstance(n.value, ast.Call) and last_name(n.value) == "max" \
+                        and _name_args(n.value) & minima:
+                    picks.add(t.elts[1].id)        # `_, far = torch.max(d, -1)`
+        read = {x.id for x in body if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Load)}
+        if picks & read:
+            out.append(("furthest_point_sampling", loop, "fused_ops.mmcv_ops",
+                        "a loop picking the point farthest from those chosen (argmax of a running minimum distance)",
+                        "mx_driving.furthest_point_sampling"))
+    return out
+
+
 def _half(node) -> bool:
     """`x / 2`, `x * 0.5`, `0.5 * x`."""
     return any(isinstance(b, ast.BinOp) and (
@@ -484,6 +565,8 @@ def structural_matches(sf: SourceFile) -> list:
             found += reduce_call_matches(sf, fn)
         if "abs" in src:
             found += points_in_box_matches(sf, fn)
+        if "max" in src:
+            found += furthest_point_matches(sf, fn)
         if "sort" in src:
             found += greedy_nms_matches(sf, fn)
         if "rsqrt" in src or "sqrt" in src:

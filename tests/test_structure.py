@@ -176,6 +176,88 @@ def test_group_loops_points_in_boxes_and_gaussian_targets(tmp_path):
         ("NPA807", _line(GROUPS_AND_BOXES, "for k in range"), "targets", "mx_driving.npu_gaussian")]
 
 
+FURTHEST_POINTS = '''\
+import torch
+
+
+def fps_where(xyz, npoint):
+    bs, n, _ = xyz.shape
+    dist = xyz.new_full((bs, n), 1e10)
+    far = torch.zeros(bs, dtype=torch.long)
+    picked = []
+    batch = torch.arange(bs)
+    for _ in range(npoint):
+        picked.append(far)
+        d = ((xyz - xyz[batch, far][:, None]) ** 2).sum(-1)
+        dist = torch.where(d < dist, d, dist)
+        far = torch.argmax(dist, dim=1)
+    return torch.stack(picked, 1)
+
+
+def fps_masked(xyz, npoint):
+    centroids = torch.zeros(xyz.shape[0], npoint, dtype=torch.long)
+    distance = torch.ones(xyz.shape[:2]) * 1e10
+    farthest = torch.randint(0, xyz.shape[1], (xyz.shape[0],))
+    i = 0
+    while i < npoint:
+        centroids[:, i] = farthest
+        centroid = xyz[torch.arange(xyz.shape[0]), farthest, :].view(-1, 1, 3)
+        dist = torch.sum((xyz - centroid) ** 2, -1)
+        mask = dist < distance
+        distance[mask] = dist[mask]
+        farthest = torch.max(distance, -1)[1]
+        i += 1
+    return centroids
+
+
+def fps_tuple(xyz, npoint):
+    dist, far, out = xyz.new_full(xyz.shape[:2], 1e10), xyz.new_zeros(xyz.shape[0], dtype=torch.long), []
+    for _ in range(npoint):
+        out.append(far)
+        dist = torch.min(dist, torch.cdist(xyz, xyz[torch.arange(len(xyz)), far][:, None]).squeeze(-1))
+        _, far = dist.max(-1)
+    return out
+
+
+def nearest_center(points, centers):
+    """Not FPS: a running minimum over centers, then one argmax outside the loop."""
+    best = points.new_full(points.shape[:1], 1e10)
+    for c in centers:
+        best = torch.minimum(best, (points - c).norm(dim=-1))
+    return best.argmax()
+
+
+def decode(logits, steps):
+    """Not FPS: greedy argmax decoding, no running minimum."""
+    tok, out = logits[:, 0].argmax(-1), []
+    for t in range(steps):
+        out.append(tok)
+        tok = (logits[:, t] + out[-1][:, None]).argmax(-1)
+    return out
+
+
+def clamp_scores(scores, ceiling, k):
+    """Not FPS: a running minimum whose argmax is taken but never read again by the loop."""
+    for _ in range(k):
+        scores = torch.min(scores, ceiling)
+        top = scores.argmax()
+    return scores, top
+'''
+
+
+def test_furthest_point_sampling_in_its_spellings(tmp_path):
+    """torch.where / masked write / torch.min running distances, argmax / max(...)[1] / `_, far = max`, for and
+    while; a running minimum with no argmax read by the loop, and argmax decoding, are not FPS."""
+    assert _check(tmp_path, "fps.py", FURTHEST_POINTS) == [
+        ("NPA819", _line(FURTHEST_POINTS, "for _ in range(npoint):"), "fps_where", "mx_driving.furthest_point_sampling"),
+        ("NPA819", _line(FURTHEST_POINTS, "while i < npoint"), "fps_masked", "mx_driving.furthest_point_sampling"),
+        ("NPA819", next(i for i, l in enumerate(FURTHEST_POINTS.splitlines(), 1) if "for _ in range(npoint)" in l
+                        and i > _line(FURTHEST_POINTS, "def fps_tuple")), "fps_tuple",
+         "mx_driving.furthest_point_sampling")]
+    r = run_cli("rules", "NPA819")
+    assert r.returncode == 0 and "furthest_point_sampling" in r.stdout and "sequential" in r.stdout
+
+
 WRITTEN_OUT_TARGETS = '''\
 import numpy as np
 import torch
