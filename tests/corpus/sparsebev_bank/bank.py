@@ -37,7 +37,7 @@ class InstanceBank(nn.Module):
         # previous ego frame -> current ego frame
         prev2cur = torch.linalg.inv(ego_pose) @ self.cached_pose  # gt: cpu_fallback medium
         cached = self.cached_anchor
-        xyz = (prev2cur[:, None, :3, :3] @ cached[..., :3, None]).squeeze(-1) + prev2cur[:, None, :3, 3]
+        xyz = (prev2cur[:, None, :3, :3] @ cached[..., :3, None]).squeeze(-1) + prev2cur[:, None, :3, 3]  # gt: fused_op low
         yaw = prev2cur[:, None, :2, :2] @ cached[..., 6:8, None].flip(-2)
         vel = (prev2cur[:, None, :2, :2] @ cached[..., 8:10, None]).squeeze(-1)
         dt = (timestamp - self.cached_time)[:, None, None]
