@@ -308,14 +308,18 @@ def find_dispatches(sf: SourceFile) -> list:
 
 def with_dispatches(dispatches: list, matches: list) -> list:
     """(match, dispatch or None) for the fused-op matches to report: outside every dispatch all of them;
-    inside one, only the match nearest the arm an NPU runs (the other arm), since the dispatch finding's NPU
-    arm is that replacement."""
+    inside one (by its line, or by a call of the function it is in: a reference called from the arm), only the
+    match nearest the arm an NPU runs (the other arm), since the dispatch finding's NPU arm is that replacement."""
     out, kept = [], {}
+
+    def distance(m, d):      # a match's nearest line (its own, or a call of the function it is in) to the arm
+        return min(abs(l - d.other_line) for l in (m.line, *m.related) if d.line <= l <= d.end_line)
+
     for m in matches:
-        d = next((d for d in dispatches if d.line <= m.line <= d.end_line), None)
+        d = next((d for d in dispatches if any(d.line <= l <= d.end_line for l in (m.line, *m.related))), None)
         if d is None:
             out.append((m, None))
-        elif d.line not in kept or abs(m.line - d.other_line) < abs(kept[d.line][0].line - d.other_line):
+        elif d.line not in kept or distance(m, d) < distance(kept[d.line][0], d):
             kept[d.line] = (m, d)
     return sorted(out + list(kept.values()), key=lambda md: (md[0].line, md[0].col))
 

@@ -40,7 +40,7 @@ def scan_tokens() -> tuple:
     bev_pool_v2), the names of the qualified-name checks, the names the structural detectors look for."""
     return tuple(load().replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
         "grid_sample", "argsort", "sort(", "unique", "gaussian", "assign", "match", "abs", "sqrt", "softmax", "exp",
-        "_reduce", "max")
+        "_reduce", "max", "index_put", "index_add", "scatter_add")
 
 
 @dataclass
@@ -153,8 +153,8 @@ def scan(source: str, sf: Optional[SourceFile] = None) -> list:
                 if copy is not None:
                     add("hungarian_host", node, "fused_ops.hungarian_match",
                         related=(copy,) if copy != node.lineno else ())
-    for kind, node, ref, text, how, op in structural_matches(sf):
-        add(kind, node, ref, text=text, how=how, op=op)
+    for kind, node, ref, text, how, op, calls in structural_matches(sf):
+        add(kind, node, ref, text=text, how=how, op=op, related=calls)
 
     for first, second, var, other in add_relu_pairs(sf):
         out.append(SourceMatch("add_relu", first.lineno, sf.function_name(first),

@@ -24,7 +24,11 @@ FUSED_OP_RULES = {
     "bev_pool_v2": Rule("NPA802", "bev-pool-v3", "fused_op",
                         "A call of BEVDet's bev_pool_v2(...), or hand-written voxel pooling (LSS): points sorted by "
                         "voxel rank, then a cumulative sum over ranks or a scatter into the BEV grid (reported at the "
-                        "sort).",
+                        "sort); or one accumulating scatter of point features by a linearized cell index over at least "
+                        "three coordinates (`out.index_put_((b * H * W + y * W + x,), feats, accumulate=True)`, "
+                        "`index_add_` / `scatter_add_` along dim 0, or `index_put_` with >= 3 cell-index tensors), "
+                        "reported at the scatter with the lines calling its function (a scatter of a constant is a count "
+                        "per cell, not pooling).",
                         "bev_pool_v2 is a CUDA extension; on the NPU it needs the sorted interval tensors and a "
                         "slower kernel.",
                         "Call mx_driving.bev_pool_v3(depth, feat, ranks_depth, ranks_feat, ranks_bev, "
@@ -160,6 +164,7 @@ FUSED_OP_RULES = {
 # Structural matches (structure.py) of the same ops share their rule.
 FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]
 FUSED_OP_RULES["voxel_pooling"] = FUSED_OP_RULES["bev_pool_v2"]
+FUSED_OP_RULES["bev_splat"] = FUSED_OP_RULES["bev_pool_v2"]
 FUSED_OP_RULES["group_loop"] = FUSED_OP_RULES["torch_scatter"]
 FUSED_OP_RULES["index_reduce"] = FUSED_OP_RULES["torch_scatter"]
 FUSED_OP_RULES["gaussian_heatmap"] = FUSED_OP_RULES["centerpoint_targets"]

@@ -5,8 +5,9 @@ than by the names it calls, so a renamed or copied reference implementation is f
   weighted sum: multi-scale deformable attention (mx_driving.multi_scale_deformable_attn);
 * nested loops of `grid_sample` (cameras x levels), or one loop whose samples are weighted and
   accumulated: deformable aggregation (mx_driving.deformable_aggregation);
-* a sort of the points' ranks followed by a cumulative sum or a scatter into a grid: hand-written voxel
-  pooling (mx_driving.bev_pool_v3);
+* a sort of the points' ranks followed by a cumulative sum or a scatter into a grid, or one accumulating
+  scatter of point features by a linearized cell index (splat.py): hand-written voxel pooling
+  (mx_driving.bev_pool_v3);
 * a loop over `unique()` ids (or `range(n)`) that masks each group (`ids == g`) and reduces it:
   mx_driving.scatter_max / scatter_mean / scatter_add;
 * a per-object loop that draws gaussians (`*gaussian*` helpers): mx_driving.npu_gaussian;
@@ -541,7 +542,8 @@ def _head(sf: SourceFile, node) -> str:
 
 
 def structural_matches(sf: SourceFile) -> list:
-    """(kind, node, catalog ref, text, how, op) of every structural match in the file."""
+    """(kind, node, catalog ref, text, how, op, call sites of the function it is in) of every structural match in
+    the file."""
     src = sf.source
     cat = load()
     rotate_half = _rotate_half_functions(sf) if "cat" in src else set()
@@ -552,9 +554,12 @@ def structural_matches(sf: SourceFile) -> list:
         found = []
         if "grid_sample" in src:
             found += sampling_matches(sf, fn)
-        if "sort" in src:
-            vp = voxel_pooling_match(sf, fn)
-            found += [vp] if vp else []
+        vp = voxel_pooling_match(sf, fn) if "sort" in src else None
+        found += [vp] if vp else []
+        if vp is None and ("index_put" in src or "index_add" in src or "scatter_add" in src):
+            from .splat import bev_splat_matches
+
+            found += bev_splat_matches(sf, fn, list(_walk_local(fn)))
         if "unique" in src or "range(" in src:
             found += group_loop_matches(sf, fn)
         named = gaussian_loop_matches(sf, fn) if "gaussian" in src.lower() else []
@@ -575,7 +580,21 @@ def structural_matches(sf: SourceFile) -> list:
             found += rotary_matches(sf, fn, rotate_half)
         if "softmax" in src and "@" in src:
             found += attention_matches(sf, fn)
+        calls = _call_sites(sf, fn) if found else ()
         for kind, node, ref, how, *op in found:      # op: the replacing op, when not the catalog entry's own
-            out.append((kind, node, ref, f"{_head(sf, node)} ... ({how})", how, op[0] if op else ""))
+            out.append((kind, node, ref, f"{_head(sf, node)} ... ({how})", how, op[0] if op else "", calls))
     return out
+
+
+def _call_sites(sf: SourceFile, fn) -> tuple:
+    """Lines in the file that call `fn` by its name (`fn(...)`, `self.fn(...)`), outside `fn` itself: where the
+    replaced code runs from (a dispatch's pure-PyTorch arm, a model's forward); at most three."""
+    lines = []
+    for call in sf.calls():
+        f = call.func
+        name = f.id if isinstance(f, ast.Name) else (f.attr if isinstance(f, ast.Attribute)
+                                                       and isinstance(f.value, ast.Name) and f.value.id in ("self", "cls") else None)
+        if name == fn.name and not (fn.lineno <= call.lineno <= fn.end_lineno) and call.lineno not in lines:
+            lines.append(call.lineno)
+    return tuple(lines[:3])
 

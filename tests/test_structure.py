@@ -622,3 +622,84 @@ def test_every_fused_op_two_migrated_models_use_has_a_documented_rule(shared_dat
     rules = all_rules()
     for code in detected:
         assert rules[code].detects and rules[code].why and rules[code].fix, code
+
+
+BEV_SPLAT = '''\
+import torch
+
+try:
+    from my_ops import bev_pool_forward
+except ImportError:
+    bev_pool_forward = None
+
+
+def splat(volume, geom, b, z, y, x):
+    flat = ((geom[:, 0] * z + geom[:, 1]) * y + geom[:, 2]) * x + geom[:, 3]
+    out = volume.new_zeros(b * z * y * x, volume.shape[1])
+    out.index_put_((flat,), volume, accumulate=True)
+    return out.view(b, z, y, x, -1)
+
+
+def splat_add(feats, bi, yi, xi, h, w):
+    bev = feats.new_zeros(bi.shape[0] * h * w, feats.shape[1])
+    return bev.index_add_(0, bi * h * w + yi * w + xi, feats)
+
+
+def splat_scatter(feats, cell, bi, yi, xi, h, w):
+    key = (bi * h * w + yi * w + xi).long()
+    bev = feats.new_zeros(h * w * 2, feats.shape[1])
+    return bev.scatter_add_(0, key[:, None].expand(-1, feats.shape[1]), feats)
+
+
+def splat_tuple(bev, feats, b, y, x):
+    return bev.index_put_((b, y, x), feats, accumulate=True)
+
+
+class Lift:
+    def forward(self, volume, geom):
+        if bev_pool_forward is not None and volume.is_cuda:
+            return bev_pool_forward(volume, geom)
+        else:
+            return splat(volume, geom, 1, 1, 8, 8)
+
+
+def occupancy(bi, yi, xi, h, w):
+    """Not pooling: a count per cell (a constant scattered)."""
+    grid = torch.zeros(2 * h * w)
+    return grid.index_add_(0, bi * h * w + yi * w + xi, torch.ones_like(xi, dtype=torch.float))
+
+
+def per_class(loss, labels, n):
+    """Not pooling: a sum per class label."""
+    return loss.new_zeros(n).index_add_(0, labels, loss)
+
+
+def masked(x, mask):
+    """Not pooling: a masked write (no accumulation)."""
+    return x.index_put_((mask,), torch.zeros(()))
+
+
+def row_col(m, rows, cols, v):
+    """Not pooling: a 2-D index (one stride) into a matrix."""
+    return m.view(-1).index_add_(0, rows * m.shape[1] + cols, v)
+'''
+
+
+def test_bev_splat_by_a_linearized_cell_index(tmp_path):
+    """Voxel pooling written as one accumulating scatter (index_put_ accumulate / index_add_ / scatter_add_ by a
+    cell index over >= 3 coordinates, or a tuple of >= 3 index tensors) is bev_pool_v3; inside a dispatch's pure
+    arm (a call of the function) it is tied to the dispatch and also located at the call; counts, per-class sums,
+    masked writes and 2-D indices are not."""
+    found = _check(tmp_path, "splat.py", BEV_SPLAT)
+    assert found == [
+        ("NPA802", _line(BEV_SPLAT, "out.index_put_((flat,)"), "splat", "mx_driving.bev_pool_v3"),
+        ("NPA802", _line(BEV_SPLAT, "return bev.index_add_(0"), "splat_add", "mx_driving.bev_pool_v3"),
+        ("NPA802", _line(BEV_SPLAT, "return bev.scatter_add_(0"), "splat_scatter", "mx_driving.bev_pool_v3"),
+        ("NPA802", _line(BEV_SPLAT, "return bev.index_put_((b, y, x)"), "splat_tuple", "mx_driving.bev_pool_v3")]
+    r = run_cli("check", "--format", "json", "--no-cache", "--fail-on", "none", "splat.py", cwd=tmp_path)
+    (first,) = [f for f in json.loads(r.stdout)["findings"] if f["locations"][0]["function"] == "splat"]
+    assert [l["line"] for l in first["locations"]] == [_line(BEV_SPLAT, "out.index_put_((flat,)"),
+                                                       _line(BEV_SPLAT, "return splat(volume")]
+    assert first["details"]["dispatch_line"] == _line(BEV_SPLAT, "if bev_pool_forward is not None")
+    r = run_cli("rules", "NPA802")
+    assert r.returncode == 0 and "linearized cell index" in r.stdout
