@@ -20,6 +20,7 @@ Backward ops (run by autograd, not by the loop) are excluded.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -222,6 +223,7 @@ def _add_line(loops: dict, file: str, path, line: int, function: str, group: pd.
     # keyed by the file on disk: Kineto's frames and the collector's marks spell its path differently
     entry = loops.setdefault((str(Path(path).resolve()), loop.line), {
         "loop": loop, "path": path, "file": file, "lines": {}, "function": function, "helper_ops": 0})
+    entry.setdefault("rows", []).extend(group["row"].tolist())
     entry.setdefault("roots", []).extend(group["root"].tolist())
     entry.setdefault("names", []).extend(group["name"].tolist())
     if helper:
@@ -277,6 +279,29 @@ def _executions_per_loop(lines: dict) -> int:
     return counts[-1]
 
 
+_CONV_OPS = frozenset(f"aten::{n}" for n in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution",
+                                               "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"))
+
+
+def _conv_input_sizes(trace, rows: list) -> set:
+    """The spatial sizes (dims after batch and channels) of the first input of the convolutions among `rows`,
+    from the recorded shapes."""
+    ops = trace.ops
+    rows = np.asarray(rows, dtype=np.int64)
+    names = ops["name"].to_numpy()[rows]
+    dims = ops["input_dims"].to_numpy()[rows]
+    sizes = set()
+    for name, d in zip(names, dims):
+        if str(name) in _CONV_OPS and isinstance(d, str):
+            m = _FIRST_SHAPE.match(d)
+            if m:
+                sizes.add(tuple(int(x) for x in m["dims"].split(",")[2:]))
+    return sizes
+
+
+_FIRST_SHAPE = re.compile(r"^\s*\[\s*\[(?P<dims>[\d,\s]*)\]")
+
+
 def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding]:
     n = stats.count
     loop = entry["loop"]
@@ -302,6 +327,8 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         and not helper_bound else MIN_ITERATIONS_PER_STEP
     if iterations < min_iterations or ops_per_step < MIN_OPS_PER_STEP or mean_op_us > max_mean_us:
         return None
+    if iterations < MIN_ITERATIONS_PER_STEP and len(_conv_input_sizes(trace, entry["rows"])) > 1:
+        return None     # one conv tower per feature level (FPN): the levels' sizes differ, nothing batches them
     ops_per_iteration = ops_per_step / iterations
     host_us = host_ns / n / 1000.0
     vectorized_us = ops_per_iteration * mean_op_us

@@ -107,3 +107,17 @@ def test_fused_loop_takes_the_predicted_cost_of_the_loop_it_replaces(corpus_scor
     assert fused["details"]["severity_from"] == f"NPA501 at targets.py:57 ({loop['severity']})"
     (ev,) = [e for e in fused["evidence"] if e["label"] == "the loop's estimated saving per step (NPA501)"]
     assert ev["value"] == loop["estimated_saving_us"] and "the fused op replaces the whole loop" in ev["how"]
+
+
+def test_conv_tower_per_feature_level_is_no_small_op_loop(corpus_scores, corpus_out):
+    """fcos3d_mono's shared head runs once per FPN level, each level of another size: no small-op loop (nothing
+    batches convolutions over different sizes), where petr_pe's loop over six same-sized cameras is one."""
+    def loops(name):
+        doc = json.loads((corpus_out / name / "findings.json").read_text())
+        return {(f["locations"][0]["file"], f["locations"][0]["line"]) for f in doc["findings"] if f["rule"] == "NPA501"}
+    head = next(i for i, l in enumerate((CORPUS / "fcos3d_mono" / "train.py").read_text().splitlines(), 1)
+                if "for lvl, feat in enumerate(feats):" in l)
+    assert ("train.py", head) not in loops("fcos3d_mono")
+    cams = next(i for i, l in enumerate((CORPUS / "petr_pe" / "position.py").read_text().splitlines(), 1)
+                if "for cam in range(num_cams):" in l)
+    assert ("position.py", cams) in loops("petr_pe")
