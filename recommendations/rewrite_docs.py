@@ -167,6 +167,24 @@ DOCS = (
         static="equal up to float rounding, gradients zero where the mask is off, an empty mask gives nan / 0 as before.",
         verification="the mask is a bool tensor with the shape of the values (its sum counts the selected elements)."),
     RewriteDoc(
+        "masked_losses", _SYNC,
+        rewrites="a mean/sum-reduced loss of boolean-mask selections -- `F.smooth_l1_loss(pred[m], tgt[m])` (also l1, "
+                 "mse, huber, binary_cross_entropy(_with_logits)), `((a[m] - b[m]).abs() * w).mean()`, `x[m].sum()` -- "
+                 "and the guarded form `L if m.sum() > 0 else x.sum() * 0` -> the loss on the whole tensors (masked-off "
+                 "inputs filled with 0, reduction=\"none\"), weighted by `m` (reshaped with trailing ones: a mask of "
+                 "rows weights whole rows) and divided by the number of selected elements (clamped to 1 when guarded).",
+        refuses="any op that is not elementwise and finite at finite inputs (log, sqrt, division by a tensor: a "
+                "masked-off value could make a gradient nan), reductions with a dim or dtype, loss keywords other than "
+                "reduction / beta / delta, two masks, a mask that is not a name, an operand bound from a value that "
+                "reads the mask, a guard that is not an emptiness test or whose other branch is not `x.sum() * 0`, a "
+                "reduction evaluated only sometimes (lambda, comprehension, and/or, another if-expression).",
+        static="a boolean index has the leading shape of what it indexes, so the reshaped mask weights exactly the "
+               "selected elements; masked-off rows compute finite values and get zero gradients; an empty mask gives "
+               "nan for a mean and 0 for a sum (0 with the guard), as before.",
+        verification="the mask is a bool tensor (an integer index makes torch.where raise: rejected); other operands "
+                     "broadcast against one selected row as against the whole tensors. In the training loop's own "
+                     "function, the whole-run check (equal parameters after every step)."),
+    RewriteDoc(
         "stacked_reads", _SYNC,
         rewrites="`{k: v.item() for k, v in log_vars.items()}` (also `float(v)`, and `[t.item() for t in terms]`) -> "
                  "one `torch.stack([v.reshape(()) ...]).tolist()`, an empty container giving an empty result.",

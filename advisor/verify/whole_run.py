@@ -34,7 +34,8 @@ CHILD_MODULE = "npu_advise.verify.whole_run"
 # The rewrites this check can prove: their generators show from the syntax that nothing but the training (and
 # when the log lines are printed) can change, so equal trainings are their whole proof. A rewrite of the loop
 # that could change something else (a metric computed on the host, a saved file) is not proven by it.
-WHOLE_RUN_REWRITES = ("rewrites.log_reads", "rewrites.device_math", "rewrites.device_checks")
+# masked_losses: the new expression equals the old one wherever the mask is a bool tensor (else it raises).
+WHOLE_RUN_REWRITES = ("rewrites.log_reads", "rewrites.device_math", "rewrites.device_checks", "rewrites.masked_losses")
 
 
 # ----------------------------------------------------------------------------------------------

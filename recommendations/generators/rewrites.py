@@ -14,7 +14,7 @@ from ..registry import fix_generator
 
 # codemods modules, in the order their candidates are preferred
 LOOP_CODEMODS = ("segments", "foreach", "map_loops", "scalar_reads", "index_reads", "transfers")
-SYNC_CODEMODS = ("segments", "checks", "device_math", "masked_reductions", "masked_assign", "scalar_reads",
+SYNC_CODEMODS = ("segments", "checks", "device_math", "masked_reductions", "masked_losses", "masked_assign", "scalar_reads",
                  "index_reads", "element_reads", "stacked_reads", "transfers", "log_reads")
 
 
