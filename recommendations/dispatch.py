@@ -47,6 +47,7 @@ class Dispatch:
     mapped_line: Optional[int]  # line of that arm's call (its arguments map onto the fused op)
     device_object: Optional[str]   # the tensor whose device the test reads (`value` of `value.is_cuda`)
     replacements: tuple = ()   # mx_driving ops the CUDA arm's extension op is named for (catalog extension_ops)
+    other_callee: Optional[str] = None   # the name the other arm's first call calls (`sample_pyramid`, `self.fn`: fn)
 
 
 @dataclass
@@ -206,7 +207,8 @@ class _Bindings:
             return last in self.fn_classes or "Function" in last
         d = dotted(f) or ""
         head = d.split(".", 1)[0]
-        return ((head in self.modules and "." in d) or (isinstance(f, ast.Name) and f.id in self.functions)
+        # `from pkg import x_cuda` binds a module or a pybind op: called by itself, it is the op
+        return ((head in self.modules and "." in d) or (isinstance(f, ast.Name) and f.id in self.functions | self.modules)
                 or _compiled_op(self.sf.qualified(f) or ""))
 
 
@@ -302,7 +304,8 @@ def find_dispatches(sf: SourceFile) -> list:
             other_raises=raises, fused_key=mapped[1][0].key if mapped else None,
             mapped_line=mapped[0].lineno if mapped else None,
             device_object=obj or (dotted(mapped[0].args[0]) if mapped and mapped[0].args else None),
-            replacements=tuple(extension_replacements([callee_text(ext[0]), sf.qualified(ext[0].func) or ""]))))
+            replacements=tuple(extension_replacements([callee_text(ext[0]), sf.qualified(ext[0].func) or ""])),
+            other_callee=None if raises else (callee_text(first_other).rsplit(".", 1)[-1] or None)))
     return sorted(out, key=lambda d: d.line)
 
 

@@ -260,6 +260,36 @@ def test_an_optional_module_called_only_on_cuda_is_an_extension_whatever_its_nam
     assert ext["locations"][0]["line"] == 7 and "mx_driving.bev_pool_v3" in ext["title"]
 
 
+PYBIND_OP_AS_MODULE_NAME = """\
+import torch
+try:
+    from sampling_ops import msmv_sampling_cuda
+except ImportError:
+    msmv_sampling_cuda = None
+
+
+def sample_pyramid(value, uv):
+    return (value * uv).sum(-1)
+
+
+def temporal_sampling(value, uv):
+    if msmv_sampling_cuda is not None and value.is_cuda:
+        out = msmv_sampling_cuda(value, uv)
+    else:
+        out = sample_pyramid(value, uv)
+    return out
+"""
+
+
+def test_a_cuda_named_import_called_as_a_function_is_the_extension_op_of_a_dispatch(tmp_path):
+    # `from pkg import x_cuda` usually binds a module (`x_cuda.op(...)`), but a pybind op is called by itself
+    _write(tmp_path, "sampling.py", PYBIND_OP_AS_MODULE_NAME)
+    found = json.loads(run_cli("check", "--format", "json", "--no-cache", tmp_path).stdout)["findings"]
+    d, = [f for f in found if f["rule"] == "NPA907"]
+    assert d["locations"][0]["line"] == 13 and "`sample_pyramid(value, uv)` (line 16)" in d["title"]
+    assert [f["locations"][0]["line"] for f in found if f["rule"] == "NPA908"] == [3]
+
+
 def test_npu_arm_is_idempotent_and_keeps_both_arms():
     from npu_advise.recommendations import build, dispatch
     from npu_advise.recommendations.codemods.diffs import sha256_text

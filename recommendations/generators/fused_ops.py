@@ -91,8 +91,10 @@ def _dispatch_finding(d, path: Path, text: str, src) -> Finding:
 
     rel = src.rel(path)
     msda = d.fused_key == "multi_scale_deformable_attn"
-    _, all_ids, evidence, share = _replaced_code_evidence(
-        src, path, d.other_line, "multi_scale_deformable_attn_pytorch" if msda else None, rel)
+    # the arm's cost is its line plus the body of the function it calls when the file defines it (a copied
+    # reference under another name: `out = sample_pyramid(...)`)
+    callee = "multi_scale_deformable_attn_pytorch" if msda else d.other_callee
+    _, all_ids, evidence, share = _replaced_code_evidence(src, path, d.other_line, callee, rel)
     checks = _msda_shape_checks(src.index, all_ids) if msda else None
     severity = severity_for_share(share) if share is not None else ("low" if src.index.files() else None)
     return build.dispatch_finding(d, rel, text, severity, evidence, _saving_details(evidence, share), checks,
