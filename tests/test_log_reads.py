@@ -38,6 +38,14 @@ LINES = {
     # a number-formatted field of a host number (`float()` arithmetic) is not a read: the tensor field is
     "host_field": 'print(f"step {step} loss {loss:.6f} took {took:.3f}s")',
     "host_percent": 'print("iter %d loss %.6f took %.2fs" % (step, loss, took))',
+    # no spec: the read value printed as it is, rounded, or as a float (an integer tensor prints `3.0`)
+    "bare": 'print(f"step {step} loss {loss.item()}")',
+    "round": 'print(f"step {step} loss {round(loss.item(), 4)}")',
+    "round_float": 'print(f"step {step} loss {round(float(loss.detach()), 3)}")',
+    "float_bare": 'print(f"[{step}] {float(loss)}")',
+    "detach_percent": 'print("iter %d loss %.5e" % (step, loss.detach()))',
+    # several arguments: printed as str() of each, joined by spaces
+    "args": 'print("iter", step, "loss", round(float(loss.detach()), 5), "{x}", tic)',
 }
 
 
@@ -70,6 +78,14 @@ def test_printed_text_is_the_same_for_every_step_count(kind, dtype):
             assert _printed(r.new_source, losses) == _printed(src, losses), (kind, dtype, steps, shape)
 
 
+@pytest.mark.parametrize("kind", ["bare", "float_bare", "round", "args"])
+def test_an_integer_count_prints_as_the_line_printed_it(kind):
+    # `float(count)` prints `3.0`, `count.item()` prints `3`: the buffered value keeps the line's conversion
+    src, r = _rewrite(LINES[kind])
+    counts = [torch.tensor(k * 7 - 5) for k in range(log_reads.LOG_INTERVAL + 2)]
+    assert _printed(r.new_source, counts) == _printed(src, counts)
+
+
 def test_is_idempotent_and_says_how_printing_changes():
     src, r = _rewrite(LINES["item"])
     assert log_reads.candidates(r.new_source, line_of(r.new_source, ".append((")) == []
@@ -83,8 +99,11 @@ def test_is_idempotent_and_says_how_printing_changes():
     'print(f"step {step} loss {loss.item():.6f}")\n        loss += 1',                   # changed in place
     'print(f"step {step} loss {loss.item():.6f}")\n        if step > 3:\n            return history',
     'print(f"step {step} loss {loss.item():.6f}", flush=True)',                        # keyword argument
-    'print(f"step {step} loss {loss.item()}")',                                          # no float spec
+    'print(f"step {step} loss {loss}")',                                                 # a tensor's repr
+    'print("loss", loss)',
     'print(f"loss {loss.item():.6f} {value.item():.6f}")',                               # two reads
+    'print(f"loss {loss.item():.6f}", {"v": round(value.item(), 3)})',                  # a read left on the line
+    'print(f"step {step} loss {round(loss.item(), 4)!r}")',
     'print(f"step {step} loss {loss.item()!r}")',
     'print("loss %s" % loss)',                                                           # tensor repr
     'print(f"step {step} value {value.item():.6f}")',                                   # not assigned in the loop

@@ -9,19 +9,22 @@ the device and printed LOG_INTERVAL lines at a time, after one device->host read
                                                            print_log_lines(log_lines)
                                                    print_log_lines(log_lines)
 
-The read value is one of `X.item()` (also after `.detach()` / `.cpu()`), `float(X)`, an f-string field
-`{X:<float spec>}` or a `%f`/`%e`/`%g` conversion of X, in a `print` of one f-string or one `%`-formatted
-string that is a statement of the loop body. Everything else on the line is evaluated where it was (same
-values, same order); only the read value is formatted later, from the detached tensor of that step, with the
-same format spec -- so the printed text is the same, but it comes out LOG_INTERVAL lines at a time, and the
-training reads the device once per LOG_INTERVAL steps instead of every step.
+The read value is one of `X.item()` (also after `.detach()` / `.cpu()`), `float(X)`, `round()` of either
+printed without a spec, an f-string field `{X:<float spec>}` or a `%f`/`%e`/`%g` conversion of X (or of
+`X.detach()`), in a `print` of one f-string, one `%`-formatted string or several arguments (`print("loss",
+round(float(loss), 5))`, printed as the f-string `f"loss {round(float(loss), 5)}"`) that is a statement of the
+loop body. Everything else on the line is evaluated where it was (same values, same order); only the read
+value is formatted later, from the detached tensor of that step, as the line formatted it (the same spec, or
+the same `round` / `float`) -- so the printed text is the same, but it comes out LOG_INTERVAL lines at a time,
+and the training reads the device once per LOG_INTERVAL steps instead of every step.
 
 Refused: other print calls in the loop (their order against the buffered lines would change), `return` /
 `yield` in the loop (the buffered lines would be lost), a loop `else`, X changed in place in the loop, X not
 assigned in the loop body from a computation (it could alias a tensor the step updates, e.g. a parameter),
 several reads on one line (a number-formatted field of a name last assigned a certain Python number --
 `float()`, `int()`, `round()`, `len()`, a `time` clock, arithmetic of those -- reads nothing and does not count), keyword
-arguments to print, `!r` conversions, a non-float format spec.
+arguments to print, `!r` conversions of a read, a non-float format spec, a tensor printed without a spec (its
+repr).
 Whether X is a tensor (not a Python float or a numpy scalar) and that the training is unchanged are proven
 by the verification stage on the user's run (whole-run check: parameters after every optimizer step equal).
 """
@@ -51,10 +54,11 @@ HELPER = '''
 
 
 def {helper}(pending):
-    """Print buffered log lines (head, device value, format spec, tail), reading all their values at once."""
+    """Print buffered log lines (head, device value, format, tail), reading all their values at once; the
+    format is a format spec or the function the line applied to the value (`round(value, 5)`)."""
     values = torch.stack([value.reshape(()) for _, value, _, _ in pending]).tolist() if pending else []
-    for (head, _, spec, tail), value in zip(pending, values):
-        print(f"{{head}}{{value:{{spec}}}}{{tail}}")
+    for (head, _, fmt, tail), value in zip(pending, values):
+        print(f"{{head}}{{fmt(value) if callable(fmt) else format(value, fmt)}}{{tail}}")
     pending.clear()
 '''
 
@@ -80,12 +84,34 @@ def _read_of(node) -> Optional[cst.Name]:
     return None
 
 
+def _unformatted_read(node) -> Optional[tuple]:
+    """(X, the function of the read value the field prints) for a field printed without a format spec:
+    `X.item()`, `float(X)` (float of the value: an integer tensor prints `5.0`), `round(<one of those>, n)`."""
+    digits = None
+    if m.matches(node, m.Call(func=m.Name("round"), args=[m.Arg(keyword=None, star=""), m.Arg(value=m.Integer(), keyword=None)])):
+        node, digits = node.args[0].value, node.args[1].value.value
+    x = _read_of(node)
+    if x is None:
+        return None
+    as_float = m.matches(node, m.Call(func=m.Name("float")))
+    value = "float(value)" if as_float else "value"
+    return x, expr(f"lambda value: round({value}, {digits})" if digits is not None else ("float" if as_float else '""'))
+
+
+def _implicit_read(node, host) -> Optional[cst.Name]:
+    """X of a number-formatted `X`, `X.detach()`, `X.cpu()` that may be a tensor (Tensor.__format__ reads a
+    0-d tensor); None for a name certainly holding a Python number."""
+    x = _base(node)
+    return x if x is not None and not host(x) else None
+
+
 def _literal(text: str) -> cst.SimpleString:
     return cst.SimpleString(json.dumps(text, ensure_ascii=False))
 
 
 def _split_fstring(node: cst.FormattedString, host=lambda x: False):
-    """(head, X, spec, tail) for an f-string with exactly one read field, else None. `host(name)`: the name is
+    """(head, X, format, tail) for an f-string with exactly one read field, else None; the format is a
+    format-spec literal or a function of the read value (`_unformatted_read`). `host(name)`: the name is
     certainly a Python number (a number-formatted field of it reads nothing)."""
     if node.start not in ('f"', "f'"):
         return None
@@ -93,20 +119,25 @@ def _split_fstring(node: cst.FormattedString, host=lambda x: False):
     for k, part in enumerate(node.parts):
         if not isinstance(part, cst.FormattedStringExpression):
             continue
+        spec, plain = part.format_spec, part.conversion is None and part.equal is None
+        if not spec:
+            unformatted = _unformatted_read(part.expression)
+            if unformatted is not None:
+                if not plain:
+                    return None             # `{loss.item()!r}`
+                explicit.append((k, *unformatted))
+            continue
         x = _read_of(part.expression)
-        spec = part.format_spec
         found = explicit if x is not None else implicit
-        if x is None and isinstance(part.expression, cst.Name) and spec and not host(part.expression):
-            x = part.expression            # `{loss:.6f}`: Tensor.__format__ reads a 0-d tensor
+        x = x or _implicit_read(part.expression, host)     # `{loss:.6f}`: Tensor.__format__ reads a 0-d tensor
         if x is None:
             continue
-        spec_text = "".join(s.value for s in spec) if spec and all(
-            isinstance(s, cst.FormattedStringText) for s in spec) else None
-        if part.conversion is not None or part.equal is not None or not spec_text or not _FLOAT_SPEC.match(spec_text):
+        spec_text = "".join(s.value for s in spec) if all(isinstance(s, cst.FormattedStringText) for s in spec) else None
+        if not plain or not spec_text or not _FLOAT_SPEC.match(spec_text):
             if found is explicit:
                 return None
             continue
-        found.append((k, x, spec_text))
+        found.append((k, x, _literal(spec_text)))
     # explicit reads (`.item()`, `float()`) first; else one number-formatted name (a 0-d tensor or a number)
     reads = explicit or implicit
     if len(reads) != 1:
@@ -121,8 +152,25 @@ def _split_fstring(node: cst.FormattedString, host=lambda x: False):
     return piece(node.parts[:k]), x, spec, piece(node.parts[k + 1:])
 
 
+def _joined(args) -> cst.FormattedString:
+    """`print(a, b, ...)` as the one f-string it prints, `f"{a!s} {b!s}"`: string literals as text, a read
+    printed without a spec (`round(float(loss), 5)`: str of a number is its format) as a field of its own."""
+    parts = []
+    for k, a in enumerate(args):
+        if k:
+            parts.append(cst.FormattedStringText(" "))
+        v = a.value
+        if isinstance(v, cst.SimpleString) and isinstance(v.evaluated_value, str):
+            text = json.dumps(v.evaluated_value, ensure_ascii=False)[1:-1]
+            parts.append(cst.FormattedStringText(text.replace("{", "{{").replace("}", "}}")))
+        else:
+            parts.append(cst.FormattedStringExpression(
+                expression=v, conversion=None if _unformatted_read(v) is not None else "s"))
+    return cst.FormattedString(parts=parts, start='f"', end='"')
+
+
 def _split_percent(node: cst.BinaryOperation, host=lambda x: False):
-    """(head, X, spec, tail) for `"... %.6f ..." % (..., X, ...)` with exactly one float conversion of a read."""
+    """(head, X, format-spec literal, tail) for `"... %.6f ..." % (..., X, ...)` with exactly one float conversion of a read."""
     if not (isinstance(node.operator, cst.Modulo) and isinstance(node.left, cst.SimpleString)):
         return None
     fmt = node.left.evaluated_value
@@ -138,7 +186,7 @@ def _split_percent(node: cst.BinaryOperation, host=lambda x: False):
     for k, (c, v) in enumerate(zip(convs, values)):
         x = _read_of(v.value)
         found = explicit if x is not None else implicit
-        x = x or (v.value if isinstance(v.value, cst.Name) and not host(v.value) else None)
+        x = x or _implicit_read(v.value, host)
         if x is not None and c.group("type") in "eEfFgG" and not (set(c.group("flags")) - {"+", " ", "0"}):
             found.append((k, x, c))
         elif found is explicit and x is not None:
@@ -160,7 +208,7 @@ def _split_percent(node: cst.BinaryOperation, host=lambda x: False):
             args = cst.Tuple([cst.Element(args)])
         return cst.BinaryOperation(left=_literal(text), operator=cst.Modulo(), right=args)
 
-    return piece(fmt[:c.start()], values[:k]), x, spec, piece(fmt[c.end():], values[k + 1:])
+    return piece(fmt[:c.start()], values[:k]), x, _literal(spec), piece(fmt[c.end():], values[k + 1:])
 
 
 def _host_number(meta, value, function, line: int, depth: int = 0) -> bool:
@@ -240,16 +288,17 @@ class _LoopFacts(cst.CSTVisitor):
         t = node.target
         if isinstance(t, cst.Subscript) and m.matches(t.value, m.Name(self.name)):
             self.in_place = True
-        if m.matches(t, m.Name(self.name)):
+        if m.matches(t, m.Name(self.name)) or isinstance(t, (cst.Tuple, cst.List)) and any(
+                m.matches(e.value, m.Name(self.name)) for e in t.elements):     # `loss, num_pos = criterion(...)`
             self.assigned.append(node)
 
 
 def _rewrite(meta, module, stmt: cst.SimpleStatementLine) -> Optional[Rewrite]:
     call = stmt.body[0].value
-    if not (m.matches(call, m.Call(func=m.Name("print"))) and len(call.args) == 1
-            and call.args[0].keyword is None and not call.args[0].star):
+    if not (m.matches(call, m.Call(func=m.Name("print"))) and call.args
+            and all(a.keyword is None and not a.star for a in call.args)):
         return None
-    arg = call.args[0].value
+    arg = call.args[0].value if len(call.args) == 1 else _joined(call.args)
     function, line = enclosing_function(meta, stmt), start_line(meta, stmt)
 
     def host(name: cst.Name) -> bool:
@@ -260,6 +309,8 @@ def _rewrite(meta, module, stmt: cst.SimpleStatementLine) -> Optional[Rewrite]:
     if split is None:
         return None
     head, x, spec, tail = split
+    if any(_read_of(n) is not None for part in (head, tail) for n in m.findall(part, m.Call())):
+        return None             # another read stays on the line (`{k: v.item() for ...}`): still a sync per step
     loop = _loop_of(meta, stmt)
     if loop is None or getattr(loop, "orelse", None) is not None:
         return None
@@ -275,7 +326,7 @@ def _rewrite(meta, module, stmt: cst.SimpleStatementLine) -> Optional[Rewrite]:
     taken = names_in(module)
     interval, helper = fresh(taken, "LOG_INTERVAL"), fresh(taken, "print_log_lines")
     pending = fresh(taken, "log_lines")
-    entry = cst.Tuple([cst.Element(head), cst.Element(expr(f"{x.value}.detach()")), cst.Element(_literal(spec)),
+    entry = cst.Tuple([cst.Element(head), cst.Element(expr(f"{x.value}.detach()")), cst.Element(spec),
                        cst.Element(tail)])
     append = stmt.with_changes(body=[cst.Expr(cst.Call(func=expr(f"{pending}.append"), args=[cst.Arg(entry)]))])
     flush_at = cst.parse_statement(f"if len({pending}) == {interval}:\n    {helper}({pending})\n")
@@ -288,7 +339,8 @@ def _rewrite(meta, module, stmt: cst.SimpleStatementLine) -> Optional[Rewrite]:
     new_source = render(add_imports(new_module, [("torch", None)]))
     why = is_tensor_expr(meta, x, function, start_line(meta, stmt))
     verified = ["everything on the line but the read value is evaluated where it was, in the same order",
-                f"the read value is formatted later with the same format spec ({spec!r}): the printed text is the same",
+                f"the read value is formatted later as the line formatted it ({cst.Module([]).code_for_node(spec)}): the "
+                "printed text is the same",
                 f"`{x.value}` is assigned a computed value in the loop body and not changed in place there",
                 "no other print, return or yield in the loop: the buffered lines keep their order and are printed "
                 "after the loop"]
