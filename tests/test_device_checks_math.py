@@ -72,6 +72,13 @@ def test_clamped_count_stays_on_the_device_with_equal_values_and_gradients():
                 assert torch.allclose(ga, gb, rtol=1e-6, atol=0)
 
 
+def test_clamped_count_with_an_operand_not_proven_a_tensor_needs_the_run():
+    src = COUNT.replace("    return", "    extra = weight_of(pred) / num_pos\n    return", 1)
+    (r,) = device_math.candidates(src, line_of(src, "num_pos = max"))
+    assert not r.auto_applicable and r.needs_verification == [
+        "`weight_of(pred)` is a tensor (the other operand of `num_pos`)"]
+
+
 @pytest.mark.parametrize("use", ['    print(f"{num_pos}")\n', '    if num_pos > 3:\n        pass\n',
                                  '    num_pos = 2\n', '    return num_pos / 2\n'])
 def test_clamped_count_refusals(use):

@@ -752,3 +752,55 @@ def test_map_vmap_drops_the_iterations_a_loop_skips(rows):
     x = torch.randn(rows, 3, generator=gen)
     _same(old(x, 0.5), new(x, 0.5))
     assert map_loops.candidates(SKIPS, line_of(SKIPS, "if row.sum() < -1")) == []      # two skips: left alone
+
+
+TWO_LISTS = '''import torch
+
+
+def warp(points, velocity, deltas, proj, frames):
+    uvs, valids = [], []
+    for t in range(frames):
+        pts = points - velocity * deltas[:, t, None, None]
+        cam = torch.einsum("bij,bnj->bni", proj[:, t], pts)
+        depth = cam[..., 2:3]
+        uvs.append(cam[..., :2] / depth.clamp(min=1e-5))
+        valids.append(depth[..., 0] > 0.1)
+    return torch.stack(uvs, 1), torch.stack(valids, 1)
+
+
+def reads_own_list(x):
+    a, b = [], []
+    for row in x:
+        a.append(row * 2)
+        b.append(a[-1] + row)
+    return torch.stack(a), torch.stack(b)
+
+
+def same_list_twice(x):
+    a = []
+    for row in x:
+        a.append(row * 2)
+        a.append(row)
+    return torch.stack(a)
+'''
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_map_vmap_returns_one_result_per_appended_list(frames, contiguous):
+    # two lists appended per iteration: one vmap returning both, each list extended with its rows
+    [r] = [c for c in map_loops.candidates(TWO_LISTS, line_of(TWO_LISTS, "for t in range(frames)")) if c.generator == "map_vmap"]
+    assert "uvs.extend(" in r.new_source and "valids.extend(" in r.new_source and "for t in" not in r.new_source
+    old, new = _pair(TWO_LISTS, r, "warp")
+    gen = torch.Generator().manual_seed(frames)
+    points = torch.randn(2, 5, 3, generator=gen)
+    velocity = torch.randn(2, 5, 3, generator=gen)
+    deltas = torch.rand(2, frames, generator=gen)
+    proj = torch.randn(2, frames, 3, 3, generator=gen)
+    if not contiguous:
+        proj = proj.transpose(-1, -2)
+    _same(old(points, velocity, deltas, proj, frames), new(points, velocity, deltas, proj, frames))
+    _idempotent(map_loops, r.new_source, line_of(r.new_source, "return torch.stack(uvs, 1)"))
+    # a list read inside the iteration (a carried value), or one list appended twice: left alone
+    assert map_loops.candidates(TWO_LISTS, line_of(TWO_LISTS, "b.append(a[-1] + row)") - 2) == []
+    assert map_loops.candidates(TWO_LISTS, line_of(TWO_LISTS, "a.append(row)") - 2) == []

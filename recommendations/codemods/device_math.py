@@ -5,7 +5,8 @@
 
 `max(<read>, c)` / `max(c, <read>)` (and `min`), where the read is `T.item()`, `float(T)` or `int(T)` and c a
 number literal, becomes `T.clamp(min=c)` (`max=c` for `min`) when every later use of the name in the function
-is an operand of `+ - * /` with a tensor: the arithmetic then takes a 0-d tensor instead of a Python number,
+is an operand of `+ - * /` with a tensor (at least one proven in the syntax tree, the others proven by the
+verification stage on the user's run): the arithmetic then takes a 0-d tensor instead of a Python number,
 which gives the same values (up to float rounding of the count in the tensor's dtype) without the host
 reading the device. Refused: any other use of the name (a format, a comparison, `int()`, a call argument),
 the name rebound later, the read inside a loop that rebinds T.
@@ -61,19 +62,24 @@ def _clamp(meta, module, node: cst.Assign) -> Optional[Rewrite]:
     uses = _uses(meta, function, name, node)
     if uses is None or not uses:
         return None
-    proven = []
+    proven, unproven = [], []
     for use, other in uses:
+        if _number(other):
+            return None         # `num_pos / 2` is a Python number: it would become a tensor
         why = _tensor(meta, other, function, start_line(meta, use))
-        if not why:
-            return None
-        proven.append(why)
+        (proven.append(why) if why else unproven.append(code(other)))
+    if not proven:
+        return None             # arithmetic with host numbers only would turn them into tensors
     side = "min" if call.func.value == "max" else "max"
     new_value = expr(f"{code(tensor) if isinstance(tensor, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) else '(' + code(tensor) + ')'}"
                      f".clamp({side}={code(bound)})")
     new_source = render(replace_nodes(module, {call: new_value}, meta))
-    verified = [f"every use of `{name}` after it is an operand of + - * / with a tensor ({'; '.join(dict.fromkeys(proven))})",
+    verified = [f"every use of `{name}` after it is an operand of + - * /" + (
+                    f" with a tensor ({'; '.join(dict.fromkeys(proven))})" if not unproven else
+                    f"; with a tensor in {len(proven)} of them ({'; '.join(dict.fromkeys(proven))})"),
                 f"`{name}` is not rebound later in the function"]
-    needs = []
+    # an operand not proven a tensor here (a local function's result): the run shows whether the values are equal
+    needs = [f"`{o}` is a tensor (the other operand of `{name}`)" for o in dict.fromkeys(unproven)]
     prove_tensor(meta, tensor, function, start_line(meta, node), verified, needs)
     return Rewrite(new_source=new_source,
                    description=(f"Keep `{name}` on the device: `{code(tensor)}.clamp({side}={code(bound)})` instead of "

@@ -70,6 +70,8 @@ class MapLoop:
     # `if COND: continue` in the body: the local name the body binds to COND instead (the iterations whose
     # COND holds are dropped from the collected results)
     skip: Optional[str] = None
+    # further lists the iteration appends to (`uvs.append(...)`, `valids.append(...)`), after the sink's: extended
+    extra_collects: list = field(default_factory=list)      # [(list name, per-element value)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,14 +539,22 @@ def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
         stmts.pop()
     main = [k for k in sinks if k[0] != "accumulate"]
     accs = [k for k in sinks if k[0] == "accumulate"]
-    if not sinks or len(main) > 1 or len({a[1] for a in accs}) != len(accs):
+    # several appends (one per list) are one map returning a tuple; row writes and sums stay one each
+    extras = main[1:] if all(k[0] == "collect" for k in main) else None
+    if extras is None and len(main) > 1:
         return None
+    main = main[:1]
+    extras = extras or []
+    if not sinks or len({a[1] for a in accs}) != len(accs) or len({k[1] for k in main + extras}) < len(main) + len(extras):
+        return None
+    if extras and (skip is not None or function is None or names_in(function.params) & {k[1] for k in main + extras}):
+        return None         # dropped iterations, or a list the caller passed in (it sees every append)
     if skip is not None and (accs or not main or main[0][0] != "collect"):
         return None         # dropped iterations: only collected results are filtered
     if skip is not None:
         taken = taken | {skip}
     body = stmts
-    values = [k[-1] for k in main] + [a[3] for a in accs]
+    values = [k[-1] for k in main] + [k[-1] for k in extras] + [a[3] for a in accs]
     result = cst.Tuple(elements=[cst.Element(v) for v in values]) if len(values) > 1 else values[0]
     built = _build_params(meta, loop.target, loop.iter, body, result, taken)
     if built is None:
@@ -554,7 +564,7 @@ def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
         return None
     loop_names = names_in(loop.target)
     computed = names_in(cst.IndentedBlock(body=list(body) + [cst.SimpleStatementLine(body=[cst.Expr(result)])]))
-    outside = {a[1] for a in accs}
+    outside = {a[1] for a in accs} | {k[1] for k in extras}
     if main and main[0][0] == "assign":
         outside |= names_in(main[0][1])
     elif main:
@@ -571,17 +581,18 @@ def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
     sink = None
     if main and main[0][0] == "collect":
         sink = collect_sink(meta, function, loop, main[0][1])
-        if accs and sink[2] != "extend":
+        if (accs or extras) and sink[2] != "extend":
             sink = ("collect", main[0][1], "extend", None, None, None)
         if skip is not None and not (sink[2] == "extend" or (sink[2] == "stack" and sink[3] == "0")):
             return None
     elif main:
         lower, upper = _range_bounds(loop.iter)
         sink = ("assign", main[0][1], lower, upper, main[0][2])
+    n = len(main) + len(extras)
     return MapLoop(node=loop, params=params, body=body, result=values[0] if main else None, sink=sink,
                    index_as_number=index_name, index_range=index_range,
-                   accumulators=[(a[1], a[2], v) for a, v in zip(accs, values[len(main):])], in_dims=in_dims,
-                   skip=skip)
+                   accumulators=[(a[1], a[2], v) for a, v in zip(accs, values[n:])], in_dims=in_dims,
+                   skip=skip, extra_collects=[(k[1], v) for k, v in zip(extras, values[len(main):n])])
 
 
 def collect_sink(meta, function, loop, name: str) -> Optional[tuple]:
@@ -691,7 +702,8 @@ def _emit(meta, module, ml: MapLoop, generator: str, taken: set) -> Optional[str
         lo, hi = ml.index_range
         params.append((ml.index_as_number, f"torch.arange({lo}, {hi}, device={_wrap(device_of)}.device)"
                        if lo != "0" else f"torch.arange({hi}, device={_wrap(device_of)}.device)"))
-    values = ([ml.result] if ml.result is not None else []) + [e for _, _, e in ml.accumulators]
+    values = ([ml.result] if ml.result is not None else []) + [v for _, v in ml.extra_collects] + \
+        [e for _, _, e in ml.accumulators]
     pre = []
     if ml.skip is not None:
         if generator != VMAP:
@@ -735,7 +747,7 @@ def _emit(meta, module, ml: MapLoop, generator: str, taken: set) -> Optional[str
         else:
             names = [fresh(taken, f"{(n if isinstance(n, str) else 'rows')}_parts")
                      for n in ([ml.sink[1] if isinstance(ml.sink[1], str) else code(ml.sink[1]).split('.')[-1]]
-                               if ml.sink else []) + [a[0] for a in ml.accumulators]]
+                               if ml.sink else []) + [n for n, _ in ml.extra_collects] + [a[0] for a in ml.accumulators]]
             pre.append(cst.parse_statement(f"{', '.join(names)} = {call}\n"))
             outs = names
     out_stmts = []
@@ -766,6 +778,9 @@ def _emit(meta, module, ml: MapLoop, generator: str, taken: set) -> Optional[str
                 new_stmts = pre + [cst.parse_statement(f"{name} = {value}\n")]
                 return replace_collected(meta, module, ml.node, new_stmts, prev, (call_node, cst.Name(name)))
             out_stmts.append(f"{name}.extend({_wrap(value)}.unbind(0))")
+    for (name, _), value in zip(ml.extra_collects, outs[k:]):
+        out_stmts.append(f"{name}.extend({_wrap(value)}.unbind(0))")
+    k += len(ml.extra_collects)
     for (name, augmented, _), value in zip(ml.accumulators, outs[k:]):
         out_stmts.append(f"{name} += {_wrap(value)}.sum(0)" if augmented else f"{name} = {name} + {_wrap(value)}.sum(0)")
     new_stmts = pre + [cst.parse_statement(x + "\n") for x in out_stmts]
