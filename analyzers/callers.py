@@ -14,6 +14,8 @@ caller's one `map` whose mapped function is the callee (by name, through a `part
 that called it) is the site. When the map applies a parameter of a wrapper (`func`), the wrapper's one
 call that passes the callee by name is where the user would batch the work: that call is the site, the
 map line its evidence (a generic wrapper serves many callers; its map line alone would merge them).
+A wrapper in library code (mmdet installed) has no user frame: the callee, called back by library frames,
+passed by name to the caller's one call of that library function, is mapped by that call.
 """
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ class MapSite(NamedTuple):
     file: str
     line: int
     function: str
-    map_file: str
-    map_line: int
+    map_file: Optional[str]    # None when the map is a library's (an installed mmdet's multi_apply)
+    map_line: Optional[int]
     iter_text: str
+    library: Optional[str] = None   # "file:function" of the library function that mapped it
 
 
 def loop_call_sites(trace, rows: np.ndarray, functions: np.ndarray, project_root, with_calls: bool = False):
@@ -171,6 +174,8 @@ class _Frames:
         matches = [m for m in source.map_calls(path, def_line)
                    if (m.lambda_line == int(self.line[mapped]) if is_lambda else m.lambda_line is None)
                    and (m.target == named or m.target in params or (is_lambda and via is None))]
+        if not matches and not is_lambda:
+            return self._library_mapper_site(frame, caller, callee, path, name)
         if len(matches) != 1:
             return None
         m = matches[0]
@@ -202,3 +207,36 @@ class _Frames:
 
     def row_of_id(self, row: int) -> int:
         return self.py_id[row]
+
+    def _library_mapper_site(self, frame: int, caller: int, callee: str, path, caller_name: str):
+        """The callee called back by library frames (its direct parent is not user code) below `caller`,
+        whose one call of the library function the chain entered passes the callee by name."""
+        entry = self.row_of.get(int(self.parent[frame]))
+        if entry is None or self.is_user[entry]:
+            return None
+        while True:     # the library function the user called: the outermost frame below the caller
+            up = self.row_of.get(int(self.parent[entry]))
+            if up is None:
+                return None
+            if up == caller:
+                break
+            entry = up
+        library = str(self.function[entry])
+        def_line = int(self.line[caller])
+        sites = [l for l, in_comprehension in source.call_lines(path, def_line, library)
+                 if not (in_comprehension and self.comprehension_frames)]
+        if len(sites) != 1 or not source.call_passes(path, sites[0], library, callee):
+            return None
+        if source.enclosing_loops(path, sites[0]):
+            return (str(path), sites[0], caller_name), -1
+        where = f"{_package_path(str(self.file[entry]))}:{library}"
+        return MapSite(str(path), sites[0], caller_name, None, None, "", where), int(self.py_id[frame])
+
+
+def _package_path(file: str) -> str:
+    """A library file as its package spells it (`mmdet/core/utils/misc.py`), not the install's path."""
+    file = file.replace("\\", "/")
+    for folder in ("site-packages/", "dist-packages/"):
+        if folder in file:
+            return file.rsplit(folder, 1)[1]
+    return file

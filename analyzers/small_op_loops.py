@@ -58,7 +58,8 @@ _BACKWARD_PREFIX = "autograd::engine::evaluate_function"
 
 RULE = Rule(
     code="NPA501", name="small-op-loop", category="small_op_loop",
-    detects="A Python for/while loop in user code whose body issues many small operators every step "
+    detects="A Python for/while loop, comprehension or map(f, *lists) of a user function, in user code, whose "
+            "body issues many small operators every step "
             "(at least MIN_ITERATIONS_PER_STEP iterations, MIN_OPS_PER_STEP ops, mean op time at most "
             "MAX_MEAN_OP_US, or MAX_MEAN_OP_US_PREDICTED of CPU time on a CPU trace; from "
             "MIN_ITERATIONS_PREDICTED iterations when placement records say the ops would launch on the NPU): "
@@ -69,7 +70,8 @@ RULE = Rule(
         "over tensors also call .item() and synchronize the stream every iteration.",
     fix="Vectorize the loop: compute all iterations in one expression (e.g. interpolation with an "
         "arange of ratios, masks with arange(n) < lengths[:, None]); batch per-element work along a new "
-        "dimension; use an mx_driving fused operator where one exists.",
+        "dimension (a map / mmdet multi_apply over images: pad the per-image lists, stack them and run the "
+        "function's body once on the batch); use an mx_driving fused operator where one exists.",
     thresholds={"MIN_ITERATIONS_PER_STEP": MIN_ITERATIONS_PER_STEP, "MIN_OPS_PER_STEP": MIN_OPS_PER_STEP,
                 "MAX_MEAN_OP_US": MAX_MEAN_OP_US, "MIN_FUNCTION_OPS_PER_STEP": MIN_FUNCTION_OPS_PER_STEP,
                 "MIN_ITERATIONS_PREDICTED": MIN_ITERATIONS_PREDICTED,
@@ -264,7 +266,7 @@ def _add_helper_ops(trace, ctx, loops: dict, group: pd.DataFrame) -> None:
         if path is None:
             continue
         if isinstance(site, callers.MapSite):
-            map_path = resolve_source(site.map_file, ctx.project_root) or path
+            map_path = (resolve_source(site.map_file, ctx.project_root) if site.map_file else None) or path
             _add_map(loops, site, path, map_path, ops, len(set(calls[at].tolist())))
         else:
             _add_line(loops, site[0], path, site[1], site[2], ops, helper=True)
@@ -274,12 +276,13 @@ def _add_map(loops: dict, site, path, map_path, group: pd.DataFrame, calls: int)
     """Count a mapped function's ops for the `map` (or the wrapper call holding it) as a loop whose
     iterations are the mapped function's calls: its op counts per name cannot tell one call from the
     several uses of an op inside one."""
-    call = _map_node(map_path, site.map_line)
-    loop = source.LoopInfo(kind="map", line=site.line, end_line=site.line, body_first=site.map_line,
-                           body_last=site.map_line, iter_text=site.iter_text, targets=(), node=call)
+    call = _map_node(map_path, site.map_line) if site.map_line else None
+    body = site.map_line or site.line
+    loop = source.LoopInfo(kind="map", line=site.line, end_line=site.line, body_first=body,
+                           body_last=body, iter_text=site.iter_text, targets=(), node=call)
     entry = loops.setdefault((str(Path(path).resolve()), site.line), {
         "loop": loop, "path": path, "file": site.file, "lines": {}, "function": site.function, "helper_ops": 0,
-        "map": {"file": site.map_file, "line": site.map_line}, "map_path": map_path})
+        "map": {"file": site.map_file, "line": site.map_line, "library": site.library}, "map_path": map_path})
     entry.setdefault("rows", []).extend(group["row"].tolist())
     entry.setdefault("roots", []).extend(group["root"].tolist())
     entry.setdefault("names", []).extend(group["name"].tolist())
@@ -378,10 +381,13 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     idiom, idiom_line = detect_idiom(loop, items > 0)
     how_steps = f"over {n} profiled step(s)" if stats.from_ranges else "whole trace counted as one step"
     is_map = loop.kind == "map"
-    map_rel = relative_path(entry["map"]["file"], ctx.project_root) if is_map else None
+    map_rel = relative_path(entry["map"]["file"], ctx.project_root) if is_map and entry["map"]["file"] else None
+    if is_map:
+        mapped_by = f"map(...) at {map_rel}:{entry['map']['line']}" if map_rel else \
+            f"the library function {entry['map']['library']} called at line {loop.line}"
     evidence = [
         Evidence("iterations per step", round(iterations, 3), "iterations",
-                 f"calls per step of the function mapped by map(...) at {map_rel}:{entry['map']['line']}, "
+                 f"calls per step of the function mapped by {mapped_by}, "
                  f"counted on the recorded Python call chain, {how_steps}" if is_map else
                  f"executions per step of the loop's most executed line ({busiest}); executions of a line = "
                  f"the most common count among its top-level op names, {how_steps}"),
@@ -427,7 +433,7 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     for line in sorted(lines, key=lambda l: -lines[l]["ops"]):
         if line != loop.line:
             locations.append(Location(rel, line, function_name))
-    if is_map and (map_rel, entry["map"]["line"]) != (rel, loop.line):
+    if is_map and map_rel and (map_rel, entry["map"]["line"]) != (rel, loop.line):
         # the map inside a wrapper (mmdet's multi_apply): evidence; the wrapper's call is where to batch
         map_function = source.enclosing_function(entry["map_path"], entry["map"]["line"])
         locations.append(Location(map_rel, entry["map"]["line"], map_function.name if map_function else ""))
@@ -444,6 +450,7 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     }
     if is_map:
         details["map_file"], details["map_line"] = map_rel, entry["map"]["line"]
+        details["mapped_by_library"] = entry["map"]["library"]
     if predicted:
         details["placement"] = placed or "not recorded: every op of the loop's lines counted"
     what = {"affine_interpolation": "A per-point interpolation loop", "prefix_mask": "A per-row mask loop",

@@ -150,3 +150,64 @@ def test_map_calls_from_source(tmp_path):
     got = [(m.line, m.target, m.lambda_line) for m in source.map_calls(p, 2)]
     assert got == [(3, "func", 3), (4, "func", None), (5, "g", None), (6, "int", None)]
     assert source.parameters(p, 2) == ("func", "xs", "ys", "k")
+
+
+LIBRARY = '''\
+from functools import partial
+
+
+def multi_apply(func, *args, **kwargs):
+    return tuple(map(list, zip(*map(partial(func, **kwargs), *args))))
+
+
+def call_once(func, *args):
+    return func(*args)
+'''
+
+LIBRARY_USER = '''\
+import torch
+from mmdet import call_once, multi_apply
+
+IMGS = [torch.rand(6, 4) for _ in range(10)]
+POINTS = torch.rand(20, 2)
+
+
+def per_image(boxes, points):
+    d = (points[:, None, :2] - boxes[None, :, :2]).abs()
+    d = d * 0.5 + 0.1
+    best, idx = d.sum(-1).min(1)
+    best = best.sqrt() + best.exp()
+    return best, boxes[idx] - points.repeat(1, 2)
+
+
+def whole(imgs, points):
+    return per_image(torch.cat(imgs), points)
+
+
+def step():
+    best, tgt = multi_apply(per_image, IMGS, points=POINTS)  # library-call
+    once = call_once(whole, IMGS, POINTS)  # library-once
+    return best, tgt, once
+'''
+
+
+def test_a_library_multi_apply_is_reported_at_the_call_that_passes_the_function(tmp_path, monkeypatch):
+    # mmdet installed: its multi_apply and lambda are library frames, the call chain goes from the user's
+    # function straight to the caller's one call that passes it. Silent: a library call that calls its
+    # function back once per step (nothing iterates).
+    lib = tmp_path / "site-packages" / "mmdet"      # library code however the profiler spells its path
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text(LIBRARY)
+    monkeypatch.syspath_prepend(str(tmp_path / "site-packages"))
+    monkeypatch.delitem(__import__("sys").modules, "mmdet", raising=False)
+    script = tmp_path / "lib_user.py"
+    script.write_text(LIBRARY_USER)
+    trace = load_kineto(str(profile_script(script, "step", tmp_path / "t.json")))
+    source.clear_cache()
+    at = lambda tag: next(i for i, t in enumerate(LIBRARY_USER.splitlines(), 1) if t.endswith(f"# {tag}"))
+    f, = small_op_loops.analyze(trace, Context(project_root=tmp_path)).findings
+    assert f.locations[0].line == at("library-call") and [l.line for l in f.locations] == [at("library-call")]
+    assert f.details["loop_kind"] == "map" and f.details["iterations_per_step"] == 10.0
+    assert f.details["map_line"] is None and f.details["mapped_by_library"] == "mmdet/__init__.py:multi_apply"
+    ev = {e.label: e.how for e in f.evidence}
+    assert "the library function mmdet/__init__.py:multi_apply called at line 21" in ev["iterations per step"]
