@@ -118,7 +118,7 @@ class _Frames:
         """(site, id of the mapped call for a MapSite else -1) of the op whose innermost user frame is
         `frame`, recorded in `function`; (None, -1) where there is none."""
         site = self._call_site(frame, function)
-        if isinstance(site, tuple) and len(site) == 2:
+        if isinstance(site, tuple) and len(site) == 2:     # from _map_site: (site, mapped call id)
             return site
         return site, -1
 
@@ -179,7 +179,7 @@ class _Frames:
         if len(matches) != 1:
             return None
         m = matches[0]
-        call = int(self.row_of_id(mapped))
+        call = int(self.py_id[mapped])     # one event per call of the mapped function: one per element
         if named is not None and m.target in params and m.target != named:
             return self._wrapper_call_site(caller, named, m, str(path), call)
         if source.enclosing_loops(path, m.line):
@@ -204,9 +204,6 @@ class _Frames:
         if source.enclosing_loops(path, sites[0]):
             return (str(path), sites[0], name), -1
         return MapSite(str(path), sites[0], name, map_file, m.line, m.iter_text), call
-
-    def row_of_id(self, row: int) -> int:
-        return self.py_id[row]
 
     def _library_mapper_site(self, frame: int, caller: int, callee: str, path, caller_name: str):
         """The callee called back by library frames (its direct parent is not user code) below `caller`,
