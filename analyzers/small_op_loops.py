@@ -58,7 +58,8 @@ _BACKWARD_PREFIX = "autograd::engine::evaluate_function"
 
 RULE = Rule(
     code="NPA501", name="small-op-loop", category="small_op_loop",
-    detects="A Python for/while loop in user code whose body issues many small operators every step "
+    detects="A Python for/while loop, comprehension or map(f, *lists) of a user function, in user code, whose "
+            "body issues many small operators every step "
             "(at least MIN_ITERATIONS_PER_STEP iterations, MIN_OPS_PER_STEP ops, mean op time at most "
             "MAX_MEAN_OP_US, or MAX_MEAN_OP_US_PREDICTED of CPU time on a CPU trace; from "
             "MIN_ITERATIONS_PREDICTED iterations when placement records say the ops would launch on the NPU): "
@@ -69,7 +70,8 @@ RULE = Rule(
         "over tensors also call .item() and synchronize the stream every iteration.",
     fix="Vectorize the loop: compute all iterations in one expression (e.g. interpolation with an "
         "arange of ratios, masks with arange(n) < lengths[:, None]); batch per-element work along a new "
-        "dimension; use an mx_driving fused operator where one exists.",
+        "dimension (a map / mmdet multi_apply over images: pad the per-image lists, stack them and run the "
+        "function's body once on the batch); use an mx_driving fused operator where one exists.",
     thresholds={"MIN_ITERATIONS_PER_STEP": MIN_ITERATIONS_PER_STEP, "MIN_OPS_PER_STEP": MIN_OPS_PER_STEP,
                 "MAX_MEAN_OP_US": MAX_MEAN_OP_US, "MIN_FUNCTION_OPS_PER_STEP": MIN_FUNCTION_OPS_PER_STEP,
                 "MIN_ITERATIONS_PREDICTED": MIN_ITERATIONS_PREDICTED,
@@ -249,18 +251,58 @@ def _add_line(loops: dict, file: str, path, line: int, function: str, group: pd.
 
 def _add_helper_ops(trace, ctx, loops: dict, group: pd.DataFrame) -> None:
     """Count the ops of helper functions for the loop of the call that issued them (analyzers/callers.py),
-    at the call's line."""
+    at the call's line; ops of a function mapped over elements (`map(f, *lists)`) for that map."""
     locs = trace.locations
     functions = locs["function"].to_numpy()[group["loc"].to_numpy()]
-    sites = callers.loop_call_sites(trace, group["row"].to_numpy(), functions, ctx.project_root)
-    keep = np.array([s is not None for s in sites], dtype=bool)
-    if not keep.any():
-        return
-    group = group[keep].assign(site=[s for s in sites if s is not None])
-    for (file, line, function), ops in group.groupby("site", sort=False):
-        path = resolve_source(file, ctx.project_root)
-        if path is not None:
-            _add_line(loops, file, path, line, function, ops.drop(columns="site"), helper=True)
+    sites, calls = callers.loop_call_sites(trace, group["row"].to_numpy(), functions, ctx.project_root,
+                                           with_calls=True)
+    by_site = {}
+    for i, site in enumerate(sites):
+        if site is not None:
+            by_site.setdefault(site, []).append(i)
+    for site, at in by_site.items():
+        ops = group.iloc[at]
+        path = resolve_source(site[0], ctx.project_root)
+        if path is None:
+            continue
+        if isinstance(site, callers.MapSite):
+            map_path = (resolve_source(site.map_file, ctx.project_root) if site.map_file else None) or path
+            _add_map(loops, site, path, map_path, ops, len(set(calls[at].tolist())))
+        else:
+            _add_line(loops, site[0], path, site[1], site[2], ops, helper=True)
+
+
+def _add_map(loops: dict, site, path, map_path, group: pd.DataFrame, calls: int) -> None:
+    """Count a mapped function's ops for the `map` (or the wrapper call holding it) as a loop whose
+    iterations are the mapped function's calls: its op counts per name cannot tell one call from the
+    several uses of an op inside one."""
+    call = _map_node(map_path, site.map_line) if site.map_line else None
+    body = site.map_line or site.line
+    loop = source.LoopInfo(kind="map", line=site.line, end_line=site.line, body_first=body,
+                           body_last=body, iter_text=site.iter_text, targets=(), node=call)
+    entry = loops.setdefault((str(Path(path).resolve()), site.line), {
+        "loop": loop, "path": path, "file": site.file, "lines": {}, "function": site.function, "helper_ops": 0,
+        "map": {"file": site.map_file, "line": site.map_line, "library": site.library}, "map_path": map_path})
+    entry.setdefault("rows", []).extend(group["row"].tolist())
+    entry.setdefault("roots", []).extend(group["root"].tolist())
+    entry.setdefault("names", []).extend(group["name"].tolist())
+    entry["helper_ops"] += len(group)
+    st = _line_stats(group)
+    st["executions"] = calls
+    prev = entry["lines"].get(site.line)
+    if prev:
+        st = {k: prev[k] + st[k] for k in ("executions", "ops", "host_ns", "nested", "items")} | \
+             {"names": max(prev["names"], st["names"])}
+    entry["lines"][site.line] = st
+
+
+def _map_node(path, line: int):
+    tree = source.parse(path)
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "map" \
+                and node.lineno == line:
+            return node
+    return None
 
 
 def _executions_per_loop(lines: dict) -> int:
@@ -338,8 +380,15 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     rel = relative_path(file, ctx.project_root)
     idiom, idiom_line = detect_idiom(loop, items > 0)
     how_steps = f"over {n} profiled step(s)" if stats.from_ranges else "whole trace counted as one step"
+    is_map = loop.kind == "map"
+    map_rel = relative_path(entry["map"]["file"], ctx.project_root) if is_map and entry["map"]["file"] else None
+    if is_map:
+        mapped_by = f"map(...) at {map_rel}:{entry['map']['line']}" if map_rel else \
+            f"the library function {entry['map']['library']} called at line {loop.line}"
     evidence = [
         Evidence("iterations per step", round(iterations, 3), "iterations",
+                 f"calls per step of the function mapped by {mapped_by}, "
+                 f"counted on the recorded Python call chain, {how_steps}" if is_map else
                  f"executions per step of the loop's most executed line ({busiest}); executions of a line = "
                  f"the most common count among its top-level op names, {how_steps}"),
         Evidence("ops per iteration", round(ops_per_iteration, 3), "ops", "top-level ops per step / iterations per step"),
@@ -384,6 +433,10 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
     for line in sorted(lines, key=lambda l: -lines[l]["ops"]):
         if line != loop.line:
             locations.append(Location(rel, line, function_name))
+    if is_map and map_rel and (map_rel, entry["map"]["line"]) != (rel, loop.line):
+        # the map inside a wrapper (mmdet's multi_apply): evidence; the wrapper's call is where to batch
+        map_function = source.enclosing_function(entry["map_path"], entry["map"]["line"])
+        locations.append(Location(map_rel, entry["map"]["line"], map_function.name if map_function else ""))
     per_line = [{"line": l, "executions_per_step": round(s["executions"] / n, 3), "ops_per_step": round(s["ops"] / n, 3),
                  "host_us_per_step": us(s["host_ns"] / n)} for l, s in sorted(lines.items())]
     details = {
@@ -395,10 +448,13 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         "item_calls_per_step": round(items / n, 3), "lines": per_line,
         "helper_ops_per_step": round(entry["helper_ops"] / n, 3),
     }
+    if is_map:
+        details["map_file"], details["map_line"] = map_rel, entry["map"]["line"]
+        details["mapped_by_library"] = entry["map"]["library"]
     if predicted:
         details["placement"] = placed or "not recorded: every op of the loop's lines counted"
     what = {"affine_interpolation": "A per-point interpolation loop", "prefix_mask": "A per-row mask loop",
-            "item_loop": "A loop that reads tensor values with .item()"}.get(idiom, "A comprehension" if loop.kind == "comprehension" else f"A Python {loop.kind} loop")
+            "item_loop": "A loop that reads tensor values with .item()"}.get(idiom, _LOOP_KIND_TEXT.get(loop.kind, f"A Python {loop.kind} loop"))
     return Finding(
         rule=RULE.code, category="small_op_loop",
         title=f"{what} at {rel}:{loop.line} ({function_name}) issues {ops_per_step:.0f} small ops per step "
@@ -407,13 +463,17 @@ def _loop_finding(trace, ctx, stats, file: str, entry: dict) -> Optional[Finding
         estimated_saving_us=round(saving, 3), details=details, predicted=predicted)
 
 
+_LOOP_KIND_TEXT = {"comprehension": "A comprehension",
+                   "map": "A map(...) of a function over per-element lists (one call per element)"}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Idioms the recommender knows a vectorized rewrite for, recognized in the loop's syntax tree.
 # ---------------------------------------------------------------------------------------------------
 def detect_idiom(loop, has_item_ops: bool = False) -> tuple:
     """(idiom, line of the statement it was recognized on) for a loop: "affine_interpolation",
     "prefix_mask", "item_loop" or (None, None). The idioms are statement loops."""
-    if loop.kind == "comprehension":
+    if loop.kind in ("comprehension", "map"):
         return None, None
     for stmt in _body_statements(loop.node):
         if _is_affine_interpolation(stmt):

@@ -202,6 +202,9 @@ def clear_cache():
     _lines.cache_clear()
     _tree.cache_clear()
     _call_lines.cache_clear()
+    _map_calls.cache_clear()
+    _parameters.cache_clear()
+    _call_passes.cache_clear()
 
 
 # Folders that never hold the user's own code (VCS data, caches, environments, build copies).
@@ -251,3 +254,100 @@ def call_lines(path, def_line: int, name: str) -> tuple:
     in the function defined at `def_line`, not counting nested defs and lambdas; () when there is no such
     function."""
     return _call_lines(str(path), def_line, name)
+
+
+@dataclass(frozen=True)
+class MapCall:
+    """A `map(f, *iterables)` call: f's name (`f`, `obj.f`, `partial(f, ...)`, or the one function a
+    `lambda *a: f(*a, ...)` calls), and the lambda's line when f is a lambda."""
+    line: int
+    end_line: int
+    target: Optional[str]      # the mapped function's name; None when it cannot be named
+    lambda_line: Optional[int]
+    iter_text: str             # the iterables' source, comma-separated
+
+
+_PARTIALS = ("partial",)       # functools.partial / partial
+
+
+def _callable_name(node) -> Optional[str]:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _mapped_name(node) -> tuple:
+    """(name, lambda line) of map's first argument."""
+    if isinstance(node, ast.Lambda):
+        body = node.body
+        return (_callable_name(body.func) if isinstance(body, ast.Call) else None), node.lineno
+    if isinstance(node, ast.Call) and _callable_name(node.func) in _PARTIALS and node.args:
+        return _callable_name(node.args[0]), None
+    return _callable_name(node), None
+
+
+@lru_cache(maxsize=1024)
+def _map_calls(path: str, def_line: int) -> tuple:
+    tree = parse(path)
+    if tree is None:
+        return ()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and def_line in (
+                node.lineno, *(d.lineno for d in node.decorator_list)):
+            out, todo = [], list(node.body)
+            while todo:
+                sub = todo.pop()
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    continue        # a nested def's maps run in its own frame
+                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "map" \
+                        and len(sub.args) >= 2 and not sub.keywords:
+                    target, lambda_line = _mapped_name(sub.args[0])
+                    out.append(MapCall(sub.lineno, sub.end_lineno, target, lambda_line,
+                                       ", ".join(_segment(path, a) for a in sub.args[1:])))
+                todo.extend(ast.iter_child_nodes(sub))
+            return tuple(sorted(out, key=lambda m: m.line))
+    return ()
+
+
+def map_calls(path, def_line: int) -> tuple:
+    """The `map(f, ...)` calls (MapCall) in the function defined at `def_line`, not counting nested defs;
+    () when there is no such function."""
+    return _map_calls(str(path), def_line)
+
+
+@lru_cache(maxsize=1024)
+def _parameters(path: str, def_line: int) -> tuple:
+    tree = parse(path)
+    if tree is None:
+        return ()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno == def_line:
+            a = node.args
+            return tuple(p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs))
+    return ()
+
+
+def parameters(path, def_line: int) -> tuple:
+    """Names of the named parameters of the function defined at `def_line` (not *args / **kwargs)."""
+    return _parameters(str(path), def_line)
+
+
+@lru_cache(maxsize=1024)
+def _call_passes(path: str, line: int, name: str, argument: str) -> bool:
+    tree = parse(path)
+    if tree is None:
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.lineno == line and _callable_name(node.func) == name:
+            values = [*node.args, *(k.value for k in node.keywords)]
+            if any(_callable_name(v) == argument for v in values):
+                return True
+    return False
+
+
+def call_passes(path, line: int, name: str, argument: str) -> bool:
+    """Whether a call of `name` starting at `line` passes something named `argument` (`f` or `obj.f`) as
+    one of its arguments: `multi_apply(self._target_single, ...)` passes `_target_single`."""
+    return _call_passes(str(path), line, name, argument)
