@@ -91,7 +91,8 @@ def check_source(rel: str, text: str, fixes: bool = True) -> dict:
     out += _migration_findings(sf, rel, text, fixes)
     out += _optimizer_findings(sf, rel, text, fixes)
     return {"findings": [f.to_dict() for f in out], "cuda_calls": dispatch.cuda_calls(sf),
-            "npu_redirect": dispatch.imports_npu_redirect(sf), "parses": True}
+            "npu_redirect": dispatch.imports_npu_redirect(sf), "parses": True,
+            "imported_calls": matchers.imported_calls(sf)}
 
 
 def _static_finding(kind: str, rule, rel: str, text: str, node, function: str, title: str, ref: str,
@@ -262,6 +263,12 @@ def check_paths(paths: list, jobs: int = 2, cache_dir: Optional[Path] = None, fi
         if cache is not None and key is not None:
             cache.put(key, res)
     findings = [_finding_from_dict(d) for rel in sorted(results) for d in results[rel]["findings"]]
+    calls_by_file = {rel: r.get("imported_calls", []) for rel, r in results.items()}
+    for f in findings:      # a structural match's call sites in the files importing its function
+        if f.category == "fused_op" and "recognized_by" in f.details and f.locations:
+            first = f.locations[0]
+            f.locations += [Location(rel, line, fn) for rel, line, fn in
+                            matchers.cross_file_call_sites(first.file, first.function, calls_by_file)]
     if not any(r["npu_redirect"] for r in results.values()):
         findings += [build.cuda_calls_finding(rel, [tuple(c) for c in r["cuda_calls"]])
                      for rel, r in sorted(results.items()) if r["cuda_calls"]]

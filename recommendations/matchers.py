@@ -40,12 +40,12 @@ def scan_tokens() -> tuple:
     bev_pool_v2), the names of the qualified-name checks, the names the structural detectors look for."""
     return tuple(load().replacement_tokens({"multi_scale_deformable_attn", "bev_pool_v3"})) + QUALIFIED_TOKENS + (
         "grid_sample", "argsort", "sort(", "unique", "gaussian", "assign", "match", "abs", "sqrt", "softmax", "exp",
-        "_reduce", "max", "index_put", "index_add", "scatter_add")
+        "_reduce", "max", "index_put", "index_add", "scatter_add", "sin(", "return_inverse")
 
 
 @dataclass
 class SourceMatch:
-    kind: str          # a key of rule_docs.FUSED_OP_RULES: msda | msda_structure | deformable_aggregation | points_in_box | bev_pool_v2 | voxel_pooling | add_relu | maxpool | deform_conv | sparse_conv | centerpoint_targets | torch_scatter | group_loop | hungarian_host | voxelization | mmcv_op
+    kind: str          # a key of rule_docs.FUSED_OP_RULES: msda | msda_structure | deformable_aggregation | points_in_box | bev_pool_v2 | voxel_pooling | add_relu | maxpool | deform_conv | sparse_conv | centerpoint_targets | torch_scatter | group_loop | hungarian_host | voxelization | mmcv_op | rotated_iou | dynamic_voxelization
     line: int
     function: str      # enclosing function ("<module>" at top level)
     text: str          # the matched code, one line
@@ -124,7 +124,9 @@ def scan(source: str, sf: Optional[SourceFile] = None) -> list:
     out = []
 
     def add(kind, node, ref, text=None, related=(), how="", op=""):
-        out.append(SourceMatch(kind, node.lineno, sf.function_name(node), one_line(text or sf.segment(node)), ref,
+        # a match on a whole function (rotated_iou) is in that function, not in the one around it
+        function = node.name if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else sf.function_name(node)
+        out.append(SourceMatch(kind, node.lineno, function, one_line(text or sf.segment(node)), ref,
                                node.col_offset + 1, tuple(related), how, op))
 
     for node in sf.of(ast.Call):
@@ -196,3 +198,55 @@ def add_relu_pairs(sf: SourceFile) -> list:
                         and s1.lineno != s2.lineno):     # one statement per line, as the codemod rewrites
                     out.append((s1, s2, var, s1.value.id))
     return out
+
+
+# Imports that are libraries, not the project's own modules: their calls cannot call a project function.
+_LIBRARY_HEADS = ("torch", "numpy", "np", "math", "os", "sys", "typing", "collections", "functools", "itertools",
+                  "mmcv", "mmdet", "mmdet3d", "mmengine", "scipy", "cv2", "PIL", "einops")
+
+
+def imported_calls(sf: SourceFile) -> list:
+    """[module, name, line, enclosing function] of the calls of a function imported by name from another module
+    (`from rotated_iou import rotated_iou_bev` ... `rotated_iou_bev(a, b)`; aliases resolved); library imports
+    left out. What another file's structural match needs to list its call sites in this file."""
+    out = []
+    for call in sf.calls():
+        if not isinstance(call.func, ast.Name):
+            continue
+        q = sf.imports.get(call.func.id, "")
+        module, _, name = q.rpartition(".")
+        if module and module.lstrip(".").split(".", 1)[0] not in _LIBRARY_HEADS:
+            out.append([module, name, call.lineno, sf.function_name(call)])
+    return out
+
+
+def module_files(module: str, rels) -> list:
+    """The files among `rels` (paths relative to the project root) that the import of `module` can name: its
+    dotted name is a suffix of the file's module path (`pkg.ops.iou` -> pkg/ops/iou.py or pkg/ops/iou/__init__.py)."""
+    parts = module.lstrip(".").split(".")
+    out = []
+    for rel in rels:
+        path = rel[:-3].split("/") if rel.endswith(".py") else rel.split("/")
+        if path[-1] == "__init__":
+            path = path[:-1]
+        if path[-len(parts):] == parts:
+            out.append(rel)
+    return out
+
+
+def cross_file_call_sites(rel: str, function: str, calls_by_file: dict) -> list:
+    """(file, line, enclosing function) of the calls of `function` defined in `rel` from the other files of
+    `calls_by_file` ({rel: imported_calls(...)}) that import it by name from `rel`'s module. An import that can
+    name several scanned files counts only when `rel` is the one beside the caller; at most three sites."""
+    out = []
+    for caller, calls in calls_by_file.items():
+        if caller == rel:
+            continue
+        for module, name, line, fn in calls:
+            if name != function:
+                continue
+            candidates = module_files(module, calls_by_file)
+            beside = [c for c in candidates if c.rpartition("/")[0] == caller.rpartition("/")[0]]
+            if candidates == [rel] or (len(candidates) > 1 and beside == [rel]):
+                out.append((caller, line, fn))
+    return sorted(set(out))[:3]

@@ -160,6 +160,35 @@ FUSED_OP_RULES = {
         "an argmax: the loop is sequential by nature, so it cannot be vectorized; " + _WHY_LAUNCH + ".",
         "mx_driving.furthest_point_sampling(points, num_points) samples all points in one kernel (fp32 points "
         "(B, N, 3); check the index dtype and layout the code expects)."),
+    "rotated_iou": Rule(
+        "NPA820", "rotated-iou-written-out", "fused_op",
+        "Rotated BEV IoU written in PyTorch (anchor assigners, rotated NMS, IoU losses): one function whose box "
+        "corners are rotated by the cos and the sin of the same yaw (`dx * cos - dy * sin`, or a rotation matrix "
+        "stacked from both and a matmul), whose intersection polygon's area is a shoelace sum of cross products "
+        "(`(x * y_next - y * x_next).sum(-1)`, or accumulated in a clipping loop) and which divides the "
+        "intersection by the union (`inter / (area_a + area_b - inter)`, clamped or through a `union` name); the "
+        "rotation and the area may sit in helpers of the same file that it calls. Reported at the function, with "
+        "its call sites in the file as more locations; any function name.",
+        "Corners, edge crossings, point-in-box tests, a vertex sort and the shoelace sum over N x M x 24 vertices: "
+        "tens of kernels and large intermediates for every IoU matrix, forward (and backward when it is a loss); "
+        + _WHY_LAUNCH + ".",
+        "mx_driving.boxes_iou_bev(boxes_a, boxes_b) (or box_iou_rotated for an aligned / mode='iof' variant) "
+        "computes the IoU matrix in one kernel: map the box layout (x, y, w, l, yaw columns, the angle's sign and "
+        "unit) and check the result against the written-out function on your boxes."),
+    "dynamic_voxelization": Rule(
+        "NPA821", "dynamic-voxelization-written-out", "fused_op",
+        "Dynamic voxelization written in PyTorch: point coordinates quantized to cells (`((pts[:, :3] - pc_min) / "
+        "voxel_size).floor().long()`, `//`, `torch.div(..., rounding_mode='floor')`), `torch.unique(cells, dim=0, "
+        "return_inverse=True)` over them (or over a key linearized from them), and the point features reduced by "
+        "the inverse index (index_add_ / scatter_add_ / scatter_reduce / index_reduce / index_put_: sums and "
+        "counts for a mean, or a max). Reported at the innermost loop holding all three (typically one per sample), "
+        "else at the unique; a unique over ids that are not cells, or cells never reduced, is not it.",
+        "A sort-based unique over all points (a device->host read of the number of voxels), then one scatter per "
+        "reduction, repeated per sample when it sits in a loop over the batch; " + _WHY_LAUNCH + ".",
+        "mx_driving.Voxelization(voxel_size, point_cloud_range, max_num_points=-1) (dynamic: the voxel "
+        "coordinate of every point), then mx_driving.dynamic_scatter(feats, coors, 'mean' or 'max') for the "
+        "per-voxel features and coordinates, for the whole batch at once (fp32 points; check the coordinate "
+        "layout, z-y-x against x-y-z, and the batch column)."),
 }
 # Structural matches (structure.py) of the same ops share their rule.
 FUSED_OP_RULES["msda_structure"] = FUSED_OP_RULES["msda"]

@@ -16,6 +16,11 @@ than by the names it calls, so a renamed or copied reference implementation is f
 * greedy NMS (`order = scores.argsort()`, a loop refiltering `order = order[1:][iou <= thr]`): mx_driving.nms3d;
 * iterative furthest point sampling (a loop lowering a running distance with a minimum and taking its argmax as
   the next point): mx_driving.furthest_point_sampling;
+* rotated BEV IoU: box corners rotated by the cos and sin of one yaw, a shoelace intersection area and
+  `inter / (area_a + area_b - inter)` (the rotation and the area may be in helpers it calls):
+  mx_driving.boxes_iou_bev;
+* dynamic voxelization: coordinates quantized to cells, `torch.unique(cells, dim=0, return_inverse=True)` and
+  the point features reduced by the inverse index: mx_driving.Voxelization (dynamic) + dynamic_scatter;
 * RMSNorm (`x * rsqrt(mean(x ** 2) + eps)`), rotary embedding (`x * cos + rotate_half(x) * sin` with
   `rotate_half = cat(-x2, x1)`) and attention (`softmax(q @ k^T) @ v`): torch_npu.npu_rms_norm,
   npu_rotary_mul, npu_fusion_attention.
@@ -438,6 +443,238 @@ def points_in_box_matches(sf: SourceFile, fn) -> list:
     return out
 
 
+def _same_file_callees(sf: SourceFile, fn, depth: int = 2) -> list:
+    """Functions of this file that `fn` calls by name (`corners(b)`, `self.corners(b)`), and theirs, `depth`
+    levels down: a reference split into helpers (corners, polygon area) is one computation."""
+    defs = {d.name: d for d in sf.of(ast.FunctionDef)}
+    found, todo = [], [fn]
+    for _ in range(depth):
+        nxt = []
+        for f in todo:
+            for c in (n for n in _walk_local(f) if isinstance(n, ast.Call)):
+                g = c.func
+                name = g.id if isinstance(g, ast.Name) else (g.attr if isinstance(g, ast.Attribute) and isinstance(
+                    g.value, ast.Name) and g.value.id in ("self", "cls") else None)
+                d = defs.get(name)
+                if d is not None and d is not fn and d not in found:
+                    found.append(d)
+                    nxt.append(d)
+        todo = nxt
+    return found
+
+
+def _trig_angles(sf: SourceFile, nodes: list, which: str) -> dict:
+    """{dump of the angle: names bound to its cos (`which` = "cos") or sin, and the calls themselves} for
+    device-side `torch.cos(yaw)` / `yaw.cos()` (not numpy's or math's: host code)."""
+    out: dict = {}
+    calls = [c for c in _calls(nodes, {which}) if not _host_library_call(sf, c)]
+    for c in calls:
+        angle = c.args[0] if c.args else (c.func.value if isinstance(c.func, ast.Attribute) else None)
+        if angle is not None:
+            out.setdefault(ast.dump(angle), set()).add(id(c))
+    for n in nodes:      # `cos, sin = yaw.cos(), yaw.sin()`, `c = torch.cos(r)[..., None]`
+        if not isinstance(n, ast.Assign) or len(n.targets) != 1:
+            continue
+        t, v = n.targets[0], n.value
+        pairs = list(zip(t.elts, v.elts)) if isinstance(t, ast.Tuple) and isinstance(v, ast.Tuple) \
+            and len(t.elts) == len(v.elts) else [(t, v)]
+        for target, value in pairs:
+            if isinstance(target, ast.Name):
+                for angle, ids in out.items():
+                    if any(id(x) in ids for x in ast.walk(value)):
+                        ids.add(target.id)
+    return out
+
+
+def _uses_term(node, terms: set) -> bool:
+    return any(id(x) in terms or isinstance(x, ast.Name) and x.id in terms for x in ast.walk(node))
+
+
+def _rotates_by_angle(sf: SourceFile, nodes: list) -> bool:
+    """Box half-sizes or offsets multiplied by the cos and by the sin of the same angle (`dx * cos - dy * sin`),
+    or a rotation matrix stacked from both (`stack([cos, -sin, sin, cos])`) multiplied with a matmul / einsum."""
+    cos, sin = _trig_angles(sf, nodes, "cos"), _trig_angles(sf, nodes, "sin")
+    products = [n for n in nodes if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult)]
+    matmuls = [n for n in nodes if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult)] + \
+        _calls(nodes, {"matmul", "einsum", "bmm"})
+    for angle in cos.keys() & sin.keys():
+        c, s = cos[angle], sin[angle]
+        if any(_uses_term(p, c) for p in products) and any(_uses_term(p, s) for p in products):
+            return True
+        matrices = {t.id for n in nodes if isinstance(n, ast.Assign) and _calls(list(ast.walk(n.value)), {"stack", "tensor", "cat"})
+                    and _uses_term(n.value, c) and _uses_term(n.value, s) for t in n.targets if isinstance(t, ast.Name)}
+        if matrices and any(_uses_term(m, matrices) for m in matmuls):
+            return True
+    return False
+
+
+def _is_cross_product(node) -> bool:
+    """`x1 * y2 - x2 * y1`: the difference of two products."""
+    return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) and all(
+        isinstance(t, ast.BinOp) and isinstance(t.op, ast.Mult) for t in (node.left, node.right))
+
+
+def _shoelace_area(nodes: list) -> bool:
+    """A polygon's area by the shoelace formula: cross products of consecutive vertices summed (`(x * yn - y *
+    xn).sum(-1)`, `area += x1 * y2 - x2 * y1` in a vertex loop) -- a lone cross product (an edge-crossing
+    parameter) is not an area."""
+    for n in nodes:
+        if isinstance(n, ast.Call) and last_name(n) == "sum":
+            inner = [n.func.value] if isinstance(n.func, ast.Attribute) else n.args[:1]
+            if any(_is_cross_product(x) for i in inner for x in ast.walk(i)):
+                return True
+        if isinstance(n, ast.AugAssign) and isinstance(n.op, (ast.Add, ast.Sub)) and \
+                any(_is_cross_product(x) for x in ast.walk(n.value)):
+            return True
+    return False
+
+
+def _union_of(denominator, inter: str) -> bool:
+    """`area_a + area_b - inter` (inside a clamp / + eps allowed): the union of two areas minus `inter`."""
+    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Sub) and isinstance(n.left, ast.BinOp)
+               and isinstance(n.left.op, ast.Add) and ast.dump(n.right) == inter for n in ast.walk(denominator))
+
+
+def _iou_ratios(nodes: list) -> list:
+    """Divisions `inter / (area_a + area_b - inter)`, also through a name (`union = a + b - inter`; `inter /
+    union.clamp(min=eps)`)."""
+    unions: dict = {}          # name -> dump of the intersection it subtracts
+    for n in nodes:
+        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+            for b in ast.walk(n.value):
+                if isinstance(b, ast.BinOp) and isinstance(b.op, ast.Sub) and isinstance(b.left, ast.BinOp) \
+                        and isinstance(b.left.op, ast.Add):
+                    unions[n.targets[0].id] = ast.dump(b.right)
+    out = []
+    for n in nodes:
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div):
+            inter = ast.dump(n.left)
+            if _union_of(n.right, inter) or any(isinstance(x, ast.Name) and unions.get(x.id) == inter
+                                                for x in ast.walk(n.right)):
+                out.append(n)
+    return out
+
+
+def rotated_iou_matches(sf: SourceFile, fn) -> list:
+    """Rotated BEV IoU written out: box corners rotated by the cos and sin of a yaw, the intersection polygon's
+    area by the shoelace formula, and `inter / (area_a + area_b - inter)` -- the ratio in `fn`, the rotation and
+    the area in `fn` or the helpers of this file it calls. Every part is required: an axis-aligned IoU has no
+    rotation, a box-corner or polygon-area helper no ratio."""
+    local = list(_walk_local(fn))
+    ratios = _iou_ratios(local)
+    if not ratios:
+        return []
+    reach = local + [n for h in _same_file_callees(sf, fn) for n in _walk_local(h)]
+    if not (_shoelace_area(reach) and _rotates_by_angle(sf, reach)):
+        return []
+    return [("rotated_iou", fn, "fused_ops.mmcv_ops",
+             "box corners rotated by cos/sin of the yaw, a shoelace intersection area, intersection over union",
+             "mx_driving.boxes_iou_bev")]
+
+
+_QUANTIZERS = ("floor", "long", "int", "trunc", "to", "type")
+
+
+def _quantizes(node) -> bool:
+    """`((p - lo) / size).floor()`, `.long()` / `.int()` / `.to(torch.long)` of a division, `torch.floor(x / s)`,
+    `torch.div(x, s, rounding_mode="floor")`, `x // s`: coordinates cut into cells (tensor methods and torch
+    functions only: builtin `int(a / b)` is a scalar)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.FloorDiv):
+            return True
+        if isinstance(n, ast.Call) and last_name(n) == "div" and any(
+                k.arg == "rounding_mode" and isinstance(k.value, ast.Constant) and k.value.value in ("floor", "trunc")
+                for k in n.keywords):
+            return True
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _QUANTIZERS:
+            if n.func.attr in ("to", "type") and not _integer_dtype(n):
+                continue        # `.to(device)`, `.type_as(x)`: not a cast to cell indices
+            inner = [n.func.value] + list(n.args[:1])
+            if any(isinstance(x, ast.BinOp) and isinstance(x.op, ast.Div) for i in inner for x in ast.walk(i)):
+                return True
+    return False
+
+
+def _integer_dtype(call) -> bool:
+    """`.to(torch.long)`, `.to(dtype=torch.int32)`, `.type(torch.int64)`."""
+    return any(isinstance(a, ast.Attribute) and a.attr in ("long", "int", "int32", "int64")
+               for a in list(call.args) + [k.value for k in call.keywords])
+
+
+def _quantized_names(nodes: list) -> set:
+    """Names bound to quantized coordinates, or to values computed from them (a range filter `coords[keep]`, a
+    linearized cell key `(c[:, 0] * ny + c[:, 1]) * nx + c[:, 2]`), in source order."""
+    out: set = set()
+    for n in sorted((n for n in nodes if isinstance(n, ast.Assign)), key=lambda n: (n.lineno, n.col_offset)):
+        t, v = n.targets[0], n.value
+        pairs = list(zip(t.elts, v.elts)) if len(n.targets) == 1 and isinstance(t, ast.Tuple) \
+            and isinstance(v, ast.Tuple) and len(t.elts) == len(v.elts) else [(x, v) for x in n.targets]
+        for target, value in pairs:
+            mask = any(isinstance(x, ast.Compare) for x in ast.walk(value))     # `keep = (c >= 0).all(1)`: not cells
+            if isinstance(target, ast.Name) and (_quantizes(value) or _names(value) & out and not mask):
+                out.add(target.id)
+    return out
+
+
+def _inverse_of_unique(sf: SourceFile, n, quantized: set) -> Optional[str]:
+    """The inverse-index name of `uniq, inverse = torch.unique(coords, dim=0, return_inverse=True)` over quantized
+    coordinates (or a key made from them), else None."""
+    if not (isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Tuple)
+            and len(n.targets[0].elts) >= 2 and isinstance(n.targets[0].elts[1], ast.Name)
+            and isinstance(n.value, ast.Call) and last_name(n.value) == "unique" and _torch_unique(sf, n.value)):
+        return None
+    call = n.value
+    if not any(k.arg == "return_inverse" and isinstance(k.value, ast.Constant) and k.value.value is True
+               for k in call.keywords):
+        return None
+    data = call.args[0] if call.args else (call.func.value if isinstance(call.func, ast.Attribute) else None)
+    if data is None or not (_names(data) & quantized or _quantizes(data)):
+        return None
+    return n.targets[0].elts[1].id
+
+
+_POINT_REDUCTIONS = ("index_add_", "index_add", "scatter_add_", "scatter_add", "scatter_reduce", "scatter_reduce_",
+                     "index_reduce", "index_reduce_", "index_put_", "scatter_mean", "scatter_max")
+
+
+def _reduces_by(call, inverse: str) -> bool:
+    """`call` reduces values by the index `inverse` (`index_put_` only with accumulate=True: else it overwrites)."""
+    if last_name(call) == "index_put_" and not any(
+            k.arg == "accumulate" and isinstance(k.value, ast.Constant) and k.value.value is True for k in call.keywords):
+        return False
+    return any(inverse in _names(a) for a in list(call.args) + [k.value for k in call.keywords])
+
+
+def _voxelizations(sf: SourceFile, fn) -> list:
+    """(where to report, the reductions) of each dynamic voxelization written out in `fn`."""
+    local = list(_walk_local(fn))
+    quantized = _quantized_names(local)
+    out = []
+    for n in local if quantized else ():
+        inverse = _inverse_of_unique(sf, n, quantized)
+        if inverse is None:
+            continue
+        reductions = [c for c in _calls(local, set(_POINT_REDUCTIONS)) if _reduces_by(c, inverse)]
+        if not reductions:
+            continue
+        loops = [l for l in local if isinstance(l, (ast.For, ast.While)) and n in list(_walk_local(l))
+                 and any(r in list(_walk_local(l)) for r in reductions)]
+        out.append((max(loops, key=lambda l: l.lineno) if loops else n.value, reductions))
+    return out
+
+
+def dynamic_voxelization_matches(voxels: list) -> list:
+    """Dynamic voxelization written out: point coordinates quantized to cells, `torch.unique(cells, dim=0,
+    return_inverse=True)`, and the point features reduced by the inverse index (index_add_ / scatter_add_ /
+    scatter_reduce / index_reduce: sums and counts for a mean, or a max). Reported at the innermost loop holding
+    all three (one voxelization per sample), else at the unique. A unique over ids that are not cells, cells that
+    are never reduced, a unique that only counts are not it. `voxels`: _voxelizations(sf, fn)."""
+    return [("dynamic_voxelization", at, "fused_ops.voxelization",
+             "point coordinates quantized to cells, unique cells with their inverse index, features reduced by it",
+             "mx_driving.Voxelization(max_num_points=-1) + mx_driving.dynamic_scatter")
+            for at, _ in voxels]
+
+
 def _squares(node) -> bool:
     """`x.pow(2)`, `x ** 2`, `torch.square(x)`, `x * x`."""
     for n in ast.walk(node):
@@ -538,6 +775,8 @@ def _head(sf: SourceFile, node) -> str:
         return f"for {sf.segment(node.target)} in {sf.segment(node.iter)}:"
     if isinstance(node, ast.While):
         return f"while {sf.segment(node.test)}:"
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return f"def {node.name}({ast.unparse(node.args)}):"
     return sf.segment(node)
 
 
@@ -572,6 +811,14 @@ def structural_matches(sf: SourceFile) -> list:
             found += points_in_box_matches(sf, fn)
         if "max" in src:
             found += furthest_point_matches(sf, fn)
+        if "cos" in src and "sin" in src and "/" in src:
+            found += rotated_iou_matches(sf, fn)
+        if "return_inverse" in src:
+            voxels = _voxelizations(sf, fn)
+            # their reductions are the voxelization's (dynamic_scatter), not a scatter_max of their own
+            reduced = {id(r) for _, rs in voxels for r in rs}
+            found = [m for m in found if not (m[0] == "index_reduce" and id(m[1]) in reduced)]
+            found += dynamic_voxelization_matches(voxels)
         if "sort" in src:
             found += greedy_nms_matches(sf, fn)
         if "rsqrt" in src or "sqrt" in src:

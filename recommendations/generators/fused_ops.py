@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from npu_advise import progress
-from npu_advise.findings import Finding, severity_for_share
+from npu_advise.findings import Finding, Location, severity_for_share
 
 from ..catalog import load
 from ..registry import source_scanner
@@ -17,22 +17,29 @@ from ..registry import source_scanner
 def fused_op_findings(src, files: list) -> list:
     """NPA8xx fused-op matches, NPA907 CUDA-only dispatches and NPA908 compiled extensions; inside a dispatch
     one match is kept, without a diff of its own (the dispatch's NPU arm is that replacement)."""
-    out = []
+    from .. import build, dispatch, matchers
+    from ..pyast import SourceFile
+
+    out, structural, calls_by_file = [], [], {}
     for path in progress.track(files, f"scanning {len(files)} source files", unit="files"):
         text = src.text(path)
         if text is None:
             continue
-        from .. import build, dispatch, matchers
-        from ..pyast import SourceFile
-
         sf = SourceFile.parse(text)
         if sf is None:
             continue
+        calls_by_file[src.rel(path)] = matchers.imported_calls(sf)
         dispatches = dispatch.find_dispatches(sf)
         out += [_dispatch_finding(d, path, text, src) for d in dispatches]
         for match, d in dispatch.with_dispatches(dispatches, matchers.scan(text, sf)):
             out.append(_fused_finding(match, path, text, src, d))
+            if match.how:
+                structural.append((out[-1], match.function))
         out += [build.extension_finding(e, src.rel(path)) for e in dispatch.find_extensions(sf)]
+    for finding, function in structural:      # where the matched function runs from, in the files importing it
+        rel = finding.locations[0].file
+        finding.locations += [Location(f, line, fn) for f, line, fn in
+                              matchers.cross_file_call_sites(rel, function, calls_by_file)]
     return out
 
 
