@@ -703,3 +703,86 @@ def test_bev_splat_by_a_linearized_cell_index(tmp_path):
     assert first["details"]["dispatch_line"] == _line(BEV_SPLAT, "if bev_pool_forward is not None")
     r = run_cli("rules", "NPA802")
     assert r.returncode == 0 and "linearized cell index" in r.stdout
+
+
+ROTATED_IOU = '''\
+import torch
+
+
+def corners(boxes):
+    """(N, 5) x y w l yaw -> (N, 4, 2) corners rotated by the yaw."""
+    c, s = torch.cos(boxes[:, 4]), torch.sin(boxes[:, 4])
+    dx = torch.stack([boxes[:, 2], -boxes[:, 2], -boxes[:, 2], boxes[:, 2]], 1) / 2
+    dy = torch.stack([boxes[:, 3], boxes[:, 3], -boxes[:, 3], -boxes[:, 3]], 1) / 2
+    x = boxes[:, None, 0] + dx * c[:, None] - dy * s[:, None]
+    y = boxes[:, None, 1] + dx * s[:, None] + dy * c[:, None]
+    return torch.stack([x, y], -1)
+
+
+def polygon_area(poly):
+    x, y = poly[..., 0], poly[..., 1]
+    return 0.5 * (x * y.roll(-1, -1) - x.roll(-1, -1) * y).sum(-1).abs()
+
+
+def bev_iou(a, b):
+    inter = polygon_area(torch.minimum(corners(a)[:, None], corners(b)[None]))
+    area_a, area_b = a[:, 2] * a[:, 3], b[:, 2] * b[:, 3]
+    return inter / (area_a[:, None] + area_b[None] - inter).clamp(min=1e-6)
+
+
+def axis_aligned_iou(a, b):
+    """Not rotated: no cos/sin."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = (a[:, 2:] - a[:, :2]).prod(-1)[:, None] + (b[:, 2:] - b[:, :2]).prod(-1)[None] - inter
+    return inter / union
+
+
+def rotated_box_area(boxes):
+    """Rotated corners and a shoelace area, but no ratio: not an IoU."""
+    return polygon_area(corners(boxes))
+'''
+
+
+def test_rotated_bev_iou_written_out_needs_rotation_area_and_ratio(tmp_path):
+    assert _check(tmp_path, "iou.py", ROTATED_IOU) == [
+        ("NPA820", _line(ROTATED_IOU, "def bev_iou"), "bev_iou", "mx_driving.boxes_iou_bev")]
+
+
+VOXELS = '''\
+import torch
+
+
+def voxel_means(points, num_valid, pc_min, voxel_size):
+    feats, cells = [], []
+    for b in range(points.shape[0]):
+        pts = points[b, : num_valid[b]]
+        coords = ((pts[:, :3] - pc_min) / voxel_size).floor().long()
+        uniq, inverse = torch.unique(coords, dim=0, return_inverse=True)
+        sums = pts.new_zeros(uniq.shape[0], pts.shape[1]).index_add_(0, inverse, pts)
+        counts = pts.new_zeros(uniq.shape[0]).index_add_(0, inverse, torch.ones_like(pts[:, 0]))
+        feats.append(sums / counts[:, None])
+        cells.append(uniq)
+    return torch.cat(feats), torch.cat(cells)
+
+
+def instance_means(feats, ids):
+    """Not voxelization: a unique over ids, not over quantized coordinates."""
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    return feats.new_zeros(uniq.shape[0], feats.shape[1]).index_add_(0, inverse, feats)
+
+
+def cell_of(points, pc_min, voxel_size):
+    """Not voxelization: cells computed and deduplicated, nothing reduced by them."""
+    coords = ((points[:, :3] - pc_min) / voxel_size).floor().long()
+    return torch.unique(coords, dim=0)
+'''
+
+
+def test_dynamic_voxelization_written_out_per_sample(tmp_path):
+    assert _check(tmp_path, "vox.py", VOXELS) == [
+        ("NPA821", _line(VOXELS, "for b in range(points.shape[0])"), "voxel_means",
+         "mx_driving.Voxelization(max_num_points=-1) + mx_driving.dynamic_scatter")]
+    r = run_cli("rules", "NPA821")
+    assert r.returncode == 0 and "dynamic_scatter" in r.stdout
