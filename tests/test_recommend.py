@@ -152,6 +152,6 @@ def test_trace_without_source_locations_never_imports_libcst(tmp_path, shared_da
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert (tmp_path / "out" / "findings.json").is_file()
     assert seen["after_analyze"] is False and seen["after_rules"] is False and seen["after_advice"] is False
-    assert seen["codes"] == [f"NPA8{i:02d}" for i in range(1, 20)] + [f"NPA90{i}" for i in range(1, 10)]
+    assert seen["codes"] == [f"NPA8{i:02d}" for i in range(1, 22)] + [f"NPA90{i}" for i in range(1, 10)]
     assert seen["advice"] == ["cpu_fallbacks._linalg_slogdet", "gone/model.py", False, None]
     assert seen["control_diff"] is True and seen["after_source"] is True
