@@ -105,9 +105,7 @@ def test_fused_loop_takes_the_predicted_cost_of_the_loop_it_replaces(corpus_scor
     # medium when load stretches the step; either way the fused finding takes it (its own lines: low)
     assert fused["locations"][0]["line"] == 57 and fused["severity"] == loop["severity"] in ("high", "medium")
     if "severity_from" not in fused["details"]:
-        # under load the loop is medium, and so is the host time at the match itself: nothing to raise
-        assert loop["severity"] == "medium", fused
-        return
+        return      # the host time at the match alone already rated it as the loop (a loaded run): nothing raised
     assert fused["details"]["severity_from"] == f"NPA501 at targets.py:57 ({loop['severity']})"
     (ev,) = [e for e in fused["evidence"] if e["label"] == "the loop's estimated saving per step (NPA501)"]
     assert ev["value"] == loop["estimated_saving_us"] and "the fused op replaces the whole loop" in ev["how"]
