@@ -186,9 +186,16 @@ class _Frames:
             return (str(path), m.line, name), -1     # a loop around the map: the loop is the loop
         return MapSite(str(path), m.line, name, str(path), m.line, m.iter_text), call
 
+    def _one_call_passing(self, path, def_line: int, function: str, callee: str) -> Optional[int]:
+        """The line of the one call of `function` in the function defined at `def_line`, when it passes `callee`
+        by name; None when there are more calls (the trace cannot say which one ran) or it does not pass it."""
+        sites = [l for l, in_comprehension in source.call_lines(path, def_line, function)
+                 if not (in_comprehension and self.comprehension_frames)]
+        return sites[0] if len(sites) == 1 and source.call_passes(path, sites[0], function, callee) else None
+
     def _wrapper_call_site(self, wrapper: int, callee: str, m, map_file: str, call: int):
-        # sites carry the file's resolved path: Kineto's frames may name it relative to a sys.path entry
         """The one call, in the wrapper's user caller, of the wrapper that maps a parameter, passing `callee`."""
+        # sites carry the file's resolved path: Kineto's frames may name it relative to a sys.path entry
         outer = self._user_caller(wrapper)
         if outer is None:
             return None
@@ -197,13 +204,12 @@ class _Frames:
         wrapper_name = str(self.function[wrapper])
         if path is None or name in COMPREHENSION_FRAMES:
             return None
-        sites = [l for l, in_comprehension in source.call_lines(path, def_line, wrapper_name)
-                 if not (in_comprehension and self.comprehension_frames)]
-        if len(sites) != 1 or not source.call_passes(path, sites[0], wrapper_name, callee):
+        line = self._one_call_passing(path, def_line, wrapper_name, callee)
+        if line is None:
             return None
-        if source.enclosing_loops(path, sites[0]):
-            return (str(path), sites[0], name), -1
-        return MapSite(str(path), sites[0], name, map_file, m.line, m.iter_text), call
+        if source.enclosing_loops(path, line):
+            return (str(path), line, name), -1
+        return MapSite(str(path), line, name, map_file, m.line, m.iter_text), call
 
     def _library_mapper_site(self, frame: int, caller: int, callee: str, path, caller_name: str):
         """The callee called back by library frames (its direct parent is not user code) below `caller`,
@@ -219,15 +225,13 @@ class _Frames:
                 break
             entry = up
         library = str(self.function[entry])
-        def_line = int(self.line[caller])
-        sites = [l for l, in_comprehension in source.call_lines(path, def_line, library)
-                 if not (in_comprehension and self.comprehension_frames)]
-        if len(sites) != 1 or not source.call_passes(path, sites[0], library, callee):
+        line = self._one_call_passing(path, int(self.line[caller]), library, callee)
+        if line is None:
             return None
-        if source.enclosing_loops(path, sites[0]):
-            return (str(path), sites[0], caller_name), -1
+        if source.enclosing_loops(path, line):
+            return (str(path), line, caller_name), -1
         where = f"{_package_path(str(self.file[entry]))}:{library}"
-        return MapSite(str(path), sites[0], caller_name, None, None, "", where), int(self.py_id[frame])
+        return MapSite(str(path), line, caller_name, None, None, "", where), int(self.py_id[frame])
 
 
 def _package_path(file: str) -> str:

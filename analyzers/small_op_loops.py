@@ -581,7 +581,6 @@ def _function_findings(trace, ctx, stats, top: pd.DataFrame) -> list:
 
 
 def _loops_in_function(tree, def_line: int) -> list:
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno == def_line:
-            return sorted(sub.lineno for sub in ast.walk(node) if isinstance(sub, (ast.For, ast.While, ast.AsyncFor)))
-    return []
+    node = source.function_at(tree, def_line)
+    return [] if node is None else sorted(sub.lineno for sub in ast.walk(node)
+                                          if isinstance(sub, (ast.For, ast.While, ast.AsyncFor)))

@@ -81,6 +81,16 @@ def parse(path) -> Optional[ast.Module]:
     return _tree(str(path))
 
 
+def function_at(tree: Optional[ast.Module], def_line: int, decorated: bool = False):
+    """The (async) def whose `def` line is `def_line` -- or, with `decorated`, one of its decorator lines (a
+    frame's line for a decorated function) --, None when there is none."""
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and def_line in (
+                node.lineno, *((d.lineno for d in node.decorator_list) if decorated else ())):
+            return node
+    return None
+
+
 def _names(target: ast.AST) -> tuple:
     return tuple(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
 
@@ -228,25 +238,21 @@ def python_files(root: Path, limit: int) -> list:
 
 @lru_cache(maxsize=4096)
 def _call_lines(path: str, def_line: int, name: str) -> tuple:
-    tree = parse(path)
-    if tree is None:
+    node = function_at(parse(path), def_line, decorated=True)
+    if node is None:
         return ()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and def_line in (
-                node.lineno, *(d.lineno for d in node.decorator_list)):
-            sites, todo = set(), [(stmt, False) for stmt in node.body]
-            while todo:
-                sub, in_comprehension = todo.pop()
-                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-                    continue        # a nested def's calls run in its own frame
-                if isinstance(sub, ast.Call):
-                    f = sub.func
-                    if (isinstance(f, ast.Name) and f.id == name) or (isinstance(f, ast.Attribute) and f.attr == name):
-                        sites.add((sub.lineno, in_comprehension))
-                inner = in_comprehension or isinstance(sub, _COMPREHENSIONS)
-                todo.extend((child, inner) for child in ast.iter_child_nodes(sub))
-            return tuple(sorted(sites))
-    return ()
+    sites, todo = set(), [(stmt, False) for stmt in node.body]
+    while todo:
+        sub, in_comprehension = todo.pop()
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue        # a nested def's calls run in its own frame
+        if isinstance(sub, ast.Call):
+            f = sub.func
+            if (isinstance(f, ast.Name) and f.id == name) or (isinstance(f, ast.Attribute) and f.attr == name):
+                sites.add((sub.lineno, in_comprehension))
+        inner = in_comprehension or isinstance(sub, _COMPREHENSIONS)
+        todo.extend((child, inner) for child in ast.iter_child_nodes(sub))
+    return tuple(sorted(sites))
 
 
 def call_lines(path, def_line: int, name: str) -> tuple:
@@ -290,25 +296,21 @@ def _mapped_name(node) -> tuple:
 
 @lru_cache(maxsize=1024)
 def _map_calls(path: str, def_line: int) -> tuple:
-    tree = parse(path)
-    if tree is None:
+    node = function_at(parse(path), def_line, decorated=True)
+    if node is None:
         return ()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and def_line in (
-                node.lineno, *(d.lineno for d in node.decorator_list)):
-            out, todo = [], list(node.body)
-            while todo:
-                sub = todo.pop()
-                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    continue        # a nested def's maps run in its own frame
-                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "map" \
-                        and len(sub.args) >= 2 and not sub.keywords:
-                    target, lambda_line = _mapped_name(sub.args[0])
-                    out.append(MapCall(sub.lineno, sub.end_lineno, target, lambda_line,
-                                       ", ".join(_segment(path, a) for a in sub.args[1:])))
-                todo.extend(ast.iter_child_nodes(sub))
-            return tuple(sorted(out, key=lambda m: m.line))
-    return ()
+    out, todo = [], list(node.body)
+    while todo:
+        sub = todo.pop()
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue        # a nested def's maps run in its own frame
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "map" \
+                and len(sub.args) >= 2 and not sub.keywords:
+            target, lambda_line = _mapped_name(sub.args[0])
+            out.append(MapCall(sub.lineno, sub.end_lineno, target, lambda_line,
+                               ", ".join(_segment(path, a) for a in sub.args[1:])))
+        todo.extend(ast.iter_child_nodes(sub))
+    return tuple(sorted(out, key=lambda m: m.line))
 
 
 def map_calls(path, def_line: int) -> tuple:
@@ -319,14 +321,11 @@ def map_calls(path, def_line: int) -> tuple:
 
 @lru_cache(maxsize=1024)
 def _parameters(path: str, def_line: int) -> tuple:
-    tree = parse(path)
-    if tree is None:
+    node = function_at(parse(path), def_line)
+    if node is None:
         return ()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno == def_line:
-            a = node.args
-            return tuple(p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs))
-    return ()
+    a = node.args
+    return tuple(p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs))
 
 
 def parameters(path, def_line: int) -> tuple:

@@ -540,14 +540,13 @@ def match_loop(meta, module, loop: cst.For) -> Optional[MapLoop]:
     main = [k for k in sinks if k[0] != "accumulate"]
     accs = [k for k in sinks if k[0] == "accumulate"]
     # several appends (one per list) are one map returning a tuple; row writes and sums stay one each
-    extras = main[1:] if all(k[0] == "collect" for k in main) else None
-    if extras is None and len(main) > 1:
+    if len(main) > 1 and any(k[0] != "collect" for k in main):
         return None
-    main = main[:1]
-    extras = extras or []
-    if not sinks or len({a[1] for a in accs}) != len(accs) or len({k[1] for k in main + extras}) < len(main) + len(extras):
+    main, extras = main[:1], main[1:]
+    lists = [k[1] for k in main + extras]
+    if not sinks or len({a[1] for a in accs}) != len(accs) or len(set(lists)) < len(lists):
         return None
-    if extras and (skip is not None or function is None or names_in(function.params) & {k[1] for k in main + extras}):
+    if extras and (skip is not None or function is None or names_in(function.params) & set(lists)):
         return None         # dropped iterations, or a list the caller passed in (it sees every append)
     if skip is not None and (accs or not main or main[0][0] != "collect"):
         return None         # dropped iterations: only collected results are filtered
